@@ -1,0 +1,120 @@
+//! Prefixes as NLRI (RFC 4271 §4.3, RFC 4760 §5) with optional ADD-PATH
+//! path identifiers (RFC 7911 §3).
+
+use bytes::BufMut;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Serialize;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// An IPv4 or IPv6 prefix; host bits beyond the length are always zero.
+pub type Prefix = IpNet;
+
+/// One reachable or withdrawn prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Nlri {
+    pub prefix: Prefix,
+    /// ADD-PATH path identifier, present iff negotiated for the family.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_id: Option<u32>,
+}
+
+impl Nlri {
+    pub fn new(prefix: Prefix) -> Self {
+        Nlri {
+            prefix: prefix.trunc(),
+            path_id: None,
+        }
+    }
+    pub fn with_path_id(prefix: Prefix, path_id: u32) -> Self {
+        Nlri {
+            prefix: prefix.trunc(),
+            path_id: Some(path_id),
+        }
+    }
+
+    /// Bytes this NLRI takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        let id = if self.path_id.is_some() { 4 } else { 0 };
+        id + 1 + usize::from(self.prefix.prefix_len()).div_ceil(8)
+    }
+
+    /// Writes the NLRI; the path id is written only when `add_path` is set
+    /// (a missing id is then sent as 0).
+    pub fn encode(&self, add_path: bool, out: &mut impl BufMut) {
+        if add_path {
+            out.put_u32(self.path_id.unwrap_or(0));
+        }
+        let len = self.prefix.prefix_len();
+        let n = usize::from(len).div_ceil(8);
+        out.put_u8(len);
+        match self.prefix {
+            IpNet::V4(p) => out.put_slice(&p.network().octets()[..n]),
+            IpNet::V6(p) => out.put_slice(&p.network().octets()[..n]),
+        }
+    }
+}
+
+/// Decodes a run of prefixes of one address family, appending to `out`.
+/// `Err` carries the reason; the caller makes the typed error.
+pub(crate) fn decode_prefixes(
+    mut v: &[u8],
+    ipv6: bool,
+    add_path: bool,
+    out: &mut Vec<Nlri>,
+) -> Result<(), &'static str> {
+    let max_len = if ipv6 { 128 } else { 32 };
+    while !v.is_empty() {
+        let path_id = if add_path {
+            let id = v.get(..4).ok_or("path identifier truncated")?;
+            v = &v[4..];
+            Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]))
+        } else {
+            None
+        };
+        let len = *v.first().ok_or("prefix length missing")?;
+        if len > max_len {
+            return Err("prefix length exceeds the address size");
+        }
+        let n = usize::from(len).div_ceil(8);
+        let bytes = v.get(1..1 + n).ok_or("prefix overruns its field")?;
+        let prefix = if ipv6 {
+            let mut a = [0u8; 16];
+            a[..n].copy_from_slice(bytes);
+            mask_tail(&mut a[..n], len);
+            Ipv6Net::new(Ipv6Addr::from(a), len)
+                .map(IpNet::V6)
+                .map_err(|_| "prefix length exceeds the address size")?
+        } else {
+            let mut a = [0u8; 4];
+            a[..n].copy_from_slice(bytes);
+            mask_tail(&mut a[..n], len);
+            Ipv4Net::new(Ipv4Addr::from(a), len)
+                .map(IpNet::V4)
+                .map_err(|_| "prefix length exceeds the address size")?
+        };
+        out.push(Nlri { prefix, path_id });
+        v = &v[1 + n..];
+    }
+    Ok(())
+}
+
+/// Clears the bits past the prefix length in the last byte: they are
+/// "irrelevant" (RFC 4271 §4.3) and must not make equal prefixes differ.
+fn mask_tail(bytes: &mut [u8], len: u8) {
+    let rem = len % 8;
+    if rem != 0 {
+        if let Some(last) = bytes.last_mut() {
+            *last &= 0xffu8 << (8 - rem);
+        }
+    }
+}
+
+/// Upper bound of NLRI a field of `bytes` bytes can hold (each takes at
+/// least one byte, five with a path id): a capacity that never exceeds the
+/// input's size.
+pub(crate) fn capacity_hint(bytes: usize, add_path: bool, ipv6: bool) -> usize {
+    // Typical prefixes are /24 (4 bytes) and /48../64 (7..9 bytes); aim near
+    // that so a full field needs no regrowth, without trusting the input.
+    let typical = if ipv6 { 8 } else { 4 } + if add_path { 4 } else { 0 };
+    bytes.div_ceil(typical)
+}

@@ -1,0 +1,309 @@
+//! UPDATE (RFC 4271 §4.3) with RFC 7606 revised error handling.
+
+use super::as_path::{AsPath, AS_TRANS};
+use super::attribute::{attr_type, flag, Aggregator, AttributeValue, MpReach, MpUnreach, PathAttribute};
+use super::error::{DecodeError, Disposition, ErrorKind};
+use super::family::Family;
+use super::nlri::{self, Nlri};
+use super::{EncodeError, SessionParams};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Update {
+    /// IPv4 unicast prefixes in the Withdrawn Routes field.
+    pub withdrawn: Vec<Nlri>,
+    pub attributes: Vec<PathAttribute>,
+    /// IPv4 unicast prefixes in the NLRI field.
+    pub nlri: Vec<Nlri>,
+    /// Malformations that did not end the session (RFC 7606): the
+    /// attributes they concern are not in `attributes`. If any has
+    /// [`Disposition::TreatAsWithdraw`], every prefix this UPDATE announces
+    /// must be handled as withdrawn (see [`Update::treat_as_withdraw`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<DecodeError>,
+}
+
+/// Bitmap of attribute type codes seen.
+#[derive(Default)]
+struct TypeSet([u64; 4]);
+
+impl TypeSet {
+    /// Marks `t`; returns whether it was already marked.
+    fn insert(&mut self, t: u8) -> bool {
+        let (w, b) = ((t >> 6) as usize, 1u64 << (t & 63));
+        let seen = self.0[w] & b != 0;
+        self.0[w] |= b;
+        seen
+    }
+    fn contains(&self, t: u8) -> bool {
+        self.0[(t >> 6) as usize] & (1u64 << (t & 63)) != 0
+    }
+}
+
+impl Update {
+    /// The End-of-RIB marker for `family` (RFC 4724 §2).
+    pub fn end_of_rib(family: Family) -> Self {
+        if family == Family::IPV4_UNICAST {
+            return Update::default();
+        }
+        Update {
+            attributes: vec![PathAttribute::new(AttributeValue::MpUnreach(MpUnreach {
+                family,
+                withdrawn: Vec::new(),
+                unparsed: Bytes::new(),
+            }))],
+            ..Update::default()
+        }
+    }
+
+    /// If this UPDATE is an End-of-RIB marker, its family (RFC 4724 §2).
+    pub fn is_end_of_rib(&self) -> Option<Family> {
+        if !self.withdrawn.is_empty() || !self.nlri.is_empty() {
+            return None;
+        }
+        match self.attributes.as_slice() {
+            [] if self.faults.is_empty() => Some(Family::IPV4_UNICAST),
+            [PathAttribute {
+                value: AttributeValue::MpUnreach(u),
+                ..
+            }] if u.withdrawn.is_empty() && u.unparsed.is_empty() => Some(u.family),
+            _ => None,
+        }
+    }
+
+    /// Whether RFC 7606 says to handle every announced prefix as withdrawn.
+    pub fn treat_as_withdraw(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| f.disposition == Disposition::TreatAsWithdraw)
+    }
+
+    pub fn attribute(&self, type_code: u8) -> Option<&AttributeValue> {
+        self.attributes
+            .iter()
+            .find(|a| a.type_code() == type_code)
+            .map(|a| &a.value)
+    }
+
+    pub fn as_path(&self) -> Option<&AsPath> {
+        match self.attribute(attr_type::AS_PATH)? {
+            AttributeValue::AsPath(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn next_hop(&self) -> Option<Ipv4Addr> {
+        match self.attribute(attr_type::NEXT_HOP)? {
+            AttributeValue::NextHop(a) => Some(*a),
+            _ => None,
+        }
+    }
+
+    pub fn mp_reach(&self) -> Option<&MpReach> {
+        match self.attribute(attr_type::MP_REACH_NLRI)? {
+            AttributeValue::MpReach(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn mp_unreach(&self) -> Option<&MpUnreach> {
+        match self.attribute(attr_type::MP_UNREACH_NLRI)? {
+            AttributeValue::MpUnreach(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// Number of prefixes announced (NLRI field and MP_REACH_NLRI).
+    pub fn announced_count(&self) -> usize {
+        self.nlri.len() + self.mp_reach().map_or(0, |r| r.nlri.len())
+    }
+
+    /// Number of prefixes withdrawn (Withdrawn Routes and MP_UNREACH_NLRI).
+    pub fn withdrawn_count(&self) -> usize {
+        self.withdrawn.len() + self.mp_unreach().map_or(0, |u| u.withdrawn.len())
+    }
+
+    /// The real AS path and aggregator, as RFC 6793 §4.2.3 rebuilds them
+    /// from AS4_PATH / AS4_AGGREGATOR on a session without 4-octet AS
+    /// support. On a 4-octet session AS4_* are ignored (RFC 6793 §4.1).
+    pub fn effective_as_path(&self, params: &SessionParams) -> (Option<AsPath>, Option<Aggregator>) {
+        let path = self.as_path().cloned();
+        let agg = match self.attribute(attr_type::AGGREGATOR) {
+            Some(AttributeValue::Aggregator(a)) => Some(*a),
+            _ => None,
+        };
+        if params.four_octet_as {
+            return (path, agg);
+        }
+        let as4_agg = match self.attribute(attr_type::AS4_AGGREGATOR) {
+            Some(AttributeValue::As4Aggregator(a)) => Some(*a),
+            _ => None,
+        };
+        // An AGGREGATOR not holding AS_TRANS means AS4_* came from elsewhere
+        // and both are ignored.
+        if let Some(a) = agg {
+            if a.asn != u32::from(AS_TRANS) {
+                return (path, agg);
+            }
+        }
+        let agg = as4_agg.or(agg);
+        let as4 = match self.attribute(attr_type::AS4_PATH) {
+            Some(AttributeValue::As4Path(p)) => Some(p),
+            _ => None,
+        };
+        match (path, as4) {
+            (Some(p), Some(p4)) => (Some(p.merge_as4(p4)), agg),
+            (p, _) => (p, agg),
+        }
+    }
+
+    pub(crate) fn decode_body(body: &Bytes, params: &SessionParams) -> Result<Self, DecodeError> {
+        let b = &body[..];
+        let inconsistent = || DecodeError::reset(ErrorKind::UpdateLengthsInconsistent, Bytes::new());
+        if b.len() < 4 {
+            return Err(inconsistent());
+        }
+        let wlen = u16::from_be_bytes([b[0], b[1]]) as usize;
+        if 2 + wlen + 2 > b.len() {
+            return Err(inconsistent());
+        }
+        let alen = u16::from_be_bytes([b[2 + wlen], b[3 + wlen]]) as usize;
+        let attr_start = 4 + wlen;
+        let attr_end = attr_start + alen;
+        if attr_end > b.len() {
+            return Err(inconsistent());
+        }
+        let network_error = |reason| DecodeError::reset(ErrorKind::InvalidNetworkField(reason), Bytes::new());
+
+        let v4_add_path = params.add_path.contains(Family::IPV4_UNICAST);
+        let mut withdrawn = Vec::with_capacity(nlri::capacity_hint(wlen, v4_add_path, false));
+        nlri::decode_prefixes(&b[2..2 + wlen], false, v4_add_path, &mut withdrawn).map_err(network_error)?;
+
+        let mut attributes = Vec::with_capacity(8);
+        let mut faults = Vec::new();
+        let mut seen = TypeSet::default();
+        let mut pos = attr_start;
+        while pos < attr_end {
+            let rest = &b[pos..attr_end];
+            let hdr = if rest.first().is_some_and(|f| f & flag::EXTENDED_LENGTH != 0) {
+                4
+            } else {
+                3
+            };
+            let overrun = rest.len() < hdr || {
+                let len = if hdr == 4 {
+                    u16::from_be_bytes([rest[2], rest[3]]) as usize
+                } else {
+                    rest[2] as usize
+                };
+                rest.len() < hdr + len
+            };
+            if overrun {
+                // RFC 7606 §4: treat-as-withdraw, unless MP_REACH/MP_UNREACH
+                // was seen: its NLRI can then not be trusted to be complete.
+                let mp = seen.contains(attr_type::MP_REACH_NLRI) || seen.contains(attr_type::MP_UNREACH_NLRI);
+                let d = if mp {
+                    Disposition::SessionReset
+                } else {
+                    Disposition::TreatAsWithdraw
+                };
+                let e = DecodeError::new(ErrorKind::AttributeOverrun, Bytes::new(), d);
+                if mp {
+                    return Err(e);
+                }
+                faults.push(e);
+                break;
+            }
+            let (flags, type_code) = (rest[0], rest[1]);
+            let len = if hdr == 4 {
+                u16::from_be_bytes([rest[2], rest[3]]) as usize
+            } else {
+                rest[2] as usize
+            };
+            let raw = body.slice(pos..pos + hdr + len);
+            let value = raw.slice(hdr..);
+            pos += hdr + len;
+            if seen.insert(type_code) {
+                let mp = type_code == attr_type::MP_REACH_NLRI || type_code == attr_type::MP_UNREACH_NLRI;
+                // RFC 7606 §3 g: repeated MP_* resets; others: keep the first.
+                let e = DecodeError::new(
+                    ErrorKind::DuplicateAttribute(type_code),
+                    Bytes::new(),
+                    if mp {
+                        Disposition::SessionReset
+                    } else {
+                        Disposition::AttributeDiscard
+                    },
+                );
+                if mp {
+                    return Err(e);
+                }
+                faults.push(e);
+                continue;
+            }
+            match PathAttribute::decode(flags, type_code, &value, &raw, params) {
+                Ok(a) => attributes.push(a),
+                Err(e) if e.disposition == Disposition::SessionReset => return Err(e),
+                Err(e) => faults.push(e),
+            }
+        }
+
+        let mut nlri = Vec::with_capacity(nlri::capacity_hint(b.len() - attr_end, v4_add_path, false));
+        nlri::decode_prefixes(&b[attr_end..], false, v4_add_path, &mut nlri).map_err(network_error)?;
+
+        // RFC 4271 §6.3 / RFC 7606 §3 d: an UPDATE that announces routes must
+        // carry ORIGIN and AS_PATH, and NEXT_HOP when the NLRI field is used
+        // (RFC 4760 §3 makes it optional for MP_REACH_NLRI-only UPDATEs).
+        let announces = !nlri.is_empty()
+            || attributes
+                .iter()
+                .any(|a| matches!(&a.value, AttributeValue::MpReach(r) if !r.nlri.is_empty() || !r.unparsed.is_empty()));
+        if announces {
+            let mut required = [attr_type::ORIGIN, attr_type::AS_PATH, 0];
+            if !nlri.is_empty() {
+                required[2] = attr_type::NEXT_HOP;
+            }
+            for t in required.into_iter().filter(|&t| t != 0) {
+                if !seen.contains(t) {
+                    faults.push(DecodeError::new(
+                        ErrorKind::MissingWellKnown(t),
+                        Bytes::copy_from_slice(&[t]),
+                        Disposition::TreatAsWithdraw,
+                    ));
+                }
+            }
+        }
+        Ok(Update {
+            withdrawn,
+            attributes,
+            nlri,
+            faults,
+        })
+    }
+
+    pub(crate) fn encode_body(&self, params: &SessionParams, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let v4_add_path = params.add_path.contains(Family::IPV4_UNICAST);
+        let wpos = out.len();
+        out.put_u16(0);
+        for n in &self.withdrawn {
+            n.encode(v4_add_path, out);
+        }
+        let wlen = out.len() - wpos - 2;
+        let apos = out.len();
+        out.put_u16(0);
+        for a in &self.attributes {
+            a.encode(params, out)?;
+        }
+        let alen = out.len() - apos - 2;
+        for n in &self.nlri {
+            n.encode(v4_add_path, out);
+        }
+        // Lengths past 65535 make the message too long anyway; the caller's
+        // size check reports it.
+        out[wpos..wpos + 2].copy_from_slice(&(wlen.min(0xffff) as u16).to_be_bytes());
+        out[apos..apos + 2].copy_from_slice(&(alen.min(0xffff) as u16).to_be_bytes());
+        Ok(())
+    }
+}

@@ -1,0 +1,4 @@
+//! `felix-rs` — the felix node agent and its command-line tools.
+//!
+//! Today it owns the operator tools built on the BGP codec (`felix bgp
+//! decode`). The agent, route programmer, CNI API and lab come with issues 3–6.

@@ -1,0 +1,1 @@
+//! Shared helpers for felix-rs integration tests.
