@@ -1,6 +1,10 @@
 //! AS_PATH and AS4_PATH (RFC 4271 §4.3, RFC 5065 §3, RFC 6793).
 
+use super::{In, NomResult};
 use bytes::BufMut;
+use nom::bytes::complete::take;
+use nom::number::complete::be_u8;
+use nom::sequence::pair;
 use serde::Serialize;
 
 /// The 2-octet stand-in for a 4-octet AS number (RFC 6793 §2).
@@ -122,17 +126,15 @@ impl AsPath {
     pub(crate) fn decode(mut v: &[u8], width: usize) -> Result<Self, &'static str> {
         let mut segments = Vec::with_capacity(1);
         while !v.is_empty() {
-            if v.len() < 2 {
-                return Err("segment header truncated");
-            }
-            let kind = SegmentType::from_wire(v[0]).ok_or("unknown segment type")?;
-            let count = v[1] as usize;
+            let (rest, (kind, count)) =
+                segment_header(v).map_err(|_| "segment header truncated")?;
+            let kind = SegmentType::from_wire(kind).ok_or("unknown segment type")?;
             if count == 0 {
                 // RFC 7606 §7.2: a zero-length segment is malformed.
                 return Err("segment of zero AS numbers");
             }
-            let bytes = count * width;
-            let body = v.get(2..2 + bytes).ok_or("segment overruns the attribute")?;
+            let (rest, body) = take::<_, _, ()>(usize::from(count) * width)(rest)
+                .map_err(|_| "segment overruns the attribute")?;
             let asns = if width == 4 {
                 body.chunks_exact(4)
                     .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
@@ -143,7 +145,7 @@ impl AsPath {
                     .collect()
             };
             segments.push(AsSegment { kind, asns });
-            v = &v[2 + bytes..];
+            v = rest;
         }
         Ok(AsPath { segments })
     }
@@ -237,4 +239,9 @@ impl AsPath {
         segments.extend(as4.segments.iter().cloned());
         AsPath { segments }
     }
+}
+
+/// Segment type and AS count (RFC 4271 §4.3 b).
+fn segment_header(i: In<'_>) -> NomResult<'_, (u8, u8)> {
+    pair(be_u8, be_u8)(i)
 }

@@ -161,7 +161,8 @@ pub enum AttributeValue {
 
 /// Families whose NLRI this codec decodes into prefixes.
 fn decodes_prefixes(family: Family) -> bool {
-    matches!(family.afi, Afi::IPV4 | Afi::IPV6) && matches!(family.safi, Safi::UNICAST | Safi::MULTICAST)
+    matches!(family.afi, Afi::IPV4 | Afi::IPV6)
+        && matches!(family.safi, Safi::UNICAST | Safi::MULTICAST)
 }
 
 impl AttributeValue {
@@ -272,7 +273,11 @@ impl PathAttribute {
             }
             AttributeValue::MpUnreach(u) => {
                 let add_path = params.add_path.contains(u.family);
-                3 + u.withdrawn.iter().map(|n| nlri_len(n, add_path)).sum::<usize>()
+                3 + u
+                    .withdrawn
+                    .iter()
+                    .map(|n| nlri_len(n, add_path))
+                    .sum::<usize>()
                     + u.unparsed.len()
             }
             AttributeValue::ExtendedCommunities(c) => c.len() * 8,
@@ -285,7 +290,11 @@ impl PathAttribute {
 
     /// Writes flags, type, length and value. The Extended Length bit is set
     /// when the value needs it or the attribute was received with it.
-    pub fn encode(&self, params: &SessionParams, out: &mut impl BufMut) -> Result<(), super::EncodeError> {
+    pub fn encode(
+        &self,
+        params: &SessionParams,
+        out: &mut impl BufMut,
+    ) -> Result<(), super::EncodeError> {
         let len = self.value_len(params);
         let type_code = self.type_code();
         if len > u16::MAX as usize {
@@ -313,7 +322,9 @@ impl PathAttribute {
                 Origin::Incomplete => 2,
             }),
             AttributeValue::AsPath(p) => p.encode(asw, out),
-            AttributeValue::NextHop(a) | AttributeValue::OriginatorId(a) => out.put_slice(&a.octets()),
+            AttributeValue::NextHop(a) | AttributeValue::OriginatorId(a) => {
+                out.put_slice(&a.octets())
+            }
             AttributeValue::MultiExitDisc(v) | AttributeValue::LocalPref(v) => out.put_u32(*v),
             AttributeValue::AtomicAggregate => {}
             AttributeValue::Aggregator(a) => {
@@ -407,7 +418,13 @@ impl PathAttribute {
         let len = v.len();
         let bad_len = || ErrorKind::AttributeLength { type_code, len };
         let fixed = |n: usize| if len == n { Ok(()) } else { Err(bad_len()) };
-        let multiple = |n: usize| if len > 0 && len % n == 0 { Ok(()) } else { Err(bad_len()) };
+        let multiple = |n: usize| {
+            if len > 0 && len.is_multiple_of(n) {
+                Ok(())
+            } else {
+                Err(bad_len())
+            }
+        };
         let u32_at = |i: usize| u32::from_be_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
         let ip_at = |i: usize| Ipv4Addr::new(v[i], v[i + 1], v[i + 2], v[i + 3]);
         let value = match type_code {
@@ -423,7 +440,11 @@ impl PathAttribute {
                 })
             }
             AS_PATH | AS4_PATH => {
-                let width = if type_code == AS4_PATH || params.four_octet_as { 4 } else { 2 };
+                let width = if type_code == AS4_PATH || params.four_octet_as {
+                    4
+                } else {
+                    2
+                };
                 let path = match AsPath::decode(v, width) {
                     Ok(p) => p,
                     Err(reason) if type_code == AS_PATH => {
@@ -477,7 +498,11 @@ impl PathAttribute {
                 AttributeValue::AtomicAggregate
             }
             AGGREGATOR | AS4_AGGREGATOR => {
-                let width = if type_code == AS4_AGGREGATOR || params.four_octet_as { 4 } else { 2 };
+                let width = if type_code == AS4_AGGREGATOR || params.four_octet_as {
+                    4
+                } else {
+                    2
+                };
                 if let Err(k) = fixed(width + 4) {
                     return fail(k);
                 }
@@ -544,13 +569,15 @@ impl PathAttribute {
                         .collect(),
                 )
             }
-            MP_REACH_NLRI => AttributeValue::MpReach(decode_mp_reach(value, params).map_err(|reason| {
-                DecodeError::new(
-                    ErrorKind::OptionalAttribute { type_code, reason },
-                    raw.clone(),
-                    disposition,
-                )
-            })?),
+            MP_REACH_NLRI => {
+                AttributeValue::MpReach(decode_mp_reach(value, params).map_err(|reason| {
+                    DecodeError::new(
+                        ErrorKind::OptionalAttribute { type_code, reason },
+                        raw.clone(),
+                        disposition,
+                    )
+                })?)
+            }
             MP_UNREACH_NLRI => {
                 AttributeValue::MpUnreach(decode_mp_unreach(value, params).map_err(|reason| {
                     DecodeError::new(
@@ -589,7 +616,9 @@ fn decode_mp_reach(value: &Bytes, params: &SessionParams) -> Result<MpReach, &'s
     }
     let family = Family::new(Afi(u16::from_be_bytes([v[0], v[1]])), Safi(v[2]));
     let nh_len = v[3] as usize;
-    let nh = v.get(4..4 + nh_len).ok_or("next hop overruns the attribute")?;
+    let nh = v
+        .get(4..4 + nh_len)
+        .ok_or("next hop overruns the attribute")?;
     // One reserved octet follows the next hop (RFC 4760 §3); its value is ignored.
     if v.len() < 5 + nh_len {
         return Err("reserved octet missing");

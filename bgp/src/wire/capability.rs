@@ -37,7 +37,9 @@ pub enum Capability {
     /// RFC 6793 §3.
     FourOctetAs { asn: u32 },
     /// RFC 7911 §4.
-    AddPath { entries: Vec<(Family, AddPathDirection)> },
+    AddPath {
+        entries: Vec<(Family, AddPathDirection)>,
+    },
     /// RFC 7313 §3.
     EnhancedRouteRefresh,
     /// draft-walton-bgp-hostname-capability: the speaker's host and domain name.
@@ -154,7 +156,7 @@ impl Capability {
                 }
             }
             EXTENDED_NEXT_HOP => {
-                if v.len() % 6 != 0 {
+                if !v.len().is_multiple_of(6) {
                     return Err(malformed(code, "length is not a multiple of 6", raw));
                 }
                 let entries = v
@@ -177,7 +179,7 @@ impl Capability {
                 Capability::ExtendedNextHop { entries }
             }
             GRACEFUL_RESTART => {
-                if v.len() < 2 || (v.len() - 2) % 4 != 0 {
+                if v.len() < 2 || !(v.len() - 2).is_multiple_of(4) {
                     return Err(malformed(code, "length is not 2 + 4n", raw));
                 }
                 let flags = v[0] >> 4;
@@ -208,7 +210,7 @@ impl Capability {
                 }
             }
             ADD_PATH => {
-                if v.len() % 4 != 0 {
+                if !v.len().is_multiple_of(4) {
                     return Err(malformed(code, "length is not a multiple of 4", raw));
                 }
                 let mut entries = Vec::with_capacity(v.len() / 4);

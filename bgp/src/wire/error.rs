@@ -169,11 +169,6 @@ impl DecodeError {
     pub fn reset(kind: ErrorKind, data: Bytes) -> Self {
         Self::new(kind, data, Disposition::SessionReset)
     }
-
-    pub(crate) fn with_disposition(mut self, disposition: Disposition) -> Self {
-        self.disposition = disposition;
-        self
-    }
 }
 
 impl ErrorKind {
@@ -181,7 +176,10 @@ impl ErrorKind {
     pub fn notification(&self) -> (u8, u8) {
         use ErrorKind::*;
         match self {
-            BadMarker => (code::MESSAGE_HEADER, header_subcode::CONNECTION_NOT_SYNCHRONIZED),
+            BadMarker => (
+                code::MESSAGE_HEADER,
+                header_subcode::CONNECTION_NOT_SYNCHRONIZED,
+            ),
             BadLength { .. } | Truncated { .. } | NotificationTooShort => {
                 (code::MESSAGE_HEADER, header_subcode::BAD_MESSAGE_LENGTH)
             }
@@ -210,8 +208,13 @@ impl ErrorKind {
                 update_subcode::MISSING_WELL_KNOWN_ATTRIBUTE,
             ),
             AttributeFlags { .. } => (code::UPDATE_MESSAGE, update_subcode::ATTRIBUTE_FLAGS_ERROR),
-            AttributeLength { .. } => (code::UPDATE_MESSAGE, update_subcode::ATTRIBUTE_LENGTH_ERROR),
-            InvalidOrigin(_) => (code::UPDATE_MESSAGE, update_subcode::INVALID_ORIGIN_ATTRIBUTE),
+            AttributeLength { .. } => {
+                (code::UPDATE_MESSAGE, update_subcode::ATTRIBUTE_LENGTH_ERROR)
+            }
+            InvalidOrigin(_) => (
+                code::UPDATE_MESSAGE,
+                update_subcode::INVALID_ORIGIN_ATTRIBUTE,
+            ),
             InvalidNextHop(_) => (
                 code::UPDATE_MESSAGE,
                 update_subcode::INVALID_NEXT_HOP_ATTRIBUTE,

@@ -83,15 +83,18 @@ pub struct SessionParams {
 pub struct AddPathFamilies(u8);
 
 impl AddPathFamilies {
-    fn bit(family: Family) -> Option<u8> {
-        let afi = match family.afi {
-            Afi::IPV4 => 0,
-            Afi::IPV6 => 1,
+    /// No family carries path identifiers.
+    pub const EMPTY: AddPathFamilies = AddPathFamilies(0);
+
+    const fn bit(family: Family) -> Option<u8> {
+        let afi = match family.afi.0 {
+            1 => 0,
+            2 => 1,
             _ => return None,
         };
-        let safi = match family.safi {
-            Safi::UNICAST => 0,
-            Safi::MULTICAST => 1,
+        let safi = match family.safi.0 {
+            1 => 0,
+            2 => 1,
             _ => return None,
         };
         Some(1 << (afi * 2 + safi))
@@ -112,9 +115,13 @@ impl AddPathFamilies {
         Self::bit(family).is_some_and(|b| self.0 & b != 0)
     }
 
-    pub fn with(mut self, family: Family) -> Self {
-        self.insert(family);
-        self
+    /// This set plus `family` (unchanged if the codec cannot carry path ids
+    /// for it).
+    pub const fn with(self, family: Family) -> Self {
+        match Self::bit(family) {
+            Some(b) => AddPathFamilies(self.0 | b),
+            None => self,
+        }
     }
 }
 
@@ -316,7 +323,10 @@ pub fn decode(msg: &Bytes, params: &SessionParams) -> Result<Message, DecodeErro
 /// Splits a byte stream into messages: each item is one message's bytes or
 /// the framing error that ends the stream. A trailing partial message is
 /// reported as [`ErrorKind::Truncated`].
-pub fn split_stream(mut stream: Bytes, params: SessionParams) -> impl Iterator<Item = Result<Bytes, DecodeError>> {
+pub fn split_stream(
+    mut stream: Bytes,
+    params: SessionParams,
+) -> impl Iterator<Item = Result<Bytes, DecodeError>> {
     let mut failed = false;
     std::iter::from_fn(move || {
         if failed || stream.is_empty() {

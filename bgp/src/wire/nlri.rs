@@ -1,8 +1,12 @@
 //! Prefixes as NLRI (RFC 4271 §4.3, RFC 4760 §5) with optional ADD-PATH
 //! path identifiers (RFC 7911 §3).
 
+use super::{In, NomResult};
 use bytes::BufMut;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use nom::bytes::complete::take;
+use nom::combinator::cond;
+use nom::number::complete::{be_u32, be_u8};
 use serde::Serialize;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -54,6 +58,17 @@ impl Nlri {
     }
 }
 
+/// One NLRI: optional 4-byte path id, prefix length, then the prefix's
+/// significant octets (RFC 4271 §4.3, RFC 7911 §3).
+fn raw_nlri(add_path: bool) -> impl Fn(In<'_>) -> NomResult<'_, (Option<u32>, u8, &[u8])> {
+    move |i| {
+        let (i, path_id) = cond(add_path, be_u32)(i)?;
+        let (i, len) = be_u8(i)?;
+        let (i, bytes) = take(usize::from(len).div_ceil(8))(i)?;
+        Ok((i, (path_id, len, bytes)))
+    }
+}
+
 /// Decodes a run of prefixes of one address family, appending to `out`.
 /// `Err` carries the reason; the caller makes the typed error.
 pub(crate) fn decode_prefixes(
@@ -63,20 +78,13 @@ pub(crate) fn decode_prefixes(
     out: &mut Vec<Nlri>,
 ) -> Result<(), &'static str> {
     let max_len = if ipv6 { 128 } else { 32 };
+    let parse = raw_nlri(add_path);
     while !v.is_empty() {
-        let path_id = if add_path {
-            let id = v.get(..4).ok_or("path identifier truncated")?;
-            v = &v[4..];
-            Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]))
-        } else {
-            None
-        };
-        let len = *v.first().ok_or("prefix length missing")?;
+        let (rest, (path_id, len, bytes)) = parse(v).map_err(|_| "prefix overruns its field")?;
         if len > max_len {
             return Err("prefix length exceeds the address size");
         }
-        let n = usize::from(len).div_ceil(8);
-        let bytes = v.get(1..1 + n).ok_or("prefix overruns its field")?;
+        let n = bytes.len();
         let prefix = if ipv6 {
             let mut a = [0u8; 16];
             a[..n].copy_from_slice(bytes);
@@ -93,7 +101,7 @@ pub(crate) fn decode_prefixes(
                 .map_err(|_| "prefix length exceeds the address size")?
         };
         out.push(Nlri { prefix, path_id });
-        v = &v[1 + n..];
+        v = rest;
     }
     Ok(())
 }

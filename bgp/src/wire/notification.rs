@@ -75,7 +75,10 @@ impl Notification {
 
     pub(crate) fn decode_body(body: &Bytes) -> Result<Self, DecodeError> {
         if body.len() < 2 {
-            return Err(DecodeError::reset(ErrorKind::NotificationTooShort, Bytes::new()));
+            return Err(DecodeError::reset(
+                ErrorKind::NotificationTooShort,
+                Bytes::new(),
+            ));
         }
         Ok(Notification {
             code: body[0],

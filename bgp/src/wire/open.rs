@@ -5,7 +5,11 @@ use super::capability::{AddPathDirection, Capability, GracefulRestart};
 use super::error::{DecodeError, ErrorKind};
 use super::family::Family;
 use super::{EncodeError, AS_TRANS};
+use super::{In, NomResult};
 use bytes::{BufMut, Bytes, BytesMut};
+use nom::multi::length_data;
+use nom::number::complete::be_u8;
+use nom::sequence::pair;
 use serde::Serialize;
 use std::net::Ipv4Addr;
 
@@ -27,7 +31,12 @@ pub struct Open {
 impl Open {
     /// An OPEN for `asn`, putting AS_TRANS in the 2-octet field when needed
     /// and always sending the 4-octet AS capability (RFC 6793 §3).
-    pub fn new(asn: u32, hold_time: u16, bgp_id: Ipv4Addr, mut capabilities: Vec<Capability>) -> Self {
+    pub fn new(
+        asn: u32,
+        hold_time: u16,
+        bgp_id: Ipv4Addr,
+        mut capabilities: Vec<Capability>,
+    ) -> Self {
         if !capabilities
             .iter()
             .any(|c| matches!(c, Capability::FourOctetAs { .. }))
@@ -144,7 +153,9 @@ impl Open {
             extended = true;
         }
         if pos + opt_len != b.len() {
-            return Err(params_error("optional parameters length disagrees with message length"));
+            return Err(params_error(
+                "optional parameters length disagrees with message length",
+            ));
         }
         let mut capabilities = Vec::new();
         while pos < b.len() {
@@ -169,20 +180,14 @@ impl Open {
                     Bytes::new(),
                 ));
             }
-            let mut cpos = start;
-            while cpos < end {
-                let ch = b
-                    .get(cpos..cpos + 2)
-                    .filter(|_| cpos + 2 <= end)
-                    .ok_or_else(|| params_error("capability header overruns"))?;
-                let (ccode, clen) = (ch[0], ch[1] as usize);
-                let vend = cpos + 2 + clen;
-                if vend > end {
-                    return Err(params_error("capability value overruns"));
-                }
-                let value = body.slice(cpos + 2..vend);
-                capabilities.push(Capability::decode(ccode, &value, &b[cpos..vend])?);
-                cpos = vend;
+            let mut caps = &b[start..end];
+            while !caps.is_empty() {
+                let (after, (ccode, cvalue)) = capability_tlv(caps)
+                    .map_err(|_| params_error("capability overruns its parameter"))?;
+                let raw = &caps[..caps.len() - after.len()];
+                let value = body.slice_ref(cvalue);
+                capabilities.push(Capability::decode(ccode, &value, raw)?);
+                caps = after;
             }
             pos = end;
         }
@@ -234,4 +239,9 @@ impl Open {
 
 fn params_error(reason: &'static str) -> DecodeError {
     DecodeError::reset(ErrorKind::MalformedOptionalParameters(reason), Bytes::new())
+}
+
+/// One capability: code, then its value behind a 1-octet length (RFC 5492 §4).
+fn capability_tlv(i: In<'_>) -> NomResult<'_, (u8, &[u8])> {
+    pair(be_u8, length_data(be_u8))(i)
 }

@@ -1,12 +1,18 @@
 //! UPDATE (RFC 4271 §4.3) with RFC 7606 revised error handling.
 
 use super::as_path::{AsPath, AS_TRANS};
-use super::attribute::{attr_type, flag, Aggregator, AttributeValue, MpReach, MpUnreach, PathAttribute};
+use super::attribute::{
+    attr_type, flag, Aggregator, AttributeValue, MpReach, MpUnreach, PathAttribute,
+};
 use super::error::{DecodeError, Disposition, ErrorKind};
 use super::family::Family;
 use super::nlri::{self, Nlri};
 use super::{EncodeError, SessionParams};
+use super::{In, NomResult};
 use bytes::{BufMut, Bytes, BytesMut};
+use nom::bytes::complete::take;
+use nom::multi::length_data;
+use nom::number::complete::{be_u16, be_u8};
 use serde::Serialize;
 use std::net::Ipv4Addr;
 
@@ -128,7 +134,10 @@ impl Update {
     /// The real AS path and aggregator, as RFC 6793 §4.2.3 rebuilds them
     /// from AS4_PATH / AS4_AGGREGATOR on a session without 4-octet AS
     /// support. On a 4-octet session AS4_* are ignored (RFC 6793 §4.1).
-    pub fn effective_as_path(&self, params: &SessionParams) -> (Option<AsPath>, Option<Aggregator>) {
+    pub fn effective_as_path(
+        &self,
+        params: &SessionParams,
+    ) -> (Option<AsPath>, Option<Aggregator>) {
         let path = self.as_path().cloned();
         let agg = match self.attribute(attr_type::AGGREGATOR) {
             Some(AttributeValue::Aggregator(a)) => Some(*a),
@@ -160,50 +169,31 @@ impl Update {
     }
 
     pub(crate) fn decode_body(body: &Bytes, params: &SessionParams) -> Result<Self, DecodeError> {
-        let b = &body[..];
-        let inconsistent = || DecodeError::reset(ErrorKind::UpdateLengthsInconsistent, Bytes::new());
-        if b.len() < 4 {
-            return Err(inconsistent());
-        }
-        let wlen = u16::from_be_bytes([b[0], b[1]]) as usize;
-        if 2 + wlen + 2 > b.len() {
-            return Err(inconsistent());
-        }
-        let alen = u16::from_be_bytes([b[2 + wlen], b[3 + wlen]]) as usize;
-        let attr_start = 4 + wlen;
-        let attr_end = attr_start + alen;
-        if attr_end > b.len() {
-            return Err(inconsistent());
-        }
-        let network_error = |reason| DecodeError::reset(ErrorKind::InvalidNetworkField(reason), Bytes::new());
+        let (withdrawn_field, attr_field, nlri_field) = update_sections(body)
+            .map(|(_, s)| s)
+            .map_err(|_| DecodeError::reset(ErrorKind::UpdateLengthsInconsistent, Bytes::new()))?;
+        let network_error =
+            |reason| DecodeError::reset(ErrorKind::InvalidNetworkField(reason), Bytes::new());
 
         let v4_add_path = params.add_path.contains(Family::IPV4_UNICAST);
-        let mut withdrawn = Vec::with_capacity(nlri::capacity_hint(wlen, v4_add_path, false));
-        nlri::decode_prefixes(&b[2..2 + wlen], false, v4_add_path, &mut withdrawn).map_err(network_error)?;
+        let mut withdrawn = Vec::with_capacity(nlri::capacity_hint(
+            withdrawn_field.len(),
+            v4_add_path,
+            false,
+        ));
+        nlri::decode_prefixes(withdrawn_field, false, v4_add_path, &mut withdrawn)
+            .map_err(network_error)?;
 
         let mut attributes = Vec::with_capacity(8);
         let mut faults = Vec::new();
         let mut seen = TypeSet::default();
-        let mut pos = attr_start;
-        while pos < attr_end {
-            let rest = &b[pos..attr_end];
-            let hdr = if rest.first().is_some_and(|f| f & flag::EXTENDED_LENGTH != 0) {
-                4
-            } else {
-                3
-            };
-            let overrun = rest.len() < hdr || {
-                let len = if hdr == 4 {
-                    u16::from_be_bytes([rest[2], rest[3]]) as usize
-                } else {
-                    rest[2] as usize
-                };
-                rest.len() < hdr + len
-            };
-            if overrun {
+        let mut rest = attr_field;
+        while !rest.is_empty() {
+            let Ok((after, (flags, type_code, hdr_len, value))) = attribute_tlv(rest) else {
                 // RFC 7606 §4: treat-as-withdraw, unless MP_REACH/MP_UNREACH
                 // was seen: its NLRI can then not be trusted to be complete.
-                let mp = seen.contains(attr_type::MP_REACH_NLRI) || seen.contains(attr_type::MP_UNREACH_NLRI);
+                let mp = seen.contains(attr_type::MP_REACH_NLRI)
+                    || seen.contains(attr_type::MP_UNREACH_NLRI);
                 let d = if mp {
                     Disposition::SessionReset
                 } else {
@@ -215,18 +205,13 @@ impl Update {
                 }
                 faults.push(e);
                 break;
-            }
-            let (flags, type_code) = (rest[0], rest[1]);
-            let len = if hdr == 4 {
-                u16::from_be_bytes([rest[2], rest[3]]) as usize
-            } else {
-                rest[2] as usize
             };
-            let raw = body.slice(pos..pos + hdr + len);
-            let value = raw.slice(hdr..);
-            pos += hdr + len;
+            let raw = body.slice_ref(&rest[..hdr_len + value.len()]);
+            let value = raw.slice(hdr_len..);
+            rest = after;
             if seen.insert(type_code) {
-                let mp = type_code == attr_type::MP_REACH_NLRI || type_code == attr_type::MP_UNREACH_NLRI;
+                let mp = type_code == attr_type::MP_REACH_NLRI
+                    || type_code == attr_type::MP_UNREACH_NLRI;
                 // RFC 7606 §3 g: repeated MP_* resets; others: keep the first.
                 let e = DecodeError::new(
                     ErrorKind::DuplicateAttribute(type_code),
@@ -250,8 +235,9 @@ impl Update {
             }
         }
 
-        let mut nlri = Vec::with_capacity(nlri::capacity_hint(b.len() - attr_end, v4_add_path, false));
-        nlri::decode_prefixes(&b[attr_end..], false, v4_add_path, &mut nlri).map_err(network_error)?;
+        let mut nlri =
+            Vec::with_capacity(nlri::capacity_hint(nlri_field.len(), v4_add_path, false));
+        nlri::decode_prefixes(nlri_field, false, v4_add_path, &mut nlri).map_err(network_error)?;
 
         // RFC 4271 §6.3 / RFC 7606 §3 d: an UPDATE that announces routes must
         // carry ORIGIN and AS_PATH, and NEXT_HOP when the NLRI field is used
@@ -283,7 +269,11 @@ impl Update {
         })
     }
 
-    pub(crate) fn encode_body(&self, params: &SessionParams, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode_body(
+        &self,
+        params: &SessionParams,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         let v4_add_path = params.add_path.contains(Family::IPV4_UNICAST);
         let wpos = out.len();
         out.put_u16(0);
@@ -306,4 +296,29 @@ impl Update {
         out[apos..apos + 2].copy_from_slice(&(alen.min(0xffff) as u16).to_be_bytes());
         Ok(())
     }
+}
+
+/// The three variable parts of an UPDATE body: Withdrawn Routes, Path
+/// Attributes (each behind its 2-octet length) and the NLRI that fill the
+/// rest (RFC 4271 §4.3). A length that overruns the body fails.
+fn update_sections(i: In<'_>) -> NomResult<'_, (&[u8], &[u8], &[u8])> {
+    let (i, withdrawn) = length_data(be_u16)(i)?;
+    let (nlri, attributes) = length_data(be_u16)(i)?;
+    Ok((&[], (withdrawn, attributes, nlri)))
+}
+
+/// One path attribute: flags, type, header length and value. The length
+/// field is two octets when the Extended Length flag is set (RFC 4271 §4.3).
+fn attribute_tlv(i: In<'_>) -> NomResult<'_, (u8, u8, usize, &[u8])> {
+    let (i, flags) = be_u8(i)?;
+    let (i, type_code) = be_u8(i)?;
+    let (i, len, hdr_len) = if flags & flag::EXTENDED_LENGTH != 0 {
+        let (i, l) = be_u16(i)?;
+        (i, usize::from(l), 4)
+    } else {
+        let (i, l) = be_u8(i)?;
+        (i, usize::from(l), 3)
+    };
+    let (i, value) = take(len)(i)?;
+    Ok((i, (flags, type_code, hdr_len, value)))
 }
