@@ -236,7 +236,18 @@ impl AsPath {
                 }
             }
         }
-        segments.extend(as4.segments.iter().cloned());
+        for s in &as4.segments {
+            // Where the kept part ends in a sequence and AS4_PATH starts with
+            // one, they are one sequence on the real path.
+            match segments.last_mut() {
+                Some(last)
+                    if last.kind == SegmentType::Sequence && s.kind == SegmentType::Sequence =>
+                {
+                    last.asns.extend_from_slice(&s.asns)
+                }
+                _ => segments.push(s.clone()),
+            }
+        }
         AsPath { segments }
     }
 }

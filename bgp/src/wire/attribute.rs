@@ -653,7 +653,7 @@ fn decode_mp_reach(value: &Bytes, params: &SessionParams) -> Result<MpReach, &'s
     };
     let add_path = params.add_path.contains(family);
     let ipv6 = family.afi == Afi::IPV6;
-    let mut nlri = Vec::with_capacity(nlri::capacity_hint(nlri_bytes.len(), add_path, ipv6));
+    let mut nlri = Vec::new();
     nlri::decode_prefixes(nlri_bytes, ipv6, add_path, &mut nlri)?;
     Ok(MpReach {
         family,
@@ -678,7 +678,7 @@ fn decode_mp_unreach(value: &Bytes, params: &SessionParams) -> Result<MpUnreach,
     }
     let add_path = params.add_path.contains(family);
     let ipv6 = family.afi == Afi::IPV6;
-    let mut withdrawn = Vec::with_capacity(nlri::capacity_hint(v.len() - 3, add_path, ipv6));
+    let mut withdrawn = Vec::new();
     nlri::decode_prefixes(&v[3..], ipv6, add_path, &mut withdrawn)?;
     Ok(MpUnreach {
         family,

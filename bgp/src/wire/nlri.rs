@@ -78,6 +78,7 @@ pub(crate) fn decode_prefixes(
     out: &mut Vec<Nlri>,
 ) -> Result<(), &'static str> {
     let max_len = if ipv6 { 128 } else { 32 };
+    out.reserve_exact(count(v, add_path));
     let parse = raw_nlri(add_path);
     while !v.is_empty() {
         let (rest, (path_id, len, bytes)) = parse(v).map_err(|_| "prefix overruns its field")?;
@@ -117,12 +118,19 @@ fn mask_tail(bytes: &mut [u8], len: u8) {
     }
 }
 
-/// Upper bound of NLRI a field of `bytes` bytes can hold (each takes at
-/// least one byte, five with a path id): a capacity that never exceeds the
-/// input's size.
-pub(crate) fn capacity_hint(bytes: usize, add_path: bool, ipv6: bool) -> usize {
-    // Typical prefixes are /24 (4 bytes) and /48../64 (7..9 bytes); aim near
-    // that so a full field needs no regrowth, without trusting the input.
-    let typical = if ipv6 { 8 } else { 4 } + if add_path { 4 } else { 0 };
-    bytes.div_ceil(typical)
+/// How many NLRI the field holds (stopping where it stops parsing), so the
+/// vector is allocated once at its exact size: a field of many one-byte /0
+/// prefixes must not trigger repeated regrowth.
+pub(crate) fn count(mut v: &[u8], add_path: bool) -> usize {
+    let skip = if add_path { 4 } else { 0 };
+    let mut n = 0;
+    while let Some(&len) = v.get(skip) {
+        let step = skip + 1 + usize::from(len).div_ceil(8);
+        if step > v.len() {
+            break;
+        }
+        v = &v[step..];
+        n += 1;
+    }
+    n
 }

@@ -176,17 +176,14 @@ impl Update {
             |reason| DecodeError::reset(ErrorKind::InvalidNetworkField(reason), Bytes::new());
 
         let v4_add_path = params.add_path.contains(Family::IPV4_UNICAST);
-        let mut withdrawn = Vec::with_capacity(nlri::capacity_hint(
-            withdrawn_field.len(),
-            v4_add_path,
-            false,
-        ));
+        let mut withdrawn = Vec::new();
         nlri::decode_prefixes(withdrawn_field, false, v4_add_path, &mut withdrawn)
             .map_err(network_error)?;
 
         let mut attributes = Vec::with_capacity(8);
         let mut faults = Vec::new();
         let mut seen = TypeSet::default();
+        let mut duplicated = TypeSet::default();
         let mut rest = attr_field;
         while !rest.is_empty() {
             let Ok((after, (flags, type_code, hdr_len, value))) = attribute_tlv(rest) else {
@@ -210,6 +207,12 @@ impl Update {
             let value = raw.slice(hdr_len..);
             rest = after;
             if seen.insert(type_code) {
+                // One fault per repeated type is enough to report it, and
+                // keeps a message of repeated 3-byte attributes from growing
+                // the fault list with its length.
+                if duplicated.insert(type_code) {
+                    continue;
+                }
                 let mp = type_code == attr_type::MP_REACH_NLRI
                     || type_code == attr_type::MP_UNREACH_NLRI;
                 // RFC 7606 §3 g: repeated MP_* resets; others: keep the first.
@@ -235,8 +238,7 @@ impl Update {
             }
         }
 
-        let mut nlri =
-            Vec::with_capacity(nlri::capacity_hint(nlri_field.len(), v4_add_path, false));
+        let mut nlri = Vec::new();
         nlri::decode_prefixes(nlri_field, false, v4_add_path, &mut nlri).map_err(network_error)?;
 
         // RFC 4271 §6.3 / RFC 7606 §3 d: an UPDATE that announces routes must
