@@ -3,6 +3,7 @@
 //! adversarial messages (thousands of one-byte prefixes, hundreds of empty
 //! attributes, long AS paths) and on random noise.
 #![allow(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bgp::wire::{decode, AddPathFamilies, Family, SessionParams};
 use bytes::Bytes;

@@ -1,6 +1,8 @@
 //! Property tests: for generated messages under generated session
 //! parameters, decode(encode(m)) == m and re-encoding is byte-stable.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bgp::wire::*;
 use bytes::Bytes;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};

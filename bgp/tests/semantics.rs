@@ -2,6 +2,8 @@
 //! RFC 6793 AS4 reconstruction, End-of-RIB, re-advertisement of unknown
 //! attributes, framing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bgp::wire::*;
 use bytes::{Bytes, BytesMut};
 use std::net::Ipv4Addr;
@@ -289,7 +291,7 @@ fn extended_length_flag_is_honoured_both_ways() {
 #[test]
 fn extended_message_raises_the_length_limit() {
     let many: Vec<&str> = vec!["10.0.0.0/8"; 2500];
-    let mut u = update_with(
+    let u = update_with(
         vec![
             AttributeValue::Origin(Origin::Igp),
             AttributeValue::AsPath(AsPath::sequence(vec![65001])),
