@@ -91,7 +91,7 @@ fn write_line(out: &mut impl Write, line: &JsonLine<'_>) -> io::Result<()> {
 /// Decodes `stream`, raw concatenated BGP messages, with `params`, writing one
 /// JSON line per message. A framing error ends the stream (its framing
 /// cannot be recovered): it is written as one last error line whose `raw`
-/// holds the rest of the stream.
+/// holds the rest of the stream, up to the largest possible message.
 pub fn write_stream_json(
     stream: Bytes,
     params: SessionParams,
@@ -105,7 +105,10 @@ pub fn write_stream_json(
                 let message = wire::decode(&bytes, &params);
                 (bytes, message)
             }
-            Err(error) => (stream.slice(offset..), Err(error)),
+            Err(error) => {
+                let end = stream.len().min(offset + wire::MAX_EXTENDED_MESSAGE_LEN);
+                (stream.slice(offset..end), Err(error))
+            }
         };
         tally.count(&message);
         let line = JsonLine {
@@ -130,19 +133,29 @@ pub fn write_captured_json(
 ) -> io::Result<Tally> {
     let mut tally = Tally::default();
     for captured in messages {
-        tally.count(&captured.message);
-        let line = JsonLine {
-            frame: Some(captured.frame),
-            time: Some(captured.timestamp),
-            src: Some(captured.src),
-            dst: Some(captured.dst),
-            offset: None,
-            length: captured.bytes.len(),
-            body: Body::new(&captured.message, &captured.bytes),
-        };
-        write_line(out, &line)?;
+        write_captured_line(captured, &mut tally, out)?;
     }
     Ok(tally)
+}
+
+/// Writes the JSON line of one message found in a capture, counting it in
+/// `tally`.
+pub fn write_captured_line(
+    captured: &CapturedMessage,
+    tally: &mut Tally,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    tally.count(&captured.message);
+    let line = JsonLine {
+        frame: Some(captured.frame),
+        time: Some(captured.timestamp),
+        src: Some(captured.src),
+        dst: Some(captured.dst),
+        offset: None,
+        length: captured.bytes.len(),
+        body: Body::new(&captured.message, &captured.bytes),
+    };
+    write_line(out, &line)
 }
 
 /// The families whose ADD-PATH path identifiers the codec can carry, by the

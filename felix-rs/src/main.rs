@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use felix_rs::decode::{self, Tally};
 use felix_rs::pcap;
 use std::io::{self, Read, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -26,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// BGP tools.
+    /// BGP tools: `felix bgp decode` shows what a peer sent, as JSON lines.
     #[command(subcommand)]
     Bgp(BgpCommand),
 }
@@ -99,9 +100,28 @@ fn bgp_decode(args: &DecodeArgs) -> anyhow::Result<Tally> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let tally = if args.pcap {
-        let messages = pcap::decode_capture(&input, params)
-            .with_context(|| format!("reading capture {}", args.file.display()))?;
-        decode::write_captured_json(&messages, &mut out)?
+        // Stream the lines out as the capture is walked, so that memory
+        // does not grow with the capture.
+        let mut tally = Tally::default();
+        let mut write_error = None;
+        let walked =
+            pcap::visit_capture(
+                &input,
+                params,
+                |captured| match decode::write_captured_line(&captured, &mut tally, &mut out) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(e) => {
+                        write_error = Some(e);
+                        ControlFlow::Break(())
+                    }
+                },
+            );
+        if let Some(e) = write_error {
+            return Err(e.into());
+        }
+        out.flush()?;
+        walked.with_context(|| format!("reading capture {}", args.file.display()))?;
+        tally
     } else {
         decode::write_stream_json(Bytes::from(input), params, &mut out)?
     };

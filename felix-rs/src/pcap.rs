@@ -39,6 +39,7 @@ use pcap_parser::pcapng::Block;
 use pcap_parser::traits::PcapNGPacketBlock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 /// The TCP port BGP listens on (RFC 4271 §8.2.1).
@@ -107,15 +108,37 @@ pub fn decode_capture(
     data: &[u8],
     assumed: SessionParams,
 ) -> Result<Vec<CapturedMessage>, PcapError> {
+    let mut found = Vec::new();
+    visit_capture(data, assumed, |message| {
+        found.push(message);
+        ControlFlow::Continue(())
+    })?;
+    Ok(found)
+}
+
+/// [`decode_capture`] without holding every message: `visit` gets each one
+/// in the same order as soon as no later packet can put another before it,
+/// so memory stays bounded by the TCP state still open rather than by the
+/// capture's size. `visit` can stop the walk by returning `Break`.
+///
+/// A file error (such as [`PcapError::Truncated`]) is returned after the
+/// messages of the packets before it have been visited.
+pub fn visit_capture(
+    data: &[u8],
+    assumed: SessionParams,
+    mut visit: impl FnMut(CapturedMessage) -> ControlFlow<()>,
+) -> Result<(), PcapError> {
+    /// Packets between attempts to hand messages over.
+    const RELEASE_INTERVAL: u64 = 256;
     let mut streams = StreamTable::new(assumed);
-    for_each_packet(data, |packet| {
+    let walked = for_each_packet(data, |packet| {
         let Some(network) =
             network_layer(packet.linktype, packet.data).ok_or(PcapError::UnsupportedLinkType {
                 frame: packet.frame,
                 linktype: packet.linktype,
             })?
         else {
-            return Ok(());
+            return Ok(ControlFlow::Continue(()));
         };
         if let Some(segment) = tcp_segment(network) {
             if segment.src.port() == BGP_PORT || segment.dst.port() == BGP_PORT {
@@ -126,9 +149,26 @@ pub fn decode_capture(
                 streams.on_segment(&segment, stamp);
             }
         }
-        Ok(())
-    })?;
-    Ok(streams.finish())
+        if packet.frame % RELEASE_INTERVAL == 0 {
+            // Later packets have higher frame numbers.
+            return Ok(streams.release(packet.frame + 1, &mut visit));
+        }
+        Ok(ControlFlow::Continue(()))
+    });
+    match walked {
+        Ok(ControlFlow::Break(())) => Ok(()),
+        Ok(ControlFlow::Continue(())) => {
+            streams.finish();
+            let _ = streams.release(u64::MAX, &mut visit);
+            Ok(())
+        }
+        Err(error) => {
+            // The packets before the error are still worth showing.
+            streams.finish();
+            let _ = streams.release(u64::MAX, &mut visit);
+            Err(error)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -145,11 +185,15 @@ struct RawPacket<'a> {
 
 const PCAPNG_SHB_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
-/// Calls `on_packet` for every packet record, in file order.
+/// What a per-packet callback says: go on, stop, or fail.
+type PacketResult = Result<ControlFlow<()>, PcapError>;
+
+/// Calls `on_packet` for every packet record, in file order, until it asks
+/// to stop.
 fn for_each_packet(
     data: &[u8],
-    on_packet: impl FnMut(RawPacket<'_>) -> Result<(), PcapError>,
-) -> Result<(), PcapError> {
+    on_packet: impl FnMut(RawPacket<'_>) -> PacketResult,
+) -> PacketResult {
     if data.starts_with(&PCAPNG_SHB_MAGIC) {
         for_each_pcapng_packet(data, on_packet)
     } else {
@@ -170,8 +214,8 @@ fn parse_failure<E>(err: nom::Err<E>, offset: usize, what: &str) -> PcapError {
 
 fn for_each_legacy_packet(
     data: &[u8],
-    mut on_packet: impl FnMut(RawPacket<'_>) -> Result<(), PcapError>,
-) -> Result<(), PcapError> {
+    mut on_packet: impl FnMut(RawPacket<'_>) -> PacketResult,
+) -> PacketResult {
     let (mut rest, header) = match pcap_parser::parse_pcap_header(data) {
         Ok(parsed) => parsed,
         // Too short to hold a header but starting like one: cut short.
@@ -198,15 +242,18 @@ fn for_each_legacy_packet(
         let (next, record) =
             parse_frame(rest).map_err(|e| parse_failure(e, offset, "packet record"))?;
         frame += 1;
-        on_packet(RawPacket {
+        let flow = on_packet(RawPacket {
             frame,
             timestamp: f64::from(record.ts_sec) + f64::from(record.ts_usec) / fraction_per_second,
             linktype: header.network.0,
             data: record.data,
         })?;
+        if flow.is_break() {
+            return Ok(flow);
+        }
         rest = next;
     }
-    Ok(())
+    Ok(ControlFlow::Continue(()))
 }
 
 /// What a pcapng Interface Description Block says about its packets.
@@ -229,8 +276,8 @@ fn units_per_second(tsresol: u8) -> Option<u64> {
 
 fn for_each_pcapng_packet(
     data: &[u8],
-    mut on_packet: impl FnMut(RawPacket<'_>) -> Result<(), PcapError>,
-) -> Result<(), PcapError> {
+    mut on_packet: impl FnMut(RawPacket<'_>) -> PacketResult,
+) -> PacketResult {
     let mut rest = data;
     let mut big_endian = false;
     let mut interfaces: Vec<Interface> = Vec::new();
@@ -277,7 +324,7 @@ fn for_each_pcapng_packet(
                 let ticks = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
                 let units = interface.units_per_second;
                 frame += 1;
-                on_packet(RawPacket {
+                let flow = on_packet(RawPacket {
                     frame,
                     timestamp: interface.offset_seconds as f64
                         + (ticks / units) as f64
@@ -285,6 +332,9 @@ fn for_each_pcapng_packet(
                     linktype: interface.linktype,
                     data: epb.packet_data(),
                 })?;
+                if flow.is_break() {
+                    return Ok(flow);
+                }
             }
             Block::SimplePacket(spb) => {
                 // Simple packets belong to the first interface and carry no
@@ -294,17 +344,20 @@ fn for_each_pcapng_packet(
                     reason: "simple packet before any interface description".to_owned(),
                 })?;
                 frame += 1;
-                on_packet(RawPacket {
+                let flow = on_packet(RawPacket {
                     frame,
                     timestamp: 0.0,
                     linktype: interface.linktype,
                     data: spb.packet_data(),
                 })?;
+                if flow.is_break() {
+                    return Ok(flow);
+                }
             }
             _ => {}
         }
     }
-    Ok(())
+    Ok(ControlFlow::Continue(()))
 }
 
 // ---------------------------------------------------------------------------
@@ -624,14 +677,36 @@ impl StreamTable {
         }
     }
 
-    /// Flushes every connection and returns the messages in output order.
-    fn finish(mut self) -> Vec<CapturedMessage> {
+    /// End of capture: flushes every connection.
+    fn finish(&mut self) {
         for connection in &mut self.connections {
             connection.finish(&mut self.out);
         }
+    }
+
+    /// Hands `visit` the found messages that nothing can precede any more:
+    /// those before frame `next_frame` (the earliest a later packet can
+    /// have) and before the earliest frame of any bytes still held in TCP
+    /// state. Stops early if `visit` breaks.
+    fn release(
+        &mut self,
+        next_frame: u64,
+        visit: &mut impl FnMut(CapturedMessage) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        let held = self
+            .connections
+            .iter()
+            .flat_map(|c| &c.streams)
+            .filter_map(Stream::earliest_held_frame)
+            .min();
+        let limit = held.map_or(next_frame, |h| h.min(next_frame));
         // Stable: messages of one frame keep their stream order.
         self.out.found.sort_by_key(|m| m.frame);
-        self.out.found
+        let ready = self.out.found.partition_point(|m| m.frame < limit);
+        for message in self.out.found.drain(..ready) {
+            visit(message)?;
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -826,6 +901,13 @@ impl Connection {
 }
 
 impl Stream {
+    /// The earliest frame among bytes that may still become a message.
+    fn earliest_held_frame(&self) -> Option<u64> {
+        let unframed = self.arrivals.iter().map(|(_, stamp)| stamp.frame);
+        let early = self.early.values().map(|(_, stamp)| stamp.frame);
+        unframed.chain(early).min()
+    }
+
     /// Stream offset of the first unframed byte.
     fn unframed_start(&self) -> u64 {
         self.delivered - (self.buf.len() - self.start) as u64

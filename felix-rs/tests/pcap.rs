@@ -9,9 +9,11 @@
 use bgp::wire::*;
 use bytes::Bytes;
 use felix_rs::pcap::{
-    decode_capture, read_bgp_messages, write_bgp_pcap, CapturedMessage, PcapError, TcpCaptureWriter,
+    decode_capture, read_bgp_messages, visit_capture, write_bgp_pcap, CapturedMessage, PcapError,
+    TcpCaptureWriter,
 };
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -510,6 +512,75 @@ fn too_large_payload_is_an_error() {
         matches!(err, PcapError::PayloadTooLarge { index: 0, .. }),
         "{err}"
     );
+}
+
+/// Thousands of packets, every other message sent second half first: the
+/// streamed output must be in frame order across the points where the
+/// reader hands messages over, and each message at its last byte's frame.
+#[test]
+fn streamed_messages_stay_in_frame_order_under_reordering() {
+    let params = SessionParams::default();
+    let mut capture = TcpCaptureWriter::new(CLIENT, SERVER);
+    let mut expected = Vec::new(); // (frame, message) in output order
+    let mut offset = 0u32;
+    for i in 0..1500u32 {
+        let message = Message::Update(announce_v4(
+            vec![65001],
+            Ipv4Addr::new(10, 0, 0, 1),
+            vec![Nlri::new(v4(&format!("10.{}.{}.0/24", i / 256, i % 256)))],
+        ));
+        let bytes = message.to_bytes(&params).expect("encode");
+        let (head, tail) = bytes.split_at(20);
+        let last_byte_frame = if i % 2 == 0 {
+            capture.send_at(true, offset + 20, tail);
+            let frame = capture.packets();
+            // The server's KEEPALIVE completes while the UPDATE waits for
+            // its head, yet the UPDATE's last byte came first.
+            capture.send(
+                false,
+                &Message::Keepalive.to_bytes(&params).expect("encode"),
+            );
+            expected.push((u64::from(capture.packets()), Message::Keepalive));
+            capture.send_at(true, offset, head);
+            frame
+        } else {
+            capture.send_at(true, offset, head);
+            capture.send_at(true, offset + 20, tail);
+            capture.packets()
+        };
+        offset += bytes.len() as u32;
+        expected.push((u64::from(last_byte_frame), message));
+    }
+    expected.sort_by_key(|(frame, _)| *frame);
+    let file = capture.into_bytes();
+
+    let mut streamed = Vec::new();
+    visit_capture(&file, params, |m| {
+        streamed.push(m);
+        ControlFlow::Continue(())
+    })
+    .expect("visit");
+    let got: Vec<(u64, Message)> = streamed
+        .into_iter()
+        .map(|m| (m.frame, m.message.expect("decodes")))
+        .collect();
+    assert_eq!(got.len(), expected.len());
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(g, e, "message {i}");
+    }
+
+    // A visitor can stop the walk.
+    let mut seen = 0;
+    visit_capture(&file, params, |_| {
+        seen += 1;
+        if seen == 10 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .expect("visit");
+    assert_eq!(seen, 10);
 }
 
 // ---------------------------------------------------------------------------
