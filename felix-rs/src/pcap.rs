@@ -656,12 +656,25 @@ impl StreamTable {
         let side = usize::from(connection.ends[0] != segment.src);
         let mut payload_seq = segment.seq;
         if segment.flags & tcp_flag::SYN != 0 {
-            let stream = &connection.streams[side];
-            if stream.next_seq.is_some() && stream.isn != Some(segment.seq) {
+            let stream = &mut connection.streams[side];
+            match (stream.isn, stream.next_seq) {
+                // Fresh stream, or the SYN retransmitted.
+                (_, None) => {}
+                (Some(isn), Some(_)) if isn == segment.seq => {}
+                // Recorded after data it precedes (capture reordering):
+                // the stream started right after this SYN.
+                (None, Some(next))
+                    if u64::from(next.wrapping_sub(segment.seq.wrapping_add(1)))
+                        == stream.delivered =>
+                {
+                    stream.isn = Some(segment.seq);
+                }
                 // Same endpoints, new sequence space: a new connection.
-                connection.finish(&mut self.out);
-                connection.streams = Default::default();
-                connection.opens = [None, None];
+                (_, Some(_)) => {
+                    connection.finish(&mut self.out);
+                    connection.streams = Default::default();
+                    connection.opens = [None, None];
+                }
             }
             let stream = &mut connection.streams[side];
             if stream.next_seq.is_none() {

@@ -488,6 +488,32 @@ fn a_new_connection_on_the_same_ports_starts_afresh() {
 }
 
 #[test]
+fn a_syn_recorded_after_its_data_is_not_a_new_connection() {
+    let conversation = conversation();
+    let mut capture = TcpCaptureWriter::new(CLIENT, SERVER);
+    capture.send(true, &conversation[0].bytes());
+    capture.send(false, &conversation[1].bytes());
+    capture.send(true, &conversation[2].bytes());
+    // Move the client's SYN (frame 1) after its OPEN (frame 4).
+    let recs = records(&capture.into_bytes());
+    let reordered: Vec<Record> = [1usize, 2, 3, 0, 4, 5]
+        .iter()
+        .map(|&i| Record {
+            ts_sec: recs[i].ts_sec,
+            ts_usec: recs[i].ts_usec,
+            data: recs[i].data.clone(),
+        })
+        .collect();
+    let file = classic_pcap(&reordered, 1, false, false);
+    let found = decode_capture(&file, SessionParams::default()).expect("decode");
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_eq!(found[0].message.as_ref(), Ok(&conversation[0].message));
+    assert_eq!(found[1].message.as_ref(), Ok(&conversation[1].message));
+    // Still the same session: the KEEPALIVE gets the negotiated parameters.
+    assert_same(&found[2], &conversation[2], 6);
+}
+
+#[test]
 fn assumed_params_apply_until_both_opens_are_seen() {
     let assumed = client_to_server_params();
     let update = Message::Update(announce_v4(
