@@ -258,12 +258,12 @@ fn our_routes(nlri: &[Nlri]) -> Vec<Route> {
 /// `bgp.mp_reach_nlri_ipv6_prefix`, …) and, when tshark recognised ADD-PATH,
 /// `bgp.nlri_path_id`. An empty container is an empty string.
 ///
-/// ADD-PATH: tshark 4.0 has no preference for it and does not track the
-/// capability per session; it guesses from the NLRI bytes whether path
-/// identifiers are present. It guesses right for every NLRI in these
+/// ADD-PATH: tshark 4.0 has no preference for it (`tshark -G defaultprefs`
+/// lists only bgp.desegment and bgp.asn_len); it works out by itself
+/// whether path identifiers are present. It gets it right for every NLRI in these
 /// captures (ADD-PATH on some sessions and families, not on others, e.g.
 /// ipv6 on `exabgp-gobgp.pcap`), so path identifiers are compared strictly:
-/// a wrong guess on a future capture shows up as a prefix list mismatch.
+/// getting it wrong on a future capture shows up as a prefix list mismatch.
 fn tshark_routes(container: Option<&Node>) -> Result<Vec<Route>, String> {
     let Some(container) = container else {
         return Ok(Vec::new());
