@@ -338,12 +338,19 @@ fn open() -> impl Strategy<Value = Open> {
         prop_oneof![Just(0u16), 3u16..],
         any::<u32>().prop_filter("id", |&i| i != 0),
         vec(capability(), 0..12),
+        any::<bool>(),
     )
-        .prop_map(|(my_as, hold_time, id, capabilities)| Open {
+        .prop_map(|(my_as, hold_time, id, capabilities, split)| Open {
             version: 4,
             my_as,
             hold_time,
             bgp_id: Ipv4Addr::from(id),
+            // One per parameter only reads back as such with two or more.
+            capability_layout: if split && capabilities.len() > 1 {
+                CapabilityLayout::OnePerParameter
+            } else {
+                CapabilityLayout::Grouped
+            },
             capabilities,
         })
 }

@@ -1309,6 +1309,7 @@ fn two_octet_session() -> Vec<(bool, Message)> {
             hold_time: 90,
             bgp_id: id,
             capabilities: vec![Capability::RouteRefresh],
+            capability_layout: CapabilityLayout::Grouped,
         })
     };
     vec![

@@ -39,7 +39,7 @@ pub use error::{DecodeError, Disposition, EncodeError, ErrorKind};
 pub use family::{Afi, Family, Safi};
 pub use nlri::{Nlri, Prefix};
 pub use notification::Notification;
-pub use open::Open;
+pub use open::{CapabilityLayout, Open};
 pub use route_refresh::{RouteRefresh, RouteRefreshSubtype};
 pub use update::Update;
 

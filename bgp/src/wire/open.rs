@@ -26,6 +26,27 @@ pub struct Open {
     pub hold_time: u16,
     pub bgp_id: Ipv4Addr,
     pub capabilities: Vec<Capability>,
+    /// How the capabilities were packed into optional parameters, so that a
+    /// decoded OPEN re-encodes byte for byte.
+    #[serde(skip_serializing_if = "CapabilityLayout::is_grouped")]
+    pub capability_layout: CapabilityLayout,
+}
+
+/// RFC 5492 §4 allows all capabilities in one optional parameter (what felix
+/// and BIRD send) or several; FRR and ExaBGP send one per parameter. Any
+/// other split decodes as `Grouped` and re-encodes in that form.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CapabilityLayout {
+    #[default]
+    Grouped,
+    OnePerParameter,
+}
+
+impl CapabilityLayout {
+    fn is_grouped(&self) -> bool {
+        *self == CapabilityLayout::Grouped
+    }
 }
 
 impl Open {
@@ -49,6 +70,7 @@ impl Open {
             hold_time,
             bgp_id,
             capabilities,
+            capability_layout: CapabilityLayout::Grouped,
         }
     }
 
@@ -158,6 +180,8 @@ impl Open {
             ));
         }
         let mut capabilities = Vec::new();
+        let mut params = 0usize;
+        let mut one_each = true;
         while pos < b.len() {
             let hdr = if extended { 3 } else { 2 };
             let h = b
@@ -180,6 +204,8 @@ impl Open {
                     Bytes::new(),
                 ));
             }
+            params += 1;
+            let before = capabilities.len();
             let mut caps = &b[start..end];
             while !caps.is_empty() {
                 let (after, (ccode, cvalue)) = capability_tlv(caps)
@@ -189,14 +215,21 @@ impl Open {
                 capabilities.push(Capability::decode(ccode, &value, raw)?);
                 caps = after;
             }
+            one_each &= capabilities.len() == before + 1;
             pos = end;
         }
+        let capability_layout = if params > 1 && one_each {
+            CapabilityLayout::OnePerParameter
+        } else {
+            CapabilityLayout::Grouped
+        };
         Ok(Open {
             version,
             my_as,
             hold_time,
             bgp_id,
             capabilities,
+            capability_layout,
         })
     }
 
@@ -205,21 +238,29 @@ impl Open {
         out.put_u16(self.my_as);
         out.put_u16(self.hold_time);
         out.put_slice(&self.bgp_id.octets());
-        // All capabilities in one parameter, or none when there are none.
-        let mut caps = BytesMut::new();
+        // Each group of capabilities goes in one optional parameter: one
+        // group of all of them, or one group per capability.
+        let mut groups: Vec<BytesMut> = Vec::new();
         for c in &self.capabilities {
-            c.encode(&mut caps)?;
+            if groups.is_empty() || self.capability_layout == CapabilityLayout::OnePerParameter {
+                groups.push(BytesMut::new());
+            }
+            if let Some(g) = groups.last_mut() {
+                c.encode(g)?;
+            }
         }
-        if caps.is_empty() {
-            out.put_u8(0);
-        } else if caps.len() + 2 <= 255 {
-            out.put_u8((caps.len() + 2) as u8);
-            out.put_u8(PARAM_CAPABILITIES);
-            out.put_u8(caps.len() as u8);
-            out.put_slice(&caps);
+        let short = groups.iter().all(|g| g.len() <= 255)
+            && groups.iter().map(|g| g.len() + 2).sum::<usize>() <= 255;
+        if short {
+            out.put_u8(groups.iter().map(|g| g.len() + 2).sum::<usize>() as u8);
+            for g in &groups {
+                out.put_u8(PARAM_CAPABILITIES);
+                out.put_u8(g.len() as u8);
+                out.put_slice(g);
+            }
         } else {
-            // RFC 9072: extended form.
-            let total = caps.len() + 3;
+            // RFC 9072: extended form, 2-octet parameter lengths.
+            let total: usize = groups.iter().map(|g| g.len() + 3).sum();
             if total > u16::MAX as usize {
                 return Err(EncodeError::FieldTooLong {
                     what: "optional parameters",
@@ -229,9 +270,11 @@ impl Open {
             out.put_u8(255);
             out.put_u8(PARAM_EXTENDED);
             out.put_u16(total as u16);
-            out.put_u8(PARAM_CAPABILITIES);
-            out.put_u16(caps.len() as u16);
-            out.put_slice(&caps);
+            for g in &groups {
+                out.put_u8(PARAM_CAPABILITIES);
+                out.put_u16(g.len() as u16);
+                out.put_slice(g);
+            }
         }
         Ok(())
     }
