@@ -238,7 +238,7 @@ fn pack_group(
             .unwrap_or(attributes.len());
         attributes.insert(
             at,
-            PathAttribute::new(AttributeValue::MpReach(MpReach {
+            PathAttribute::new(AttributeValue::MpReach(Box::new(MpReach {
                 family: Family::IPV6_UNICAST,
                 next_hop: NextHop::Ipv6 {
                     global,
@@ -246,7 +246,7 @@ fn pack_group(
                 },
                 nlri: Vec::new(),
                 unparsed: Bytes::new(),
-            })),
+            }))),
         );
     }
     let empty = Message::Update(Update {
@@ -332,11 +332,13 @@ fn fixture(scale: f64) -> Fixture {
     for eor in [
         Update::default(),
         Update {
-            attributes: vec![PathAttribute::new(AttributeValue::MpUnreach(MpUnreach {
-                family: Family::IPV6_UNICAST,
-                withdrawn: Vec::new(),
-                unparsed: Bytes::new(),
-            }))],
+            attributes: vec![PathAttribute::new(AttributeValue::MpUnreach(Box::new(
+                MpUnreach {
+                    family: Family::IPV6_UNICAST,
+                    withdrawn: Vec::new(),
+                    unparsed: Bytes::new(),
+                },
+            )))],
             ..Update::default()
         },
     ] {

@@ -117,22 +117,22 @@ fn mp_reach(p: SessionParams) -> BoxedStrategy<AttributeValue> {
         };
         (next_hop(f.afi), nlris(prefix, p.add_path.contains(f), 20)).prop_map(
             move |(next_hop, nlri)| {
-                AttributeValue::MpReach(MpReach {
+                AttributeValue::MpReach(Box::new(MpReach {
                     family: f,
                     next_hop,
                     nlri,
                     unparsed: Bytes::new(),
-                })
+                }))
             },
         )
     };
     let other = (vec(any::<u8>(), 0..20), vec(any::<u8>(), 0..40)).prop_map(|(nh, rest)| {
-        AttributeValue::MpReach(MpReach {
+        AttributeValue::MpReach(Box::new(MpReach {
             family: Family::new(Afi(25), Safi(70)),
             next_hop: NextHop::Other(Bytes::from(nh)),
             nlri: Vec::new(),
             unparsed: Bytes::from(rest),
-        })
+        }))
     });
     prop_oneof![fam(Family::IPV4_UNICAST), fam(Family::IPV6_UNICAST), other].boxed()
 }
@@ -145,11 +145,11 @@ fn mp_unreach(p: SessionParams) -> BoxedStrategy<AttributeValue> {
             v6_prefix().boxed()
         };
         nlris(prefix, p.add_path.contains(f), 20).prop_map(move |withdrawn| {
-            AttributeValue::MpUnreach(MpUnreach {
+            AttributeValue::MpUnreach(Box::new(MpUnreach {
                 family: f,
                 withdrawn,
                 unparsed: Bytes::new(),
-            })
+            }))
         })
     };
     prop_oneof![fam(Family::IPV4_UNICAST), fam(Family::IPV6_UNICAST)].boxed()

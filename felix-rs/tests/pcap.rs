@@ -116,7 +116,7 @@ fn announce_v6(asns: Vec<u32>, nlri: Vec<Nlri>) -> Update {
         attributes: vec![
             PathAttribute::new(AttributeValue::Origin(Origin::Igp)),
             PathAttribute::new(AttributeValue::AsPath(AsPath::sequence(asns))),
-            PathAttribute::new(AttributeValue::MpReach(MpReach {
+            PathAttribute::new(AttributeValue::MpReach(Box::new(MpReach {
                 family: Family::IPV6_UNICAST,
                 next_hop: NextHop::Ipv6 {
                     global: "2001:db8::1".parse().expect("addr"),
@@ -124,7 +124,7 @@ fn announce_v6(asns: Vec<u32>, nlri: Vec<Nlri>) -> Update {
                 },
                 nlri,
                 unparsed: Bytes::new(),
-            })),
+            }))),
         ],
         nlri: vec![],
         faults: vec![],
@@ -1212,7 +1212,7 @@ fn every_message_kind() -> Vec<(bool, Message)> {
             attr(AttributeValue::AsPath(AsPath::sequence(vec![
                 4_200_000_001,
             ]))),
-            attr(AttributeValue::MpReach(MpReach {
+            attr(AttributeValue::MpReach(Box::new(MpReach {
                 family: Family::IPV6_UNICAST,
                 next_hop: NextHop::Ipv6 {
                     global: "2001:db8::1".parse().expect("addr"),
@@ -1223,7 +1223,7 @@ fn every_message_kind() -> Vec<(bool, Message)> {
                     Nlri::with_path_id(ipv6("2001:db8:2:3::/64"), 2),
                 ],
                 unparsed: Bytes::new(),
-            })),
+            }))),
             attr(AttributeValue::LargeCommunities(vec![LargeCommunity {
                 global: 65001,
                 local1: 0,
@@ -1237,7 +1237,7 @@ fn every_message_kind() -> Vec<(bool, Message)> {
         attributes: vec![
             attr(AttributeValue::Origin(Origin::Igp)),
             attr(AttributeValue::AsPath(AsPath::sequence(vec![65002]))),
-            attr(AttributeValue::MpReach(MpReach {
+            attr(AttributeValue::MpReach(Box::new(MpReach {
                 family: Family::IPV6_UNICAST,
                 next_hop: NextHop::Ipv6 {
                     global: "2001:db8::2".parse().expect("addr"),
@@ -1245,16 +1245,16 @@ fn every_message_kind() -> Vec<(bool, Message)> {
                 },
                 nlri: vec![Nlri::with_path_id(ipv6("2001:db8:ff::/48"), 5)],
                 unparsed: Bytes::new(),
-            })),
+            }))),
         ],
         ..Update::default()
     };
     let v6_unreach = Update {
-        attributes: vec![attr(AttributeValue::MpUnreach(MpUnreach {
+        attributes: vec![attr(AttributeValue::MpUnreach(Box::new(MpUnreach {
             family: Family::IPV6_UNICAST,
             withdrawn: vec![Nlri::with_path_id(ipv6("2001:db8:1::/48"), 1)],
             unparsed: Bytes::new(),
-        }))],
+        })))],
         ..Update::default()
     };
     let refresh = |subtype| Message::RouteRefresh(RouteRefresh::new(Family::IPV4_UNICAST, subtype));

@@ -144,8 +144,8 @@ pub enum AttributeValue {
     /// RFC 4456 §8.
     OriginatorId(Ipv4Addr),
     ClusterList(Vec<Ipv4Addr>),
-    MpReach(MpReach),
-    MpUnreach(MpUnreach),
+    MpReach(Box<MpReach>),
+    MpUnreach(Box<MpUnreach>),
     ExtendedCommunities(Vec<ExtendedCommunity>),
     /// RFC 6793 §3: the real path beside a 2-octet AS_PATH.
     As4Path(AsPath),
@@ -385,8 +385,7 @@ impl PathAttribute {
     pub(crate) fn decode(
         flags: u8,
         type_code: u8,
-        value: &Bytes,
-        raw: &Bytes,
+        src: &AttrSrc<'_>,
         params: &SessionParams,
     ) -> Result<Self, DecodeError> {
         use attr_type::*;
@@ -395,26 +394,26 @@ impl PathAttribute {
             if flags & flag::OPTIONAL == 0 {
                 return Err(DecodeError::reset(
                     ErrorKind::UnrecognizedWellKnown(type_code),
-                    raw.clone(),
+                    src.raw_bytes(),
                 ));
             }
             return Ok(PathAttribute {
                 flags,
                 value: AttributeValue::Unknown {
                     type_code,
-                    data: value.clone(),
+                    data: src.value_bytes(),
                 },
             });
         };
         let disposition = disposition_of(type_code);
-        let fail = |kind: ErrorKind| Err(DecodeError::new(kind, raw.clone(), disposition));
+        let fail = |kind: ErrorKind| Err(DecodeError::new(kind, src.raw_bytes(), disposition));
         let partial_ok = expected == OPT_TRANSITIVE;
         if flags & (flag::OPTIONAL | flag::TRANSITIVE) != expected
             || (!partial_ok && flags & flag::PARTIAL != 0)
         {
             return fail(ErrorKind::AttributeFlags { type_code, flags });
         }
-        let v = &value[..];
+        let v = src.value;
         let len = v.len();
         let bad_len = || ErrorKind::AttributeLength { type_code, len };
         let fixed = |n: usize| if len == n { Ok(()) } else { Err(bad_len()) };
@@ -569,28 +568,28 @@ impl PathAttribute {
                         .collect(),
                 )
             }
-            MP_REACH_NLRI => {
-                AttributeValue::MpReach(decode_mp_reach(value, params).map_err(|reason| {
+            MP_REACH_NLRI => AttributeValue::MpReach(Box::new(
+                decode_mp_reach(src, params).map_err(|reason| {
                     DecodeError::new(
                         ErrorKind::OptionalAttribute { type_code, reason },
-                        raw.clone(),
+                        src.raw_bytes(),
                         disposition,
                     )
-                })?)
-            }
-            MP_UNREACH_NLRI => {
-                AttributeValue::MpUnreach(decode_mp_unreach(value, params).map_err(|reason| {
+                })?,
+            )),
+            MP_UNREACH_NLRI => AttributeValue::MpUnreach(Box::new(
+                decode_mp_unreach(src, params).map_err(|reason| {
                     DecodeError::new(
                         ErrorKind::OptionalAttribute { type_code, reason },
-                        raw.clone(),
+                        src.raw_bytes(),
                         disposition,
                     )
-                })?)
-            }
+                })?,
+            )),
             // `category` knows no other types.
             _ => AttributeValue::Unknown {
                 type_code,
-                data: value.clone(),
+                data: src.value_bytes(),
             },
         };
         Ok(PathAttribute { flags, value })
@@ -609,8 +608,8 @@ fn nlri_len(n: &Nlri, add_path: bool) -> usize {
     (if add_path { 4 } else { 0 }) + 1 + usize::from(n.prefix.prefix_len()).div_ceil(8)
 }
 
-fn decode_mp_reach(value: &Bytes, params: &SessionParams) -> Result<MpReach, &'static str> {
-    let v = &value[..];
+fn decode_mp_reach(src: &AttrSrc<'_>, params: &SessionParams) -> Result<MpReach, &'static str> {
+    let v = src.value;
     if v.len() < 5 {
         return Err("shorter than AFI, SAFI and next-hop length");
     }
@@ -627,9 +626,9 @@ fn decode_mp_reach(value: &Bytes, params: &SessionParams) -> Result<MpReach, &'s
     if !decodes_prefixes(family) {
         return Ok(MpReach {
             family,
-            next_hop: NextHop::Other(value.slice(4..4 + nh_len)),
+            next_hop: NextHop::Other(src.value_bytes().slice(4..4 + nh_len)),
             nlri: Vec::new(),
-            unparsed: value.slice(5 + nh_len..),
+            unparsed: src.value_bytes().slice(5 + nh_len..),
         });
     }
     let v6 = |b: &[u8]| {
@@ -663,8 +662,8 @@ fn decode_mp_reach(value: &Bytes, params: &SessionParams) -> Result<MpReach, &'s
     })
 }
 
-fn decode_mp_unreach(value: &Bytes, params: &SessionParams) -> Result<MpUnreach, &'static str> {
-    let v = &value[..];
+fn decode_mp_unreach(src: &AttrSrc<'_>, params: &SessionParams) -> Result<MpUnreach, &'static str> {
+    let v = src.value;
     if v.len() < 3 {
         return Err("shorter than AFI and SAFI");
     }
@@ -673,7 +672,7 @@ fn decode_mp_unreach(value: &Bytes, params: &SessionParams) -> Result<MpUnreach,
         return Ok(MpUnreach {
             family,
             withdrawn: Vec::new(),
-            unparsed: value.slice(3..),
+            unparsed: src.value_bytes().slice(3..),
         });
     }
     let add_path = params.add_path.contains(family);
@@ -744,3 +743,21 @@ macro_rules! display_serialize {
     )*};
 }
 display_serialize!(Community, LargeCommunity, ExtendedCommunity);
+
+/// Where an attribute sits: plain slices for decoding, and the message's
+/// `Bytes` to make owned views from only when one is kept (unknown
+/// attributes, opaque next hops) or reported (error data).
+pub(crate) struct AttrSrc<'a> {
+    pub(crate) owner: &'a Bytes,
+    pub(crate) raw: &'a [u8],
+    pub(crate) value: &'a [u8],
+}
+
+impl AttrSrc<'_> {
+    fn raw_bytes(&self) -> Bytes {
+        self.owner.slice_ref(self.raw)
+    }
+    fn value_bytes(&self) -> Bytes {
+        self.owner.slice_ref(self.value)
+    }
+}

@@ -309,14 +309,14 @@ pub fn decode(msg: &Bytes, params: &SessionParams) -> Result<Message, DecodeErro
             Bytes::copy_from_slice(&(len as u16).to_be_bytes()),
         ));
     }
-    let body = msg.slice(HEADER_LEN..);
+    let body = || msg.slice(HEADER_LEN..);
     Ok(match msg[18] {
-        msg_type::OPEN => Message::Open(Open::decode_body(&body)?),
-        msg_type::UPDATE => Message::Update(Update::decode_body(&body, params)?),
-        msg_type::NOTIFICATION => Message::Notification(Notification::decode_body(&body)?),
+        msg_type::OPEN => Message::Open(Open::decode_body(&body())?),
+        msg_type::UPDATE => Message::Update(Update::decode_body(msg, &msg[HEADER_LEN..], params)?),
+        msg_type::NOTIFICATION => Message::Notification(Notification::decode_body(&body())?),
         msg_type::KEEPALIVE => Message::Keepalive,
         // check_header admits only the five types above.
-        _ => Message::RouteRefresh(RouteRefresh::decode_body(&body)?),
+        _ => Message::RouteRefresh(RouteRefresh::decode_body(&body())?),
     })
 }
 

@@ -55,11 +55,13 @@ impl Update {
             return Update::default();
         }
         Update {
-            attributes: vec![PathAttribute::new(AttributeValue::MpUnreach(MpUnreach {
-                family,
-                withdrawn: Vec::new(),
-                unparsed: Bytes::new(),
-            }))],
+            attributes: vec![PathAttribute::new(AttributeValue::MpUnreach(Box::new(
+                MpUnreach {
+                    family,
+                    withdrawn: Vec::new(),
+                    unparsed: Bytes::new(),
+                },
+            )))],
             ..Update::default()
         }
     }
@@ -168,7 +170,11 @@ impl Update {
         }
     }
 
-    pub(crate) fn decode_body(body: &Bytes, params: &SessionParams) -> Result<Self, DecodeError> {
+    pub(crate) fn decode_body(
+        msg: &Bytes,
+        body: &[u8],
+        params: &SessionParams,
+    ) -> Result<Self, DecodeError> {
         let (withdrawn_field, attr_field, nlri_field) = update_sections(body)
             .map(|(_, s)| s)
             .map_err(|_| DecodeError::reset(ErrorKind::UpdateLengthsInconsistent, Bytes::new()))?;
@@ -203,8 +209,11 @@ impl Update {
                 faults.push(e);
                 break;
             };
-            let raw = body.slice_ref(&rest[..hdr_len + value.len()]);
-            let value = raw.slice(hdr_len..);
+            let src = super::attribute::AttrSrc {
+                owner: msg,
+                raw: &rest[..hdr_len + value.len()],
+                value,
+            };
             rest = after;
             if seen.insert(type_code) {
                 // One fault per repeated type is enough to report it, and
@@ -231,7 +240,7 @@ impl Update {
                 faults.push(e);
                 continue;
             }
-            match PathAttribute::decode(flags, type_code, &value, &raw, params) {
+            match PathAttribute::decode(flags, type_code, &src, params) {
                 Ok(a) => attributes.push(a),
                 Err(e) if e.disposition == Disposition::SessionReset => return Err(e),
                 Err(e) => faults.push(e),
