@@ -89,7 +89,10 @@ fn as_path(max_asn: u32, confed: bool) -> impl Strategy<Value = AsPath> {
     .prop_map(|segs| AsPath {
         segments: segs
             .into_iter()
-            .map(|(kind, asns)| AsSegment { kind, asns })
+            .map(|(kind, asns)| AsSegment {
+                kind,
+                asns: asns.into(),
+            })
             .collect(),
     })
 }

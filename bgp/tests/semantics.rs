@@ -44,7 +44,7 @@ fn same_bytes_mean_different_paths_on_different_sessions() {
     let Ok(Message::Update(two)) = decode(&m, &SessionParams::default()) else {
         panic!()
     };
-    assert_eq!(two.as_path().unwrap().segments[0].asns, vec![0, 65001]);
+    assert_eq!(two.as_path().unwrap().segments[0].asns[..], [0, 65001]);
     // On a 4-octet session the segment claims 2 ASes but holds one: malformed.
     let Ok(Message::Update(four_u)) = decode(&m, &four()) else {
         panic!()
@@ -157,24 +157,26 @@ fn as4_aggregator_replaces_as_trans_aggregator_only() {
 #[test]
 fn merge_keeps_sets_and_confed_segments_of_the_leading_part() {
     let path = AsPath {
-        segments: vec![
+        segments: [
             AsSegment {
                 kind: SegmentType::ConfedSequence,
-                asns: vec![64512],
+                asns: Asns::from_slice(&[64512]),
             },
             AsSegment {
                 kind: SegmentType::Sequence,
-                asns: vec![65001, 65002],
+                asns: Asns::from_slice(&[65001, 65002]),
             },
             AsSegment {
                 kind: SegmentType::Set,
-                asns: vec![65003, 65004],
+                asns: Asns::from_slice(&[65003, 65004]),
             },
             AsSegment {
                 kind: SegmentType::Sequence,
-                asns: vec![23456],
+                asns: Asns::from_slice(&[23456]),
             },
-        ],
+        ]
+        .into_iter()
+        .collect(),
     };
     let as4 = AsPath::sequence(vec![4_200_000_001]);
     let merged = path.merge_as4(&as4);
@@ -182,7 +184,7 @@ fn merge_keeps_sets_and_confed_segments_of_the_leading_part() {
     assert_eq!(merged.segments.len(), 4);
     assert_eq!(merged.segments[0].kind, SegmentType::ConfedSequence);
     assert_eq!(merged.segments[2].kind, SegmentType::Set);
-    assert_eq!(merged.segments[3].asns, vec![4_200_000_001]);
+    assert_eq!(merged.segments[3].asns[..], [4_200_000_001]);
 }
 
 #[test]

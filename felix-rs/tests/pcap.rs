@@ -1104,16 +1104,18 @@ fn update_every_attribute() -> Update {
         attributes: vec![
             attr(AttributeValue::Origin(Origin::Igp)),
             attr(AttributeValue::AsPath(AsPath {
-                segments: vec![
+                segments: [
                     AsSegment {
                         kind: SegmentType::Sequence,
-                        asns: vec![4_200_000_001, 65010],
+                        asns: Asns::from_slice(&[4_200_000_001, 65010]),
                     },
                     AsSegment {
                         kind: SegmentType::Set,
-                        asns: vec![65020, 4_200_000_030],
+                        asns: Asns::from_slice(&[65020, 4_200_000_030]),
                     },
-                ],
+                ]
+                .into_iter()
+                .collect(),
             })),
             attr(AttributeValue::NextHop(Ipv4Addr::new(10, 0, 0, 1))),
             attr(AttributeValue::MultiExitDisc(50)),

@@ -6,6 +6,7 @@ use nom::bytes::complete::take;
 use nom::number::complete::be_u8;
 use nom::sequence::pair;
 use serde::Serialize;
+use smallvec::SmallVec;
 
 /// The 2-octet stand-in for a 4-octet AS number (RFC 6793 §2).
 pub const AS_TRANS: u16 = 23456;
@@ -43,29 +44,34 @@ impl SegmentType {
     }
 }
 
+/// AS numbers of one segment. Inline up to six: most paths fit, and a
+/// full-table decode then allocates nothing for AS paths.
+pub type Asns = SmallVec<[u32; 6]>;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct AsSegment {
     #[serde(rename = "type")]
     pub kind: SegmentType,
-    pub asns: Vec<u32>,
+    pub asns: Asns,
 }
 
 /// An AS path: segments in wire order, AS numbers always held as 32 bits.
+/// One segment is held inline (the common case).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct AsPath {
-    pub segments: Vec<AsSegment>,
+    pub segments: SmallVec<[AsSegment; 1]>,
 }
 
 impl AsPath {
     /// A path of one AS_SEQUENCE.
-    pub fn sequence(asns: impl Into<Vec<u32>>) -> Self {
-        let asns = asns.into();
+    pub fn sequence(asns: impl IntoIterator<Item = u32>) -> Self {
+        let asns: Asns = asns.into_iter().collect();
         if asns.is_empty() {
             return AsPath::default();
         }
         AsPath {
-            segments: vec![AsSegment {
+            segments: smallvec::smallvec![AsSegment {
                 kind: SegmentType::Sequence,
                 asns,
             }],
@@ -124,7 +130,7 @@ impl AsPath {
     /// Parses a path whose AS numbers are `width` (2 or 4) bytes wide.
     /// `Err` carries the reason; the caller makes the typed error.
     pub(crate) fn decode(mut v: &[u8], width: usize) -> Result<Self, &'static str> {
-        let mut segments = Vec::with_capacity(1);
+        let mut segments = SmallVec::new();
         while !v.is_empty() {
             let (rest, (kind, count)) =
                 segment_header(v).map_err(|_| "segment header truncated")?;
@@ -206,7 +212,8 @@ impl AsPath {
             return self.clone();
         }
         let mut keep = n - n4;
-        let mut segments = Vec::with_capacity(self.segments.len() + as4.segments.len());
+        let mut segments: SmallVec<[AsSegment; 1]> =
+            SmallVec::with_capacity(self.segments.len() + as4.segments.len());
         for s in &self.segments {
             match s.kind {
                 // Confederation segments count nothing; keep them while we
@@ -230,7 +237,7 @@ impl AsPath {
                     let take = keep.min(s.asns.len());
                     segments.push(AsSegment {
                         kind: s.kind,
-                        asns: s.asns[..take].to_vec(),
+                        asns: s.asns[..take].iter().copied().collect(),
                     });
                     keep -= take;
                 }

@@ -29,7 +29,7 @@ mod open;
 mod route_refresh;
 mod update;
 
-pub use as_path::{AsPath, AsSegment, SegmentType, AS_TRANS};
+pub use as_path::{AsPath, AsSegment, Asns, SegmentType, AS_TRANS};
 pub use attribute::{
     attr_type, Aggregator, AttributeValue, Community, ExtendedCommunity, LargeCommunity, MpReach,
     MpUnreach, NextHop, Origin, PathAttribute,

@@ -60,62 +60,65 @@ impl Nlri {
 
 /// One NLRI: optional 4-byte path id, prefix length, then the prefix's
 /// significant octets (RFC 4271 §4.3, RFC 7911 §3).
-fn raw_nlri(add_path: bool) -> impl Fn(In<'_>) -> NomResult<'_, (Option<u32>, u8, &[u8])> {
-    move |i| {
-        let (i, path_id) = cond(add_path, be_u32)(i)?;
-        let (i, len) = be_u8(i)?;
-        let (i, bytes) = take(usize::from(len).div_ceil(8))(i)?;
-        Ok((i, (path_id, len, bytes)))
-    }
+#[inline(always)]
+fn raw_nlri<const ADD_PATH: bool>(i: In<'_>) -> NomResult<'_, (Option<u32>, u8, &[u8])> {
+    let (i, path_id) = cond(ADD_PATH, be_u32)(i)?;
+    let (i, len) = be_u8(i)?;
+    let (i, bytes) = take(usize::from(len).div_ceil(8))(i)?;
+    Ok((i, (path_id, len, bytes)))
 }
 
 /// Decodes a run of prefixes of one address family, appending to `out`.
 /// `Err` carries the reason; the caller makes the typed error.
 pub(crate) fn decode_prefixes(
-    mut v: &[u8],
+    v: &[u8],
     ipv6: bool,
     add_path: bool,
     out: &mut Vec<Nlri>,
 ) -> Result<(), &'static str> {
-    let max_len = if ipv6 { 128 } else { 32 };
-    out.reserve_exact(count(v, add_path));
-    let parse = raw_nlri(add_path);
+    // One loop per (family, ADD-PATH) pair, so neither is tested per prefix.
+    match (ipv6, add_path) {
+        (false, false) => decode_run::<false, false>(v, out),
+        (false, true) => decode_run::<false, true>(v, out),
+        (true, false) => decode_run::<true, false>(v, out),
+        (true, true) => decode_run::<true, true>(v, out),
+    }
+}
+
+fn decode_run<const IPV6: bool, const ADD_PATH: bool>(
+    mut v: &[u8],
+    out: &mut Vec<Nlri>,
+) -> Result<(), &'static str> {
+    const TOO_LONG: &str = "prefix length exceeds the address size";
+    out.reserve_exact(count(v, ADD_PATH));
     while !v.is_empty() {
-        let (rest, (path_id, len, bytes)) = parse(v).map_err(|_| "prefix overruns its field")?;
-        if len > max_len {
-            return Err("prefix length exceeds the address size");
-        }
-        let n = bytes.len();
-        let prefix = if ipv6 {
+        let (rest, (path_id, len, bytes)) =
+            raw_nlri::<ADD_PATH>(v).map_err(|_| "prefix overruns its field")?;
+        let prefix = if IPV6 {
+            if len > 128 {
+                return Err(TOO_LONG);
+            }
             let mut a = [0u8; 16];
-            a[..n].copy_from_slice(bytes);
-            mask_tail(&mut a[..n], len);
-            Ipv6Net::new(Ipv6Addr::from(a), len)
-                .map(IpNet::V6)
-                .map_err(|_| "prefix length exceeds the address size")?
+            a[..bytes.len()].copy_from_slice(bytes);
+            let bits =
+                u128::from_be_bytes(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpNet::V6(Ipv6Net::new(Ipv6Addr::from(bits), len).map_err(|_| TOO_LONG)?)
         } else {
+            if len > 32 {
+                return Err(TOO_LONG);
+            }
             let mut a = [0u8; 4];
-            a[..n].copy_from_slice(bytes);
-            mask_tail(&mut a[..n], len);
-            Ipv4Net::new(Ipv4Addr::from(a), len)
-                .map(IpNet::V4)
-                .map_err(|_| "prefix length exceeds the address size")?
+            a[..bytes.len()].copy_from_slice(bytes);
+            // Host bits are "irrelevant" (RFC 4271 §4.3): clear them so
+            // equal prefixes compare equal.
+            let bits =
+                u32::from_be_bytes(a) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(bits), len).map_err(|_| TOO_LONG)?)
         };
         out.push(Nlri { prefix, path_id });
         v = rest;
     }
     Ok(())
-}
-
-/// Clears the bits past the prefix length in the last byte: they are
-/// "irrelevant" (RFC 4271 §4.3) and must not make equal prefixes differ.
-fn mask_tail(bytes: &mut [u8], len: u8) {
-    let rem = len % 8;
-    if rem != 0 {
-        if let Some(last) = bytes.last_mut() {
-            *last &= 0xffu8 << (8 - rem);
-        }
-    }
 }
 
 /// How many NLRI the field holds (stopping where it stops parsing), so the
