@@ -382,31 +382,32 @@ impl PathAttribute {
     /// Decodes one attribute. `raw` is the whole attribute (header
     /// included), which is the NOTIFICATION data for most errors (RFC 4271
     /// §6.3); `value` is its value part.
-    pub(crate) fn decode(
+    #[inline]
+    ///
+    /// Returns the value only (the caller pairs it with the flags, writing
+    /// the attribute once), and boxes the rare error so the common result
+    /// stays small.
+    pub(crate) fn decode_value(
         flags: u8,
         type_code: u8,
         src: &AttrSrc<'_>,
         params: &SessionParams,
-    ) -> Result<Self, DecodeError> {
+    ) -> Result<AttributeValue, Box<DecodeError>> {
         use attr_type::*;
-        let flags = flags & 0xf0;
         let Some(expected) = category(type_code) else {
             if flags & flag::OPTIONAL == 0 {
-                return Err(DecodeError::reset(
+                return Err(Box::new(DecodeError::reset(
                     ErrorKind::UnrecognizedWellKnown(type_code),
                     src.raw_bytes(),
-                ));
+                )));
             }
-            return Ok(PathAttribute {
-                flags,
-                value: AttributeValue::Unknown {
-                    type_code,
-                    data: src.value_bytes(),
-                },
+            return Ok(AttributeValue::Unknown {
+                type_code,
+                data: src.value_bytes(),
             });
         };
         let disposition = disposition_of(type_code);
-        let fail = |kind: ErrorKind| Err(DecodeError::new(kind, src.raw_bytes(), disposition));
+        let fail = |kind: ErrorKind| Err(malformed(kind, src, disposition));
         let partial_ok = expected == OPT_TRANSITIVE;
         if flags & (flag::OPTIONAL | flag::TRANSITIVE) != expected
             || (!partial_ok && flags & flag::PARTIAL != 0)
@@ -570,18 +571,18 @@ impl PathAttribute {
             }
             MP_REACH_NLRI => AttributeValue::MpReach(Box::new(
                 decode_mp_reach(src, params).map_err(|reason| {
-                    DecodeError::new(
+                    malformed(
                         ErrorKind::OptionalAttribute { type_code, reason },
-                        src.raw_bytes(),
+                        src,
                         disposition,
                     )
                 })?,
             )),
             MP_UNREACH_NLRI => AttributeValue::MpUnreach(Box::new(
                 decode_mp_unreach(src, params).map_err(|reason| {
-                    DecodeError::new(
+                    malformed(
                         ErrorKind::OptionalAttribute { type_code, reason },
-                        src.raw_bytes(),
+                        src,
                         disposition,
                     )
                 })?,
@@ -592,8 +593,16 @@ impl PathAttribute {
                 data: src.value_bytes(),
             },
         };
-        Ok(PathAttribute { flags, value })
+        Ok(value)
     }
+}
+
+/// The error for a malformed attribute; its data is the whole attribute
+/// (RFC 4271 §6.3). Out of line: errors are rare.
+#[cold]
+#[inline(never)]
+fn malformed(kind: ErrorKind, src: &AttrSrc<'_>, disposition: Disposition) -> Box<DecodeError> {
+    Box::new(DecodeError::new(kind, src.raw_bytes(), disposition))
 }
 
 fn next_hop_len(nh: &NextHop) -> usize {

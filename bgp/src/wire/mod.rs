@@ -253,7 +253,8 @@ pub fn frame_len(buf: &[u8], params: &SessionParams) -> Result<Option<usize>, De
 /// Validates marker, length and type of the header at the start of `buf`
 /// (which holds at least [`HEADER_LEN`] bytes); returns the message length.
 fn check_header(buf: &[u8], params: &SessionParams) -> Result<usize, DecodeError> {
-    if buf[..16].iter().any(|&b| b != 0xff) {
+    let marker = buf.first_chunk::<16>().map(|m| u128::from_ne_bytes(*m));
+    if marker != Some(u128::MAX) {
         return Err(DecodeError::reset(ErrorKind::BadMarker, Bytes::new()));
     }
     let len = u16::from_be_bytes([buf[16], buf[17]]);

@@ -240,10 +240,13 @@ impl Update {
                 faults.push(e);
                 continue;
             }
-            match PathAttribute::decode(flags, type_code, &src, params) {
-                Ok(a) => attributes.push(a),
-                Err(e) if e.disposition == Disposition::SessionReset => return Err(e),
-                Err(e) => faults.push(e),
+            match PathAttribute::decode_value(flags, type_code, &src, params) {
+                Ok(value) => attributes.push(PathAttribute {
+                    flags: flags & 0xf0,
+                    value,
+                }),
+                Err(e) if e.disposition == Disposition::SessionReset => return Err(*e),
+                Err(e) => faults.push(*e),
             }
         }
 
