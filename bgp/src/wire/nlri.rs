@@ -58,9 +58,6 @@ impl Nlri {
     }
 }
 
-/// Fields up to this many bytes skip the counting pass (see `decode_run`).
-const SHORT_FIELD: usize = 32;
-
 /// One NLRI: optional 4-byte path id, prefix length, then the prefix's
 /// significant octets (RFC 4271 §4.3, RFC 7911 §3).
 #[inline(always)]
@@ -93,14 +90,9 @@ fn decode_run<const IPV6: bool, const ADD_PATH: bool>(
     out: &mut Vec<Nlri>,
 ) -> Result<(), &'static str> {
     const TOO_LONG: &str = "prefix length exceeds the address size";
-    // A short field reserves room for the most NLRI it could hold (one per
-    // byte, or per five with path ids): a bounded amount, and no second pass.
-    // A long field is counted first, so its vector is exact.
-    if v.len() <= SHORT_FIELD {
-        out.reserve_exact(v.len() / if ADD_PATH { 5 } else { 1 });
-    } else {
-        out.reserve_exact(count(v, ADD_PATH));
-    }
+    // Counted first so the vector is exact: decoded UPDATEs are kept (RIB),
+    // and a field of one-byte /0 prefixes must not regrow repeatedly.
+    out.reserve_exact(count(v, ADD_PATH));
     while !v.is_empty() {
         let (rest, (path_id, len, bytes)) =
             raw_nlri::<ADD_PATH>(v).map_err(|_| "prefix overruns its field")?;
