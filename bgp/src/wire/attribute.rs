@@ -408,6 +408,13 @@ impl PathAttribute {
         };
         let disposition = disposition_of(type_code);
         let fail = |kind: ErrorKind| Err(malformed(kind, src, disposition));
+        let optional_error = |reason: &'static str| {
+            malformed(
+                ErrorKind::OptionalAttribute { type_code, reason },
+                src,
+                disposition,
+            )
+        };
         let partial_ok = expected == OPT_TRANSITIVE;
         if flags & (flag::OPTIONAL | flag::TRANSITIVE) != expected
             || (!partial_ok && flags & flag::PARTIAL != 0)
@@ -450,7 +457,7 @@ impl PathAttribute {
                     Err(reason) if type_code == AS_PATH => {
                         return fail(ErrorKind::MalformedAsPath(reason))
                     }
-                    Err(reason) => return fail(ErrorKind::OptionalAttribute { type_code, reason }),
+                    Err(reason) => return Err(optional_error(reason)),
                 };
                 if type_code == AS_PATH {
                     AttributeValue::AsPath(path)
@@ -462,10 +469,7 @@ impl PathAttribute {
                             super::SegmentType::ConfedSequence | super::SegmentType::ConfedSet
                         )
                     }) {
-                        return fail(ErrorKind::OptionalAttribute {
-                            type_code,
-                            reason: "confederation segment in AS4_PATH",
-                        });
+                        return Err(optional_error("confederation segment in AS4_PATH"));
                     }
                     AttributeValue::As4Path(path)
                 }
@@ -570,22 +574,10 @@ impl PathAttribute {
                 )
             }
             MP_REACH_NLRI => AttributeValue::MpReach(Box::new(
-                decode_mp_reach(src, params).map_err(|reason| {
-                    malformed(
-                        ErrorKind::OptionalAttribute { type_code, reason },
-                        src,
-                        disposition,
-                    )
-                })?,
+                decode_mp_reach(src, params).map_err(optional_error)?,
             )),
             MP_UNREACH_NLRI => AttributeValue::MpUnreach(Box::new(
-                decode_mp_unreach(src, params).map_err(|reason| {
-                    malformed(
-                        ErrorKind::OptionalAttribute { type_code, reason },
-                        src,
-                        disposition,
-                    )
-                })?,
+                decode_mp_unreach(src, params).map_err(optional_error)?,
             )),
             // `category` knows no other types.
             _ => AttributeValue::Unknown {
