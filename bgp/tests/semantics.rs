@@ -420,3 +420,31 @@ fn json_shape_for_operators() {
     assert_eq!(j["attributes"][3]["communities"][0], "65001:42");
     assert_eq!(j["attributes"][4]["large-communities"][0], "65001:1:2");
 }
+
+#[test]
+fn oversized_fields_are_encode_errors_not_corrupt_bytes() {
+    let reach = AttributeValue::MpReach(Box::new(MpReach {
+        family: Family::new(Afi(25), Safi(70)),
+        next_hop: NextHop::Other(Bytes::from(vec![0u8; 300])),
+        nlri: vec![],
+        unparsed: Bytes::new(),
+    }));
+    let u = update_with(vec![reach], &[]);
+    let mut out = BytesMut::from(&b"keep"[..]);
+    let err = Message::Update(u).encode(&four(), &mut out);
+    assert!(
+        matches!(err, Err(EncodeError::FieldTooLong { len: 300, .. })),
+        "{err:?}"
+    );
+    assert_eq!(&out[..], b"keep", "nothing is left behind on error");
+
+    let cap = Capability::Unknown {
+        code: 200,
+        data: Bytes::from(vec![0u8; 256]),
+    };
+    let open = Open::new(65001, 90, Ipv4Addr::new(192, 0, 2, 1), vec![cap]);
+    assert!(matches!(
+        Message::Open(open).to_bytes(&four()),
+        Err(EncodeError::FieldTooLong { .. })
+    ));
+}

@@ -300,6 +300,16 @@ impl PathAttribute {
         if len > u16::MAX as usize {
             return Err(super::EncodeError::AttributeTooLong { type_code, len });
         }
+        if let AttributeValue::MpReach(r) = &self.value {
+            // Its length field is one octet (RFC 4760 §3).
+            let nh = next_hop_len(&r.next_hop);
+            if nh > 255 {
+                return Err(super::EncodeError::FieldTooLong {
+                    what: "MP_REACH_NLRI next hop",
+                    len: nh,
+                });
+            }
+        }
         let base = match category(type_code) {
             Some(c) if !matches!(self.value, AttributeValue::Unknown { .. }) => {
                 c | (self.flags & flag::PARTIAL)
