@@ -39,7 +39,9 @@ log "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test"
-cargo test --workspace --locked
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$results"
 
 left=$(ip netns list 2>/dev/null || true)
 if [ -n "$left" ]; then
@@ -47,3 +49,8 @@ if [ -n "$left" ]; then
     echo "$left" >&2
     exit 1
 fi
+
+# One closing line for the whole suite: cargo's own last line is the last
+# crate's doc-tests, which may be "0 passed".
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
+     END { printf "\n%d passed, %d failed, %d skipped\n", p, f, s }' "$results"
