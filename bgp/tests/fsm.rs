@@ -1,0 +1,934 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The RFC 4271 §8 FSM, driven only by events and fake instants.
+
+use bgp::fsm::{
+    fsm_subcode, resolve_collision, Action, DownReason, Event, Fsm, Negotiated, PeerAsn,
+    PeerConfig, State, Survivor, OPEN_SENT_HOLD_TIME,
+};
+use bgp::wire::error::{cease_subcode, code, open_subcode};
+use bgp::wire::{
+    AddPathDirection, Capability, CapabilityLayout, DecodeError, Disposition, ErrorKind, Family,
+    Message, Notification, Open, RouteRefresh, RouteRefreshSubtype, SessionParams, Update,
+    AS_TRANS,
+};
+use bytes::Bytes;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+const LOCAL_ASN: u32 = 65001;
+const PEER_ASN: u32 = 65002;
+const LOCAL_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const PEER_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn config() -> PeerConfig {
+    PeerConfig::new(LOCAL_ASN, LOCAL_ID, PeerAsn::Exact(PEER_ASN))
+}
+
+fn fsm(config: PeerConfig) -> Fsm {
+    Fsm::new(config).unwrap()
+}
+
+fn peer_open(hold_time: u16) -> Open {
+    Open::new(PEER_ASN, hold_time, PEER_ID, vec![])
+}
+
+/// An OPEN from a speaker without 4-octet AS support (RFC 6793 "OLD").
+fn two_octet_open(my_as: u16, hold_time: u16, bgp_id: Ipv4Addr) -> Open {
+    Open {
+        version: 4,
+        my_as,
+        hold_time,
+        bgp_id,
+        capabilities: vec![],
+        capability_layout: CapabilityLayout::Grouped,
+    }
+}
+
+fn msg(m: Message) -> Event {
+    Event::Message(m)
+}
+
+fn open_event(open: Open) -> Event {
+    msg(Message::Open(open))
+}
+
+fn send_notification(n: Notification) -> Action {
+    Action::Send(Message::Notification(n))
+}
+
+fn notif(code: u8, subcode: u8, data: &[u8]) -> Notification {
+    Notification::new(code, subcode, Bytes::copy_from_slice(data))
+}
+
+fn manual_stop() -> Event {
+    Event::ManualStop {
+        shutdown_message: None,
+    }
+}
+
+/// Drives a fresh active FSM to OpenSent at `t0`.
+fn to_open_sent(config: PeerConfig, t0: Instant) -> Fsm {
+    let mut f = fsm(config);
+    assert_eq!(f.handle(Event::ManualStart, t0), vec![Action::Connect]);
+    let open = f.local_open().clone();
+    assert_eq!(
+        f.handle(Event::TcpConnectionAcked, t0),
+        vec![Action::Send(Message::Open(open))]
+    );
+    assert_eq!(f.state(), State::OpenSent);
+    f
+}
+
+fn to_open_confirm(config: PeerConfig, peer: Open, t0: Instant) -> Fsm {
+    let mut f = to_open_sent(config, t0);
+    assert_eq!(
+        f.handle(open_event(peer), t0),
+        vec![Action::Send(Message::Keepalive)]
+    );
+    assert_eq!(f.state(), State::OpenConfirm);
+    f
+}
+
+fn established(actions: &[Action]) -> Negotiated {
+    match actions {
+        [Action::Established(n)] => (**n).clone(),
+        other => panic!("expected Established, got {other:?}"),
+    }
+}
+
+fn to_established(config: PeerConfig, peer: Open, t0: Instant) -> (Fsm, Negotiated) {
+    let mut f = to_open_confirm(config, peer, t0);
+    let n = established(&f.handle(msg(Message::Keepalive), t0));
+    assert_eq!(f.state(), State::Established);
+    (f, n)
+}
+
+#[test]
+fn config_is_validated() {
+    let mut c = config();
+    c.hold_time = 2;
+    assert!(Fsm::new(c).is_err());
+    let mut c = config();
+    c.local_id = Ipv4Addr::UNSPECIFIED;
+    assert!(Fsm::new(c).is_err());
+    let mut c = config();
+    c.connect_retry = Duration::ZERO;
+    assert!(Fsm::new(c).is_err());
+}
+
+#[test]
+fn happy_path_active() {
+    let t0 = Instant::now();
+    let v6 = Family::IPV6_UNICAST;
+    let v4 = Family::IPV4_UNICAST;
+    let mut c = config();
+    c.capabilities.families = vec![v4, v6];
+    c.capabilities.route_refresh = true;
+    c.capabilities.add_path = vec![(v4, AddPathDirection::Receive)];
+    let mut f = fsm(c.clone());
+    assert_eq!(f.state(), State::Idle);
+    assert_eq!(f.next_timeout(), None);
+
+    assert_eq!(f.handle(Event::ManualStart, t0), vec![Action::Connect]);
+    assert_eq!(f.state(), State::Connect);
+    assert_eq!(f.next_timeout(), Some(t0 + secs(120)));
+
+    let ours = Open::new(
+        LOCAL_ASN,
+        90,
+        LOCAL_ID,
+        vec![
+            Capability::Multiprotocol { family: v4 },
+            Capability::Multiprotocol { family: v6 },
+            Capability::RouteRefresh,
+            Capability::AddPath {
+                entries: vec![(v4, AddPathDirection::Receive)],
+            },
+        ],
+    );
+    assert_eq!(ours.four_octet_as(), Some(LOCAL_ASN));
+    let t1 = t0 + secs(1);
+    assert_eq!(
+        f.handle(Event::TcpConnectionAcked, t1),
+        vec![Action::Send(Message::Open(ours.clone()))]
+    );
+    assert_eq!(f.state(), State::OpenSent);
+    assert_eq!(f.next_timeout(), Some(t1 + OPEN_SENT_HOLD_TIME));
+
+    let peer = Open::new(
+        PEER_ASN,
+        30,
+        PEER_ID,
+        vec![
+            Capability::Multiprotocol { family: v4 },
+            Capability::RouteRefresh,
+            Capability::AddPath {
+                entries: vec![(v4, AddPathDirection::Both)],
+            },
+        ],
+    );
+    let t2 = t0 + secs(2);
+    assert_eq!(
+        f.handle(open_event(peer.clone()), t2),
+        vec![Action::Send(Message::Keepalive)]
+    );
+    assert_eq!(f.state(), State::OpenConfirm);
+    assert_eq!(f.peer_id(), Some(PEER_ID));
+    // Keepalive timer: 30 / 3.
+    assert_eq!(f.next_timeout(), Some(t2 + secs(10)));
+
+    let t3 = t0 + secs(3);
+    let n = established(&f.handle(msg(Message::Keepalive), t3));
+    assert_eq!(f.state(), State::Established);
+    assert_eq!(n.hold_time, 30);
+    assert_eq!(n.keepalive_interval, Some(secs(10)));
+    assert_eq!(n.peer_asn, PEER_ASN);
+    assert_eq!(n.peer_id, PEER_ID);
+    assert!(!n.internal);
+    assert_eq!(n.families, vec![v4]);
+    assert!(n.route_refresh);
+    assert!(!n.enhanced_route_refresh);
+    assert_eq!(n.peer_graceful_restart, None);
+    assert_eq!(n.receive, SessionParams::negotiate_receive(&ours, &peer));
+    assert_eq!(n.send, SessionParams::negotiate_send(&ours, &peer));
+    assert!(n.receive.four_octet_as && n.send.four_octet_as);
+    // We receive path ids (we said Receive, they said Both), never send.
+    assert!(n.receive.add_path.contains(v4));
+    assert!(!n.send.add_path.contains(v4));
+    assert_eq!(f.negotiated(), Some(&n));
+    assert_eq!(n.remote_open, peer);
+}
+
+#[test]
+fn happy_path_passive() {
+    let t0 = Instant::now();
+    let mut c = config();
+    c.passive = true;
+    c.hold_time = 9;
+    let mut f = fsm(c);
+    assert_eq!(f.handle(Event::ManualStart, t0), vec![]);
+    assert_eq!(f.state(), State::Active);
+    // A passive peer never connects: no ConnectRetry timer.
+    assert_eq!(f.next_timeout(), None);
+    let ours = f.local_open().clone();
+    assert_eq!(
+        f.handle(Event::TcpConnectionConfirmed, t0),
+        vec![Action::Send(Message::Open(ours))]
+    );
+    assert_eq!(f.state(), State::OpenSent);
+    assert_eq!(
+        f.handle(open_event(peer_open(90)), t0),
+        vec![Action::Send(Message::Keepalive)]
+    );
+    let n = established(&f.handle(msg(Message::Keepalive), t0));
+    assert_eq!(n.hold_time, 9);
+    assert_eq!(n.keepalive_interval, Some(secs(3)));
+    assert_eq!(n.families, vec![Family::IPV4_UNICAST]);
+}
+
+#[test]
+fn rfc_passive_start_connects_after_connect_retry() {
+    let t0 = Instant::now();
+    let mut f = fsm(config());
+    assert_eq!(f.handle(Event::ManualStartPassive, t0), vec![]);
+    assert_eq!(f.state(), State::Active);
+    assert_eq!(f.next_timeout(), Some(t0 + secs(120)));
+    assert_eq!(f.handle_timeout(t0 + secs(119)), vec![]);
+    assert_eq!(f.handle_timeout(t0 + secs(120)), vec![Action::Connect]);
+    assert_eq!(f.state(), State::Connect);
+    assert_eq!(f.next_timeout(), Some(t0 + secs(240)));
+}
+
+#[test]
+fn two_octet_only_peer() {
+    let t0 = Instant::now();
+    let local_asn = 4_200_000_001;
+    let mut c = PeerConfig::new(local_asn, LOCAL_ID, PeerAsn::Exact(65002));
+    c.allow_two_octet_peer = true;
+    let f = fsm(c.clone());
+    // Our OPEN: AS_TRANS in My AS, the real AS in the capability.
+    assert_eq!(f.local_open().my_as, AS_TRANS);
+    assert_eq!(f.local_open().four_octet_as(), Some(local_asn));
+    let (_, n) = to_established(c, two_octet_open(65002, 90, PEER_ID), t0);
+    assert_eq!(n.peer_asn, 65002);
+    assert!(!n.receive.four_octet_as);
+    assert!(!n.send.four_octet_as);
+}
+
+#[test]
+fn two_octet_peer_refused_when_not_allowed() {
+    let t0 = Instant::now();
+    let mut c = config();
+    c.allow_two_octet_peer = false;
+    let mut f = to_open_sent(c, t0);
+    let actions = f.handle(open_event(two_octet_open(65002, 90, PEER_ID)), t0);
+    let [a, b, c_, d] = LOCAL_ASN.to_be_bytes();
+    assert_eq!(
+        actions,
+        vec![
+            send_notification(notif(
+                code::OPEN_MESSAGE,
+                open_subcode::UNSUPPORTED_CAPABILITY,
+                &[65, 4, a, b, c_, d]
+            )),
+            Action::Disconnect
+        ]
+    );
+    assert_eq!(f.state(), State::Idle);
+}
+
+#[test]
+fn four_octet_peer_with_as_trans() {
+    let t0 = Instant::now();
+    let peer_asn = 4_200_000_002;
+    let c = PeerConfig::new(LOCAL_ASN, LOCAL_ID, PeerAsn::Exact(peer_asn));
+    let peer = Open::new(peer_asn, 90, PEER_ID, vec![]);
+    assert_eq!(peer.my_as, AS_TRANS);
+    let (_, n) = to_established(c, peer, t0);
+    assert_eq!(n.peer_asn, peer_asn);
+    assert!(n.receive.four_octet_as && n.send.four_octet_as);
+}
+
+#[test]
+fn dynamic_neighbour_accepts_any_as_and_detects_ibgp() {
+    let t0 = Instant::now();
+    let c = PeerConfig::new(LOCAL_ASN, LOCAL_ID, PeerAsn::Any);
+    let (_, n) = to_established(c, Open::new(LOCAL_ASN, 90, PEER_ID, vec![]), t0);
+    assert!(n.internal);
+    assert_eq!(n.peer_asn, LOCAL_ASN);
+}
+
+/// Sends `open` in OpenSent and checks the NOTIFICATION and teardown.
+fn assert_open_refused(c: PeerConfig, open: Open, expected: Notification) {
+    let t0 = Instant::now();
+    let mut f = to_open_sent(c, t0);
+    assert_eq!(
+        f.handle(open_event(open), t0),
+        vec![send_notification(expected.clone()), Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+    assert_eq!(f.connect_retry_counter(), 1);
+    assert_eq!(
+        f.last_down_reason(),
+        Some(&DownReason::NotificationSent(expected))
+    );
+}
+
+#[test]
+fn open_bad_peer_as() {
+    assert_open_refused(
+        config(),
+        Open::new(65099, 90, PEER_ID, vec![]),
+        notif(code::OPEN_MESSAGE, open_subcode::BAD_PEER_AS, &[0xfe, 0x4b]),
+    );
+    // 4-octet AS mismatch: data is the My AS field, AS_TRANS.
+    assert_open_refused(
+        config(),
+        Open::new(4_200_000_009, 90, PEER_ID, vec![]),
+        notif(code::OPEN_MESSAGE, open_subcode::BAD_PEER_AS, &[0x5b, 0xa0]),
+    );
+    // AS_TRANS without the capability is not a real AS.
+    let mut c = config();
+    c.peer_asn = PeerAsn::Any;
+    assert_open_refused(
+        c,
+        two_octet_open(AS_TRANS, 90, PEER_ID),
+        notif(code::OPEN_MESSAGE, open_subcode::BAD_PEER_AS, &[0x5b, 0xa0]),
+    );
+}
+
+#[test]
+fn open_bad_bgp_identifier() {
+    let bad_id = notif(code::OPEN_MESSAGE, open_subcode::BAD_BGP_IDENTIFIER, &[]);
+    assert_open_refused(
+        config(),
+        Open::new(PEER_ASN, 90, Ipv4Addr::UNSPECIFIED, vec![]),
+        bad_id.clone(),
+    );
+    // Equal to ours on iBGP (RFC 6286 §2.2).
+    let ibgp = PeerConfig::new(LOCAL_ASN, LOCAL_ID, PeerAsn::Exact(LOCAL_ASN));
+    assert_open_refused(ibgp, Open::new(LOCAL_ASN, 90, LOCAL_ID, vec![]), bad_id);
+    // Equal to ours on eBGP is allowed.
+    let t0 = Instant::now();
+    let (_, n) = to_established(config(), Open::new(PEER_ASN, 90, LOCAL_ID, vec![]), t0);
+    assert_eq!(n.peer_id, LOCAL_ID);
+}
+
+#[test]
+fn open_unacceptable_hold_time() {
+    for hold in [1, 2] {
+        assert_open_refused(
+            config(),
+            peer_open(hold),
+            notif(
+                code::OPEN_MESSAGE,
+                open_subcode::UNACCEPTABLE_HOLD_TIME,
+                &[],
+            ),
+        );
+    }
+}
+
+#[test]
+fn open_unsupported_version() {
+    // As the codec reports it.
+    let mut v3 = peer_open(90);
+    v3.version = 3;
+    let bytes = Message::Open(v3.clone())
+        .to_bytes(&SessionParams::default())
+        .unwrap();
+    let err = bgp::wire::decode(&bytes, &SessionParams::default()).unwrap_err();
+    assert_eq!(err.disposition, Disposition::SessionReset);
+    let expected = notif(
+        code::OPEN_MESSAGE,
+        open_subcode::UNSUPPORTED_VERSION,
+        &[0, 4],
+    );
+    let t0 = Instant::now();
+    let mut f = to_open_sent(config(), t0);
+    assert_eq!(
+        f.handle(Event::DecodeError(err), t0),
+        vec![send_notification(expected.clone()), Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+    // And as a hand-built OPEN.
+    assert_open_refused(config(), v3, expected);
+}
+
+#[test]
+fn peer_refuses_our_version() {
+    let t0 = Instant::now();
+    let mut f = to_open_sent(config(), t0);
+    let n = notif(
+        code::OPEN_MESSAGE,
+        open_subcode::UNSUPPORTED_VERSION,
+        &[0, 4],
+    );
+    // Never answer a NOTIFICATION with one.
+    assert_eq!(
+        f.handle(msg(Message::Notification(n)), t0),
+        vec![Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+    // NotifMsgVerErr does not count as a retry.
+    assert_eq!(f.connect_retry_counter(), 0);
+}
+
+fn hold_expired() -> Action {
+    send_notification(notif(code::HOLD_TIMER_EXPIRED, 0, &[]))
+}
+
+#[test]
+fn hold_timer_expires_in_open_sent() {
+    let t0 = Instant::now();
+    let mut f = to_open_sent(config(), t0);
+    assert_eq!(OPEN_SENT_HOLD_TIME, secs(240));
+    assert_eq!(f.next_timeout(), Some(t0 + secs(240)));
+    assert_eq!(f.handle_timeout(t0 + secs(239)), vec![]);
+    assert_eq!(
+        f.handle_timeout(t0 + secs(240)),
+        vec![hold_expired(), Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+    assert_eq!(f.last_down_reason(), Some(&DownReason::HoldTimerExpired));
+}
+
+#[test]
+fn keepalives_then_hold_expiry_in_open_confirm() {
+    let t0 = Instant::now();
+    let mut f = to_open_confirm(config(), peer_open(30), t0);
+    for k in [10, 20] {
+        assert_eq!(f.next_timeout(), Some(t0 + secs(k)));
+        assert_eq!(
+            f.handle_timeout(t0 + secs(k)),
+            vec![Action::Send(Message::Keepalive)]
+        );
+        assert_eq!(f.state(), State::OpenConfirm);
+    }
+    // Keepalive and hold are both due at 30: the hold timer wins.
+    assert_eq!(f.next_timeout(), Some(t0 + secs(30)));
+    assert_eq!(
+        f.handle_timeout(t0 + secs(30)),
+        vec![hold_expired(), Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+}
+
+#[test]
+fn keepalives_and_hold_in_established() {
+    let t0 = Instant::now();
+    let (mut f, n) = to_established(config(), peer_open(90), t0);
+    assert_eq!(n.keepalive_interval, Some(secs(30)));
+    // Keepalives every 30 s while the peer keeps talking.
+    for k in 1..=5u64 {
+        let due = t0 + secs(30 * k);
+        assert_eq!(f.next_timeout(), Some(due));
+        assert_eq!(
+            f.handle_timeout(due),
+            vec![Action::Send(Message::Keepalive)]
+        );
+        assert_eq!(f.handle(msg(Message::Keepalive), due), vec![]);
+    }
+    // Sending an UPDATE restarts the keepalive timer.
+    let t = t0 + secs(160);
+    assert_eq!(f.handle(Event::UpdateSent, t), vec![]);
+    assert_eq!(f.next_timeout(), Some(t + secs(30)));
+    // An UPDATE restarts the hold timer too.
+    assert_eq!(
+        f.handle(msg(Message::Update(Update::default())), t),
+        vec![Action::Update(Update::default())]
+    );
+    // Silence from the peer: keepalives until the hold timer fires.
+    let now = loop {
+        let now = f.next_timeout().unwrap();
+        let actions = f.handle_timeout(now);
+        if actions != vec![Action::Send(Message::Keepalive)] {
+            assert_eq!(
+                actions,
+                vec![
+                    hold_expired(),
+                    Action::SessionDown {
+                        reason: DownReason::HoldTimerExpired
+                    },
+                    Action::Disconnect
+                ]
+            );
+            break now;
+        }
+    };
+    assert_eq!(now, t + secs(90));
+    assert_eq!(f.state(), State::Idle);
+    assert_eq!(f.negotiated(), None);
+}
+
+#[test]
+fn zero_hold_time_means_no_timers() {
+    let t0 = Instant::now();
+    let (f, n) = to_established(config(), peer_open(0), t0);
+    assert_eq!(n.hold_time, 0);
+    assert_eq!(n.keepalive_interval, None);
+    assert_eq!(f.next_timeout(), None);
+}
+
+#[test]
+fn unexpected_messages_are_fsm_errors() {
+    let t0 = Instant::now();
+    // UPDATE in OpenConfirm (RFC 6608 subcode 2, data: the message type).
+    let mut f = to_open_confirm(config(), peer_open(90), t0);
+    assert_eq!(
+        f.handle(msg(Message::Update(Update::default())), t0),
+        vec![
+            send_notification(notif(
+                code::FSM,
+                fsm_subcode::UNEXPECTED_IN_OPEN_CONFIRM,
+                &[2]
+            )),
+            Action::Disconnect
+        ]
+    );
+    assert_eq!(f.state(), State::Idle);
+    // KEEPALIVE in OpenSent.
+    let mut f = to_open_sent(config(), t0);
+    assert_eq!(
+        f.handle(msg(Message::Keepalive), t0),
+        vec![
+            send_notification(notif(code::FSM, fsm_subcode::UNEXPECTED_IN_OPEN_SENT, &[4])),
+            Action::Disconnect
+        ]
+    );
+    // OPEN in Established.
+    let (mut f, _) = to_established(config(), peer_open(90), t0);
+    let n = notif(code::FSM, fsm_subcode::UNEXPECTED_IN_ESTABLISHED, &[1]);
+    assert_eq!(
+        f.handle(open_event(peer_open(90)), t0),
+        vec![
+            send_notification(n.clone()),
+            Action::SessionDown {
+                reason: DownReason::NotificationSent(n)
+            },
+            Action::Disconnect
+        ]
+    );
+    // ROUTE-REFRESH in OpenSent.
+    let mut f = to_open_sent(config(), t0);
+    let rr = RouteRefresh::new(Family::IPV4_UNICAST, RouteRefreshSubtype::Request);
+    assert_eq!(
+        f.handle(msg(Message::RouteRefresh(rr)), t0),
+        vec![
+            send_notification(notif(code::FSM, fsm_subcode::UNEXPECTED_IN_OPEN_SENT, &[5])),
+            Action::Disconnect
+        ]
+    );
+    // A KEEPALIVE in Connect (no connection should exist): just drop.
+    let mut f = fsm(config());
+    f.handle(Event::ManualStart, t0);
+    assert_eq!(
+        f.handle(msg(Message::Keepalive), t0),
+        vec![Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+    assert_eq!(f.connect_retry_counter(), 1);
+}
+
+#[test]
+fn route_refresh_in_established_is_delivered() {
+    let t0 = Instant::now();
+    let (mut f, _) = to_established(config(), peer_open(90), t0);
+    let rr = RouteRefresh::new(Family::IPV4_UNICAST, RouteRefreshSubtype::Request);
+    assert_eq!(
+        f.handle(msg(Message::RouteRefresh(rr.clone())), t0),
+        vec![Action::RouteRefresh(rr)]
+    );
+    assert_eq!(f.state(), State::Established);
+}
+
+#[test]
+fn manual_stop_in_each_state() {
+    let t0 = Instant::now();
+    let cease = send_notification(notif(
+        code::CEASE,
+        cease_subcode::ADMINISTRATIVE_SHUTDOWN,
+        &[],
+    ));
+
+    let mut f = fsm(config());
+    assert_eq!(f.handle(manual_stop(), t0), vec![]);
+    assert_eq!(f.state(), State::Idle);
+
+    let mut f = fsm(config());
+    f.handle(Event::ManualStart, t0);
+    assert_eq!(f.handle(manual_stop(), t0), vec![Action::Disconnect]);
+    assert_eq!(f.state(), State::Idle);
+
+    let mut f = fsm(config());
+    f.handle(Event::ManualStartPassive, t0);
+    assert_eq!(f.state(), State::Active);
+    assert_eq!(f.handle(manual_stop(), t0), vec![Action::Disconnect]);
+    assert_eq!(f.state(), State::Idle);
+
+    let mut f = to_open_sent(config(), t0);
+    assert_eq!(
+        f.handle(manual_stop(), t0),
+        vec![cease.clone(), Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+
+    let mut f = to_open_confirm(config(), peer_open(90), t0);
+    assert_eq!(
+        f.handle(manual_stop(), t0),
+        vec![cease.clone(), Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+
+    let (mut f, _) = to_established(config(), peer_open(90), t0);
+    let stop = Event::ManualStop {
+        shutdown_message: Some("maintenance".into()),
+    };
+    let shutdown = Notification::shutdown(cease_subcode::ADMINISTRATIVE_SHUTDOWN, "maintenance");
+    assert_eq!(shutdown.shutdown_message(), Some("maintenance"));
+    assert_eq!(
+        f.handle(stop, t0),
+        vec![
+            send_notification(shutdown),
+            Action::SessionDown {
+                reason: DownReason::ManualStop
+            },
+            Action::Disconnect
+        ]
+    );
+    assert_eq!(f.state(), State::Idle);
+    assert_eq!(f.connect_retry_counter(), 0);
+    // A stop does not restart by itself.
+    assert_eq!(f.next_timeout(), None);
+}
+
+#[test]
+fn automatic_stop_sends_its_cease() {
+    let t0 = Instant::now();
+    let (mut f, _) = to_established(config(), peer_open(90), t0);
+    let actions = f.handle(
+        Event::AutomaticStop {
+            cease_subcode: cease_subcode::MAX_PREFIXES_REACHED,
+        },
+        t0,
+    );
+    assert_eq!(
+        actions[0],
+        send_notification(notif(code::CEASE, cease_subcode::MAX_PREFIXES_REACHED, &[]))
+    );
+    assert_eq!(actions.last(), Some(&Action::Disconnect));
+    assert_eq!(f.state(), State::Idle);
+    assert_eq!(f.next_timeout(), None);
+}
+
+#[test]
+fn tcp_failure_in_connect_restarts_after_connect_retry() {
+    let t0 = Instant::now();
+    let mut f = fsm(config());
+    f.handle(Event::ManualStart, t0);
+    assert_eq!(
+        f.handle(Event::TcpConnectionFails, t0),
+        vec![Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+    assert_eq!(f.last_down_reason(), Some(&DownReason::ConnectionFailed));
+    // Automatic restart after the idle hold (ConnectRetry) time.
+    assert_eq!(f.next_timeout(), Some(t0 + secs(120)));
+    assert_eq!(f.handle_timeout(t0 + secs(120)), vec![Action::Connect]);
+    assert_eq!(f.state(), State::Connect);
+
+    // Without automatic restart, it stays Idle.
+    let mut c = config();
+    c.automatic_restart = false;
+    let mut f = fsm(c);
+    f.handle(Event::ManualStart, t0);
+    f.handle(Event::TcpConnectionFails, t0);
+    assert_eq!(f.next_timeout(), None);
+}
+
+#[test]
+fn connect_retry_expiry_in_connect_retries() {
+    let t0 = Instant::now();
+    let mut f = fsm(config());
+    f.handle(Event::ManualStart, t0);
+    assert_eq!(
+        f.handle_timeout(t0 + secs(120)),
+        vec![Action::Disconnect, Action::Connect]
+    );
+    assert_eq!(f.state(), State::Connect);
+    assert_eq!(f.next_timeout(), Some(t0 + secs(240)));
+}
+
+#[test]
+fn tcp_failure_in_active_counts_a_retry() {
+    let t0 = Instant::now();
+    let mut f = fsm(config());
+    f.handle(Event::ManualStartPassive, t0);
+    assert_eq!(
+        f.handle(Event::TcpConnectionFails, t0),
+        vec![Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+    assert_eq!(f.connect_retry_counter(), 1);
+}
+
+#[test]
+fn tcp_failure_in_open_sent_goes_active_then_connects() {
+    let t0 = Instant::now();
+    let mut f = to_open_sent(config(), t0);
+    let t1 = t0 + secs(5);
+    assert_eq!(
+        f.handle(Event::TcpConnectionFails, t1),
+        vec![Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Active);
+    assert_eq!(f.next_timeout(), Some(t1 + secs(120)));
+    assert_eq!(f.handle_timeout(t1 + secs(120)), vec![Action::Connect]);
+    assert_eq!(f.state(), State::Connect);
+}
+
+#[test]
+fn tcp_failure_in_open_confirm_and_established() {
+    let t0 = Instant::now();
+    let mut f = to_open_confirm(config(), peer_open(90), t0);
+    assert_eq!(
+        f.handle(Event::TcpConnectionFails, t0),
+        vec![Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+    let (mut f, _) = to_established(config(), peer_open(90), t0);
+    assert_eq!(
+        f.handle(Event::TcpConnectionFails, t0),
+        vec![
+            Action::SessionDown {
+                reason: DownReason::ConnectionFailed
+            },
+            Action::Disconnect
+        ]
+    );
+}
+
+#[test]
+fn delay_open_sends_open_after_timer() {
+    let t0 = Instant::now();
+    let mut c = config();
+    c.delay_open = Some(secs(5));
+    let mut f = fsm(c);
+    f.handle(Event::ManualStart, t0);
+    let t1 = t0 + secs(1);
+    assert_eq!(f.handle(Event::TcpConnectionAcked, t1), vec![]);
+    assert_eq!(f.state(), State::Connect);
+    assert_eq!(f.next_timeout(), Some(t1 + secs(5)));
+    assert_eq!(f.handle_timeout(t1 + secs(4)), vec![]);
+    let ours = f.local_open().clone();
+    assert_eq!(
+        f.handle_timeout(t1 + secs(5)),
+        vec![Action::Send(Message::Open(ours))]
+    );
+    assert_eq!(f.state(), State::OpenSent);
+    assert_eq!(f.next_timeout(), Some(t1 + secs(5) + OPEN_SENT_HOLD_TIME));
+}
+
+#[test]
+fn delay_open_answers_peer_open_at_once() {
+    let t0 = Instant::now();
+    let mut c = config();
+    c.delay_open = Some(secs(5));
+    c.passive = true;
+    let mut f = fsm(c);
+    f.handle(Event::ManualStart, t0);
+    assert_eq!(f.handle(Event::TcpConnectionConfirmed, t0), vec![]);
+    assert_eq!(f.state(), State::Active);
+    let ours = f.local_open().clone();
+    assert_eq!(
+        f.handle(open_event(peer_open(90)), t0 + secs(1)),
+        vec![
+            Action::Send(Message::Open(ours)),
+            Action::Send(Message::Keepalive)
+        ]
+    );
+    assert_eq!(f.state(), State::OpenConfirm);
+    established(&f.handle(msg(Message::Keepalive), t0 + secs(1)));
+}
+
+#[test]
+fn delay_open_refuses_bad_open_with_notification() {
+    let t0 = Instant::now();
+    let mut c = config();
+    c.delay_open = Some(secs(5));
+    let mut f = fsm(c);
+    f.handle(Event::ManualStart, t0);
+    f.handle(Event::TcpConnectionAcked, t0);
+    assert_eq!(
+        f.handle(open_event(peer_open(1)), t0),
+        vec![
+            send_notification(notif(
+                code::OPEN_MESSAGE,
+                open_subcode::UNACCEPTABLE_HOLD_TIME,
+                &[]
+            )),
+            Action::Disconnect
+        ]
+    );
+    assert_eq!(f.state(), State::Idle);
+}
+
+#[test]
+fn collision_resolution_both_ways() {
+    assert_eq!(
+        resolve_collision(LOCAL_ID, LOCAL_ASN, PEER_ID, PEER_ASN),
+        Survivor::Incoming
+    );
+    assert_eq!(
+        resolve_collision(PEER_ID, PEER_ASN, LOCAL_ID, LOCAL_ASN),
+        Survivor::Outgoing
+    );
+}
+
+#[test]
+fn collision_between_two_fsms() {
+    // Our outgoing connection reached OpenConfirm; then the peer's
+    // connection delivers an OPEN too. Our id is lower: dump the outgoing.
+    let t0 = Instant::now();
+    let mut outgoing = to_open_confirm(config(), peer_open(90), t0);
+    let mut incoming_config = config();
+    incoming_config.passive = true;
+    let mut incoming = fsm(incoming_config);
+    incoming.handle(Event::ManualStart, t0);
+    incoming.handle(Event::TcpConnectionConfirmed, t0);
+    incoming.handle(open_event(peer_open(90)), t0);
+    assert_eq!(incoming.state(), State::OpenConfirm);
+
+    let survivor = resolve_collision(
+        LOCAL_ID,
+        LOCAL_ASN,
+        incoming.peer_id().unwrap(),
+        incoming.peer_asn().unwrap(),
+    );
+    assert_eq!(survivor, Survivor::Incoming);
+    assert_eq!(
+        outgoing.handle(Event::OpenCollisionDump, t0),
+        vec![
+            send_notification(notif(
+                code::CEASE,
+                cease_subcode::CONNECTION_COLLISION_RESOLUTION,
+                &[]
+            )),
+            Action::Disconnect
+        ]
+    );
+    assert_eq!(outgoing.state(), State::Idle);
+    assert_eq!(
+        outgoing.last_down_reason(),
+        Some(&DownReason::CollisionResolution)
+    );
+    established(&incoming.handle(msg(Message::Keepalive), t0));
+}
+
+#[test]
+fn session_reset_decode_error_tears_down() {
+    let t0 = Instant::now();
+    let (mut f, _) = to_established(config(), peer_open(90), t0);
+    let err = DecodeError::reset(ErrorKind::MalformedAsPath("segment overrun"), Bytes::new());
+    let n = Notification::from_error(&err);
+    assert_eq!((n.code, n.subcode), (3, 11));
+    assert_eq!(
+        f.handle(Event::DecodeError(err), t0),
+        vec![
+            send_notification(n.clone()),
+            Action::SessionDown {
+                reason: DownReason::NotificationSent(n)
+            },
+            Action::Disconnect
+        ]
+    );
+    assert_eq!(f.state(), State::Idle);
+
+    // A header error in OpenSent.
+    let mut f = to_open_sent(config(), t0);
+    let err = DecodeError::reset(ErrorKind::BadMarker, Bytes::new());
+    assert_eq!(
+        f.handle(Event::DecodeError(err), t0),
+        vec![send_notification(notif(1, 1, &[])), Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+}
+
+#[test]
+fn treat_as_withdraw_update_keeps_session() {
+    let t0 = Instant::now();
+    let (mut f, _) = to_established(config(), peer_open(90), t0);
+    let fault = DecodeError::new(
+        ErrorKind::InvalidOrigin(7),
+        Bytes::from_static(&[0x40, 1, 1, 7]),
+        Disposition::TreatAsWithdraw,
+    );
+    let update = Update {
+        faults: vec![fault.clone()],
+        ..Update::default()
+    };
+    assert!(update.treat_as_withdraw());
+    assert_eq!(
+        f.handle(msg(Message::Update(update.clone())), t0),
+        vec![Action::Update(update)]
+    );
+    assert_eq!(f.state(), State::Established);
+    assert_eq!(f.update_faults(), 1);
+    assert_eq!(f.last_update_fault(), Some(&fault));
+}
+
+#[test]
+fn idle_refuses_connections() {
+    let t0 = Instant::now();
+    let mut f = fsm(config());
+    assert_eq!(
+        f.handle(Event::TcpConnectionConfirmed, t0),
+        vec![Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+    assert_eq!(f.handle(msg(Message::Keepalive), t0), vec![]);
+}
