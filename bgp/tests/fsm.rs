@@ -932,3 +932,196 @@ fn idle_refuses_connections() {
     assert_eq!(f.state(), State::Idle);
     assert_eq!(f.handle(msg(Message::Keepalive), t0), vec![]);
 }
+
+mod randomized {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One driver step: an event, or firing the timers.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Event(Event),
+        /// `handle_timeout` at the next deadline (if any), else at `now`.
+        Timeout,
+    }
+
+    fn steps() -> Vec<Step> {
+        let rr = RouteRefresh::new(Family::IPV4_UNICAST, RouteRefreshSubtype::Request);
+        let twa = Update {
+            faults: vec![DecodeError::new(
+                ErrorKind::InvalidOrigin(7),
+                Bytes::new(),
+                Disposition::TreatAsWithdraw,
+            )],
+            ..Update::default()
+        };
+        let events = vec![
+            Event::ManualStart,
+            Event::ManualStartPassive,
+            Event::AutomaticStart,
+            Event::AutomaticStartPassive,
+            manual_stop(),
+            Event::ManualStop {
+                shutdown_message: Some("bye".into()),
+            },
+            Event::AutomaticStop { cease_subcode: 1 },
+            Event::TcpConnectionAcked,
+            Event::TcpConnectionConfirmed,
+            Event::TcpConnectionFails,
+            open_event(peer_open(90)),
+            open_event(peer_open(0)),
+            open_event(peer_open(3)),
+            open_event(two_octet_open(65002, 30, PEER_ID)),
+            open_event(Open::new(65099, 90, PEER_ID, vec![])),
+            open_event(peer_open(1)),
+            msg(Message::Keepalive),
+            msg(Message::Update(Update::default())),
+            msg(Message::Update(twa.clone())),
+            msg(Message::Notification(notif(6, 2, &[]))),
+            msg(Message::Notification(notif(2, 1, &[0, 4]))),
+            msg(Message::RouteRefresh(rr)),
+            Event::DecodeError(DecodeError::reset(ErrorKind::BadMarker, Bytes::new())),
+            Event::DecodeError(DecodeError::reset(
+                ErrorKind::UnsupportedVersion(3),
+                Bytes::from_static(&[0, 4]),
+            )),
+            Event::DecodeError(twa.faults[0].clone()),
+            Event::OpenCollisionDump,
+            Event::UpdateSent,
+        ];
+        let mut steps: Vec<Step> = events.into_iter().map(Step::Event).collect();
+        // Timers often, so that timer paths get exercised.
+        steps.extend(std::iter::repeat_n(Step::Timeout, 8));
+        steps
+    }
+
+    /// Whether the peer ended the connection itself (no NOTIFICATION due).
+    fn peer_closed(step: &Step) -> bool {
+        matches!(
+            step,
+            Step::Event(Event::TcpConnectionFails | Event::Message(Message::Notification(_)))
+        )
+    }
+
+    fn check_step(before: State, after: State, step: &Step, actions: &[Action], f: &Fsm) {
+        let sent_notification = actions
+            .iter()
+            .any(|a| matches!(a, Action::Send(Message::Notification(_))));
+        let in_session = matches!(
+            before,
+            State::OpenSent | State::OpenConfirm | State::Established
+        );
+        if in_session && after == State::Idle {
+            assert!(
+                actions.contains(&Action::Disconnect),
+                "{before:?} -> Idle on {step:?} without Disconnect: {actions:?}"
+            );
+            assert!(
+                sent_notification || peer_closed(step),
+                "{before:?} -> Idle on {step:?} without NOTIFICATION: {actions:?}"
+            );
+        }
+        // Connections are only dropped to Idle with a Disconnect.
+        if before != State::Idle && after == State::Idle {
+            assert!(actions.contains(&Action::Disconnect), "{step:?}");
+        }
+        // A NOTIFICATION is always followed by the connection's end.
+        if sent_notification {
+            assert_eq!(after, State::Idle, "{step:?}: {actions:?}");
+            assert_eq!(actions.last(), Some(&Action::Disconnect));
+        }
+        for a in actions {
+            match a {
+                Action::Update(_) | Action::RouteRefresh(_) => {
+                    assert_eq!((before, after), (State::Established, State::Established))
+                }
+                Action::Established(_) => {
+                    assert_eq!((before, after), (State::OpenConfirm, State::Established))
+                }
+                Action::SessionDown { .. } => {
+                    assert_eq!(before, State::Established);
+                    assert_ne!(after, State::Established);
+                }
+                Action::Send(Message::Open(_)) => {
+                    assert!(matches!(before, State::Connect | State::Active));
+                    assert!(matches!(after, State::OpenSent | State::OpenConfirm));
+                }
+                _ => {}
+            }
+        }
+        if before == State::Established && after != State::Established {
+            assert!(actions
+                .iter()
+                .any(|a| matches!(a, Action::SessionDown { .. })));
+        }
+        assert_eq!(f.negotiated().is_some(), after == State::Established);
+        assert_eq!(
+            f.peer_open().is_some(),
+            matches!(after, State::OpenConfirm | State::Established)
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+
+        #[test]
+        fn random_event_sequences(
+            passive in any::<bool>(),
+            automatic_restart in any::<bool>(),
+            delay_open in proptest::option::of(1u64..10),
+            hold_time in prop_oneof![Just(0u16), Just(3u16), Just(90u16)],
+            script in proptest::collection::vec((0usize..64, 0u64..200_000), 1..80),
+            start_established in any::<bool>(),
+        ) {
+            let mut c = config();
+            c.passive = passive;
+            c.automatic_restart = automatic_restart;
+            c.delay_open = delay_open.map(secs);
+            c.hold_time = hold_time;
+            let mut f = fsm(c);
+            let all = steps();
+            let mut now = Instant::now();
+            // Half the runs start from Established, to explore from there.
+            let mut prefix = vec![
+                Step::Event(Event::ManualStart),
+                Step::Event(Event::TcpConnectionConfirmed),
+            ];
+            if delay_open.is_some() {
+                prefix.push(Step::Timeout);
+            }
+            prefix.push(Step::Event(open_event(peer_open(90))));
+            prefix.push(Step::Event(msg(Message::Keepalive)));
+            if !start_established {
+                prefix.clear();
+            }
+            let script = prefix
+                .iter()
+                .map(|s| (s.clone(), 0))
+                .chain(script.into_iter().map(|(pick, dt)| (all[pick % all.len()].clone(), dt)));
+            let mut reached_established = false;
+            for (step, dt_ms) in script {
+                let step = &step;
+                now += Duration::from_millis(dt_ms);
+                let before = f.state();
+                let actions = match step {
+                    Step::Event(e) => f.handle(e.clone(), now),
+                    Step::Timeout => {
+                        if let Some(t) = f.next_timeout() {
+                            now = now.max(t);
+                        }
+                        f.handle_timeout(now)
+                    }
+                };
+                check_step(before, f.state(), step, &actions, &f);
+                reached_established |= f.state() == State::Established;
+                if matches!(step, Step::Timeout) {
+                    // Everything due has fired.
+                    prop_assert!(f.next_timeout().is_none_or(|t| t > now));
+                }
+            }
+            if start_established {
+                prop_assert!(reached_established);
+            }
+        }
+    }
+}
