@@ -4,7 +4,7 @@
 use super::config::{PeerAsn, PeerConfig};
 use crate::wire::error::{code, open_subcode};
 use crate::wire::{
-    Capability, Family, GracefulRestart, Notification, Open, SessionParams, AS_TRANS,
+    cap_code, Capability, Family, GracefulRestart, Notification, Open, SessionParams, AS_TRANS,
 };
 use bytes::Bytes;
 use std::collections::BTreeSet;
@@ -66,8 +66,7 @@ pub(crate) fn check_open(config: &PeerConfig, open: &Open) -> Result<PeerIdentit
         None => {
             if !config.allow_two_octet_peer {
                 // RFC 5492 §5: data lists the capability we require.
-                let code = Capability::FourOctetAs { asn: 0 }.code();
-                let mut data = [code, 4, 0, 0, 0, 0];
+                let mut data = [cap_code::FOUR_OCTET_AS, 4, 0, 0, 0, 0];
                 data[2..].copy_from_slice(&config.local_asn.to_be_bytes());
                 return Err(open_error(
                     open_subcode::UNSUPPORTED_CAPABILITY,

@@ -34,7 +34,9 @@ pub use attribute::{
     attr_type, Aggregator, AttributeValue, Community, ExtendedCommunity, LargeCommunity, MpReach,
     MpUnreach, NextHop, Origin, PathAttribute,
 };
-pub use capability::{AddPathDirection, Capability, GracefulRestart, GracefulRestartFamily};
+pub use capability::{
+    cap_code, AddPathDirection, Capability, GracefulRestart, GracefulRestartFamily,
+};
 pub use error::{DecodeError, Disposition, EncodeError, ErrorKind};
 pub use family::{Afi, Family, Safi};
 pub use nlri::{Nlri, Prefix};
