@@ -7,10 +7,12 @@
 //!   NOTIFICATION it calls for (RFC 4271 §6) and its RFC 7606 disposition.
 //! - [`fsm`]: the RFC 4271 §8 finite state machine, sans-IO: events and the
 //!   current time in, actions out (see docs/bgp-fsm.md).
+//! - [`session`]: one tokio task per peer driving the FSM over TCP (see
+//!   docs/bgp-session.md).
 //!
-//! Still to come (issue 3): `session`
-//! (tokio task per peer), `rib` (Adj-RIB-In, Loc-RIB, Adj-RIB-Out, route
+//! Still to come (issue 3): `rib` (Adj-RIB-In, Loc-RIB, Adj-RIB-Out, route
 //! reflection, graceful restart) and `speaker` (the public handle).
 
 pub mod fsm;
+pub mod session;
 pub mod wire;

@@ -1,0 +1,122 @@
+//! A minimal BGP listener: accepts TCP connections and hands each to the
+//! session of the peer it comes from (RFC 4271 §8: a connection from an
+//! unconfigured address is refused).
+
+use super::{sockopt, IncomingSender};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn, Instrument};
+
+type Routes = Arc<Mutex<HashMap<IpAddr, IncomingSender>>>;
+
+/// Accepts connections on one address and routes them by source IP.
+#[derive(Debug)]
+pub struct Listener {
+    local: SocketAddr,
+    socket: Option<TcpSocket>,
+    routes: Routes,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Binds (without listening yet, so that per-peer socket options such as
+    /// [`Listener::set_md5`] apply before the first SYN). Port 0 picks an
+    /// ephemeral port.
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let local = socket.local_addr()?;
+        Ok(Listener {
+            local,
+            socket: Some(socket),
+            routes: Arc::default(),
+            task: None,
+        })
+    }
+
+    /// The bound address (with the actual port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Installs a TCP MD5 key (RFC 2385) for connections from `peer`.
+    pub fn set_md5(&self, peer: IpAddr, key: &[u8]) -> io::Result<()> {
+        match &self.socket {
+            Some(s) => sockopt::set_md5(s, SocketAddr::new(peer, 0), key),
+            None => Err(io::Error::other("listener already started")),
+        }
+    }
+
+    /// Routes connections from `sender.peer()` to that session.
+    pub fn add_peer(&self, sender: IncomingSender) {
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.insert(sender.peer(), sender);
+        }
+    }
+
+    /// Stops routing connections from `peer`.
+    pub fn remove_peer(&self, peer: IpAddr) {
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.remove(&peer);
+        }
+    }
+
+    /// Starts listening and accepting in a task on the current runtime.
+    pub fn start(&mut self) -> io::Result<()> {
+        let Some(socket) = self.socket.take() else {
+            return Ok(());
+        };
+        let listener: TcpListener = socket.listen(64)?;
+        let routes = self.routes.clone();
+        let span = tracing::info_span!("bgp_listener", local = %self.local);
+        self.task = Some(tokio::spawn(accept_loop(listener, routes).instrument(span)));
+        Ok(())
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, routes: Routes) {
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = match from.ip() {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        let sender = routes.lock().ok().and_then(|r| r.get(&ip).cloned());
+        match sender {
+            Some(s) => {
+                debug!(%from, "connection handed to its session");
+                if s.send(stream).is_err() {
+                    debug!(%from, "session gone: connection dropped");
+                }
+            }
+            None => debug!(%from, "connection from an unconfigured peer refused"),
+        }
+    }
+}
