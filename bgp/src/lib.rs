@@ -15,4 +15,5 @@
 
 pub mod fsm;
 pub mod session;
+pub mod rib;
 pub mod wire;

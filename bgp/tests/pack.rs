@@ -1,0 +1,798 @@
+//! UPDATE packing (`bgp::rib::pack`): messages filled to the session's size
+//! limit and no further, attribute sets kept apart, coalescing, Adj-RIB-Out
+//! suppression, route refresh, End-of-RIB, and a property test that the
+//! peer's view after decoding everything sent equals what we meant.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bgp::rib::pack::{end_of_rib, AttrSet, Flushed, PackError, UpdatePacker};
+use bgp::wire::*;
+use bytes::{Bytes, BytesMut};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+fn params(extended_message: bool, add_path: &[Family]) -> SessionParams {
+    let mut families = AddPathFamilies::EMPTY;
+    for f in add_path {
+        families.insert(*f);
+    }
+    SessionParams {
+        four_octet_as: true,
+        extended_message,
+        add_path: families,
+    }
+}
+
+/// ORIGIN, AS_PATH, MED and, if `padding` > 0, an unknown optional
+/// transitive attribute of that many bytes.
+fn attributes(asn: u32, padding: usize) -> Vec<PathAttribute> {
+    let mut a = vec![
+        PathAttribute::new(AttributeValue::Origin(Origin::Igp)),
+        PathAttribute::new(AttributeValue::AsPath(AsPath::sequence([asn]))),
+        PathAttribute::new(AttributeValue::MultiExitDisc(asn)),
+    ];
+    if padding > 0 {
+        a.push(PathAttribute::new(AttributeValue::Unknown {
+            type_code: 99,
+            data: Bytes::from(vec![0xab; padding]),
+        }));
+    }
+    a
+}
+
+fn set_v4(asn: u32, padding: usize) -> Arc<AttrSet> {
+    Arc::new(AttrSet::ipv4(attributes(asn, padding), Ipv4Addr::new(192, 0, 2, 1)).unwrap())
+}
+
+fn set_v6(asn: u32, padding: usize, link_local: bool) -> Arc<AttrSet> {
+    Arc::new(
+        AttrSet::ipv6(
+            attributes(asn, padding),
+            "2001:db8::1".parse().unwrap(),
+            link_local.then(|| "fe80::1".parse().unwrap()),
+        )
+        .unwrap(),
+    )
+}
+
+/// The `i`th /`len` IPv4 prefix inside 10.0.0.0/8 (len ≥ 8).
+fn v4(i: u32, len: u8) -> Nlri {
+    let addr = (10u32 << 24).wrapping_add(i << (32 - u32::from(len)));
+    Nlri::new(IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr), len).unwrap()))
+}
+
+/// The `i`th /`len` IPv6 prefix inside 2001:db8::/32 (len ≥ 48).
+fn v6(i: u64, len: u8) -> Nlri {
+    let addr = (0x2001_0db8u128 << 96) | (u128::from(i) << (128 - u32::from(len)));
+    Nlri::new(IpNet::V6(Ipv6Net::new(Ipv6Addr::from(addr), len).unwrap()))
+}
+
+/// Encoded length of a list of attributes.
+fn attributes_len(attrs: &[PathAttribute], params: &SessionParams) -> usize {
+    let mut b = BytesMut::new();
+    for a in attrs {
+        a.encode(params, &mut b).unwrap();
+    }
+    b.len()
+}
+
+/// Encodes every message (which must succeed and respect the limit) and
+/// decodes it back with the same parameters.
+fn wire_round_trip(messages: &[Message], params: &SessionParams) -> Vec<(usize, Message)> {
+    messages
+        .iter()
+        .map(|m| {
+            let bytes = m.to_bytes(params).expect("every packed message encodes");
+            assert!(bytes.len() <= params.max_message_len());
+            let back = decode(&bytes, params).expect("every packed message decodes");
+            if let Message::Update(u) = &back {
+                assert!(u.faults.is_empty(), "faults: {:?}", u.faults);
+            }
+            (bytes.len(), back)
+        })
+        .collect()
+}
+
+/// What a route looks like to the peer: its attributes (without NEXT_HOP
+/// and MP_*) and its next hop.
+type PeerRoute = (Vec<AttributeValue>, NextHop);
+
+fn intended(set: &AttrSet) -> PeerRoute {
+    (
+        set.attributes().iter().map(|a| a.value.clone()).collect(),
+        set.next_hop().clone(),
+    )
+}
+
+/// The peer's Adj-RIB-In, built only from what it decoded.
+#[derive(Default, Debug)]
+struct Peer {
+    routes: BTreeMap<Nlri, PeerRoute>,
+}
+
+impl Peer {
+    fn apply(&mut self, msg: &Message) {
+        let Message::Update(u) = msg else { return };
+        for n in &u.withdrawn {
+            self.routes.remove(n);
+        }
+        if let Some(un) = u.mp_unreach() {
+            for n in &un.withdrawn {
+                self.routes.remove(n);
+            }
+        }
+        let common: Vec<AttributeValue> = u
+            .attributes
+            .iter()
+            .filter(|a| {
+                !matches!(
+                    a.type_code(),
+                    attr_type::NEXT_HOP | attr_type::MP_REACH_NLRI | attr_type::MP_UNREACH_NLRI
+                )
+            })
+            .map(|a| a.value.clone())
+            .collect();
+        if !u.nlri.is_empty() {
+            let nh = NextHop::Ipv4(u.next_hop().expect("NEXT_HOP with IPv4 NLRI"));
+            for n in &u.nlri {
+                self.routes.insert(*n, (common.clone(), nh.clone()));
+            }
+        }
+        if let Some(r) = u.mp_reach() {
+            assert_eq!(
+                u.attributes[0].type_code(),
+                attr_type::MP_REACH_NLRI,
+                "RFC 7606 §5.1: MP_REACH_NLRI first"
+            );
+            assert!(u.next_hop().is_none(), "no NEXT_HOP in MP-only UPDATEs");
+            for n in &r.nlri {
+                self.routes.insert(*n, (common.clone(), r.next_hop.clone()));
+            }
+        }
+    }
+}
+
+fn updates(f: &Flushed) -> Vec<&Update> {
+    f.messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Update(u) => Some(u),
+            _ => None,
+        })
+        .collect()
+}
+
+/// All announced NLRI of the decoded messages, checking none repeats.
+fn announced(decoded: &[(usize, Message)]) -> BTreeSet<Nlri> {
+    let mut all = BTreeSet::new();
+    for (_, m) in decoded {
+        if let Message::Update(u) = m {
+            for n in u
+                .nlri
+                .iter()
+                .chain(u.mp_reach().map_or(&[][..], |r| &r.nlri))
+            {
+                assert!(all.insert(*n), "{n:?} sent twice");
+            }
+        }
+    }
+    all
+}
+
+#[test]
+fn ipv4_prefixes_fill_messages_to_the_limit() {
+    for extended in [false, true] {
+        let p = params(extended, &[]);
+        let set = set_v4(64512, 0);
+        let mut packer = UpdatePacker::new(p);
+        let input: BTreeSet<Nlri> = (0..20_000).map(|i| v4(i, 24)).collect();
+        for n in &input {
+            packer.announce(*n, Arc::clone(&set)).unwrap();
+        }
+        let out = packer.flush();
+        assert!(out.rejected.is_empty());
+
+        let mut wire = set.attributes().to_vec();
+        wire.push(PathAttribute::new(AttributeValue::NextHop(Ipv4Addr::new(
+            192, 0, 2, 1,
+        ))));
+        let fixed = 19 + 2 + 2 + attributes_len(&wire, &p);
+        let per_message = (p.max_message_len() - fixed) / 4; // a /24 is 4 bytes
+        let expected = input.len().div_ceil(per_message);
+        assert_eq!(out.messages.len(), expected, "extended={extended}");
+
+        let decoded = wire_round_trip(&out.messages, &p);
+        for (len, _) in &decoded[..decoded.len() - 1] {
+            assert!(
+                len + 4 > p.max_message_len(),
+                "a message had room for one more"
+            );
+        }
+        assert_eq!(announced(&decoded), input);
+        let mut peer = Peer::default();
+        decoded.iter().for_each(|(_, m)| peer.apply(m));
+        assert!(peer.routes.values().all(|r| *r == intended(&set)));
+    }
+    // Extended messages need fewer UPDATEs.
+    let count = |ext| {
+        let mut packer = UpdatePacker::new(params(ext, &[]));
+        let set = set_v4(1, 0);
+        for i in 0..20_000 {
+            packer.announce(v4(i, 24), Arc::clone(&set)).unwrap();
+        }
+        packer.flush().messages.len()
+    };
+    assert!(count(true) * 8 < count(false));
+}
+
+#[test]
+fn ipv6_goes_in_mp_reach_with_link_local_next_hop() {
+    for extended in [false, true] {
+        let p = params(extended, &[]);
+        let set = set_v6(64512, 0, true);
+        let mut packer = UpdatePacker::new(p);
+        let input: BTreeSet<Nlri> = (0..5_000).map(|i| v6(i, 64)).collect();
+        for n in &input {
+            packer.announce(*n, Arc::clone(&set)).unwrap();
+        }
+        let out = packer.flush();
+        // Fixed part, attributes, MP_REACH header (extended length) with
+        // AFI/SAFI, next-hop length, 32 bytes of next hop, reserved octet.
+        let fixed = 23 + attributes_len(set.attributes(), &p) + 4 + 5 + 32;
+        let per_message = (p.max_message_len() - fixed) / 9; // a /64 is 9 bytes
+        assert_eq!(out.messages.len(), input.len().div_ceil(per_message));
+        for u in updates(&out) {
+            let r = u.mp_reach().unwrap();
+            assert_eq!(r.family, Family::IPV6_UNICAST);
+            assert_eq!(
+                r.next_hop,
+                NextHop::Ipv6 {
+                    global: "2001:db8::1".parse().unwrap(),
+                    link_local: Some("fe80::1".parse().unwrap()),
+                }
+            );
+            assert!(u.nlri.is_empty() && u.next_hop().is_none());
+        }
+        let decoded = wire_round_trip(&out.messages, &p);
+        for (len, _) in &decoded[..decoded.len() - 1] {
+            assert!(len + 9 > p.max_message_len());
+        }
+        assert_eq!(announced(&decoded), input);
+    }
+}
+
+#[test]
+fn add_path_ids_count_in_the_size() {
+    let p = params(false, &[Family::IPV4_UNICAST, Family::IPV6_UNICAST]);
+    let set4 = set_v4(7, 0);
+    let set6 = set_v6(7, 0, false);
+    let mut packer = UpdatePacker::new(p);
+    let mut input = BTreeSet::new();
+    for i in 0..3_000 {
+        for id in 1..=3 {
+            let n4 = Nlri::with_path_id(v4(i, 24).prefix, id);
+            let n6 = Nlri::with_path_id(v6(u64::from(i), 64).prefix, id);
+            packer.announce(n4, Arc::clone(&set4)).unwrap();
+            packer.announce(n6, Arc::clone(&set6)).unwrap();
+            input.extend([n4, n6]);
+        }
+    }
+    let out = packer.flush();
+    let mut wire = set4.attributes().to_vec();
+    wire.push(PathAttribute::new(AttributeValue::NextHop(Ipv4Addr::new(
+        192, 0, 2, 1,
+    ))));
+    let per4 = (4096 - 23 - attributes_len(&wire, &p)) / 8;
+    let per6 = (4096 - 23 - attributes_len(set6.attributes(), &p) - 4 - 5 - 16) / 13;
+    assert_eq!(
+        out.messages.len(),
+        9_000usize.div_ceil(per4) + 9_000usize.div_ceil(per6)
+    );
+    let decoded = wire_round_trip(&out.messages, &p);
+    assert_eq!(announced(&decoded), input);
+
+    // No path id on an ADD-PATH session means path id 0.
+    packer.announce(v4(1, 24), Arc::clone(&set4)).unwrap();
+    let out = packer.flush();
+    assert_eq!(
+        updates(&out)[0].nlri,
+        [Nlri::with_path_id(v4(1, 24).prefix, 0)]
+    );
+
+    // A path id without ADD-PATH is refused.
+    let mut plain = UpdatePacker::new(params(false, &[]));
+    assert_eq!(
+        plain.announce(Nlri::with_path_id(v4(1, 24).prefix, 1), set4),
+        Err(PackError::PathIdWithoutAddPath(Family::IPV4_UNICAST))
+    );
+}
+
+#[test]
+fn attribute_sets_never_share_an_update() {
+    let p = params(false, &[]);
+    let sets: Vec<Arc<AttrSet>> = (0..5).map(|i| set_v4(65000 + i, 0)).collect();
+    let mut owner = HashMap::new();
+    let mut packer = UpdatePacker::new(p);
+    for i in 0..10_000u32 {
+        let set = &sets[(i % 5) as usize];
+        packer.announce(v4(i, 24), Arc::clone(set)).unwrap();
+        owner.insert(v4(i, 24), intended(set));
+    }
+    // Equal sets in different Arcs pack together.
+    let twin = Arc::new((*sets[0]).clone());
+    for i in 10_000..10_005u32 {
+        packer.announce(v4(i, 24), Arc::clone(&twin)).unwrap();
+        owner.insert(v4(i, 24), intended(&twin));
+    }
+    let out = packer.flush();
+    let decoded = wire_round_trip(&out.messages, &p);
+    let mut per_set = HashMap::new();
+    for (_, m) in &decoded {
+        let mut peer = Peer::default();
+        peer.apply(m);
+        let kinds: BTreeSet<_> = peer.routes.values().map(|r| format!("{r:?}")).collect();
+        assert_eq!(kinds.len(), 1, "one attribute set per UPDATE");
+        for (n, r) in &peer.routes {
+            assert_eq!(&owner[n], r);
+        }
+        *per_set
+            .entry(kinds.into_iter().next().unwrap())
+            .or_insert(0usize) += 1;
+    }
+    assert_eq!(per_set.len(), 5);
+    // 2000 (+5) prefixes per set; as few messages as fit for each.
+    let mut wire = sets[0].attributes().to_vec();
+    wire.push(PathAttribute::new(AttributeValue::NextHop(Ipv4Addr::new(
+        192, 0, 2, 1,
+    ))));
+    let per_message = (4096 - 23 - attributes_len(&wire, &p)) / 4;
+    assert_eq!(
+        out.messages.len(),
+        2005usize.div_ceil(per_message) + 4 * 2000usize.div_ceil(per_message)
+    );
+    // Deterministic: the same input in another order gives the same output.
+    let mut again = UpdatePacker::new(p);
+    for i in (0..10_000u32).rev() {
+        again
+            .announce(v4(i, 24), Arc::clone(&sets[(i % 5) as usize]))
+            .unwrap();
+    }
+    for i in 10_000..10_005u32 {
+        again.announce(v4(i, 24), Arc::clone(&twin)).unwrap();
+    }
+    assert_eq!(again.flush(), out);
+}
+
+#[test]
+fn withdrawals_ipv4_and_ipv6_come_first_and_packed() {
+    let p = params(false, &[]);
+    let s4 = set_v4(1, 0);
+    let s6 = set_v6(1, 0, false);
+    let mut packer = UpdatePacker::new(p);
+    for i in 0..3_000 {
+        packer.announce(v4(i, 24), Arc::clone(&s4)).unwrap();
+        packer
+            .announce(v6(u64::from(i), 64), Arc::clone(&s6))
+            .unwrap();
+    }
+    let first = packer.flush();
+    let mut peer = Peer::default();
+    wire_round_trip(&first.messages, &p)
+        .iter()
+        .for_each(|(_, m)| peer.apply(m));
+    assert_eq!(peer.routes.len(), 6_000);
+
+    for i in 0..3_000 {
+        packer.withdraw(v4(i, 24)).unwrap();
+        packer.withdraw(v6(u64::from(i), 64)).unwrap();
+    }
+    // Also a new announcement: it comes after the withdrawals.
+    packer.announce(v4(5_000, 24), Arc::clone(&s4)).unwrap();
+    let out = packer.flush();
+    let per4 = (4096 - 23) / 4;
+    let per6 = (4096 - 23 - 4 - 3) / 9;
+    let n_withdraw = 3_000usize.div_ceil(per4) + 3_000usize.div_ceil(per6);
+    assert_eq!(out.messages.len(), n_withdraw + 1);
+    let ups = updates(&out);
+    for u in &ups[..n_withdraw] {
+        assert_eq!(u.announced_count(), 0);
+        assert!(u.withdrawn_count() > 0);
+        if let Some(un) = u.mp_unreach() {
+            assert_eq!(un.family, Family::IPV6_UNICAST);
+            assert!(u.withdrawn.is_empty());
+        }
+    }
+    assert_eq!(ups[n_withdraw].nlri, [v4(5_000, 24)]);
+    wire_round_trip(&out.messages, &p)
+        .iter()
+        .for_each(|(_, m)| peer.apply(m));
+    assert_eq!(
+        peer.routes.keys().copied().collect::<Vec<_>>(),
+        [v4(5_000, 24)]
+    );
+    assert_eq!(packer.advertised().count(), 1);
+}
+
+#[test]
+fn coalescing_keeps_only_the_last_change() {
+    let p = params(false, &[]);
+    let a = set_v4(1, 0);
+    let b = set_v4(2, 0);
+    let mut packer = UpdatePacker::new(p);
+
+    // Announce then withdraw before any flush: nothing at all.
+    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
+    packer.withdraw(v4(1, 24)).unwrap();
+    assert_eq!(packer.flush(), Flushed::default());
+
+    // Withdrawing what the peer never had: nothing.
+    packer.withdraw(v4(2, 24)).unwrap();
+    assert_eq!(packer.flush(), Flushed::default());
+
+    // Announce A then B: only B.
+    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
+    packer.announce(v4(1, 24), Arc::clone(&b)).unwrap();
+    let out = packer.flush();
+    assert_eq!(out.messages.len(), 1);
+    assert_eq!(updates(&out)[0].as_path(), Some(&AsPath::sequence([2])));
+
+    // Advertised with B; announce A, then withdraw: only the withdrawal.
+    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
+    packer.withdraw(v4(1, 24)).unwrap();
+    let out = packer.flush();
+    assert_eq!(out.messages.len(), 1);
+    assert_eq!(updates(&out)[0].withdrawn, [v4(1, 24)]);
+    assert!(updates(&out)[0].attributes.is_empty());
+
+    // Withdraw then re-announce before the flush: the announcement.
+    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
+    packer.flush();
+    packer.withdraw(v4(1, 24)).unwrap();
+    packer.announce(v4(1, 24), Arc::clone(&b)).unwrap();
+    let out = packer.flush();
+    assert_eq!(updates(&out)[0].nlri, [v4(1, 24)]);
+    assert!(updates(&out)[0].withdrawn.is_empty());
+}
+
+#[test]
+fn adj_rib_out_suppresses_duplicates() {
+    let p = params(false, &[]);
+    let a = set_v4(1, 0);
+    let mut packer = UpdatePacker::new(p);
+    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
+    assert_eq!(packer.flush().messages.len(), 1);
+
+    // Same Arc, or an equal set in another Arc: nothing to send.
+    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
+    packer.announce(v4(1, 24), Arc::new((*a).clone())).unwrap();
+    assert_eq!(packer.flush(), Flushed::default());
+
+    // Change away and back before a flush: nothing either.
+    packer.announce(v4(1, 24), set_v4(2, 0)).unwrap();
+    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
+    assert_eq!(packer.flush(), Flushed::default());
+    assert!(packer.is_idle());
+
+    // Withdraw twice: one withdrawal; then nothing.
+    packer.withdraw(v4(1, 24)).unwrap();
+    packer.withdraw(v4(1, 24)).unwrap();
+    assert_eq!(packer.flush().messages.len(), 1);
+    packer.withdraw(v4(1, 24)).unwrap();
+    assert_eq!(packer.flush(), Flushed::default());
+    assert_eq!(packer.advertised().count(), 0);
+}
+
+#[test]
+fn route_refresh_resends_everything_with_optional_markers() {
+    let p = params(false, &[]);
+    let a = set_v4(1, 0);
+    let b = set_v6(1, 0, false);
+    let mut packer = UpdatePacker::new(p);
+    for i in 0..10 {
+        packer.announce(v4(i, 24), Arc::clone(&a)).unwrap();
+        packer
+            .announce(v6(u64::from(i), 64), Arc::clone(&b))
+            .unwrap();
+    }
+    packer.flush();
+
+    // Enhanced route refresh for IPv4: BoRR, the IPv4 routes, EoRR.
+    packer.resend(Family::IPV4_UNICAST, true);
+    let out = packer.flush();
+    assert_eq!(out.messages.len(), 3);
+    assert_eq!(
+        out.messages[0],
+        Message::RouteRefresh(RouteRefresh::new(
+            Family::IPV4_UNICAST,
+            RouteRefreshSubtype::BeginningOfRefresh
+        ))
+    );
+    assert_eq!(updates(&out)[0].nlri.len(), 10);
+    assert_eq!(
+        out.messages[2],
+        Message::RouteRefresh(RouteRefresh::new(
+            Family::IPV4_UNICAST,
+            RouteRefreshSubtype::EndOfRefresh
+        ))
+    );
+    wire_round_trip(&out.messages, &p);
+
+    // A re-announcement with the same attributes after resend still goes.
+    packer.resend_all();
+    packer.announce(v4(0, 24), Arc::clone(&a)).unwrap();
+    let out = packer.flush();
+    assert_eq!(out.messages.len(), 2);
+    let total: usize = updates(&out).iter().map(|u| u.announced_count()).sum();
+    assert_eq!(total, 20);
+
+    // A withdrawal after a resend request still withdraws.
+    packer.resend_all();
+    packer.withdraw(v4(0, 24)).unwrap();
+    let out = packer.flush();
+    assert_eq!(updates(&out)[0].withdrawn, [v4(0, 24)]);
+
+    // After a session reset everything wanted is sent again.
+    packer.peer_reset();
+    let out = packer.flush();
+    let total: usize = updates(&out).iter().map(|u| u.announced_count()).sum();
+    assert_eq!(total, 19);
+    assert_eq!(
+        updates(&out)
+            .iter()
+            .map(|u| u.withdrawn_count())
+            .sum::<usize>(),
+        0
+    );
+}
+
+#[test]
+fn end_of_rib_follows_the_updates() {
+    let p = params(false, &[]);
+    let mut packer = UpdatePacker::new(p);
+    packer.announce(v4(1, 24), set_v4(1, 0)).unwrap();
+    packer.queue_end_of_rib(Family::IPV4_UNICAST);
+    packer.queue_end_of_rib(Family::IPV6_UNICAST);
+    packer.queue_end_of_rib(Family::IPV4_UNICAST);
+    let out = packer.flush();
+    assert_eq!(out.messages.len(), 3);
+    let decoded = wire_round_trip(&out.messages, &p);
+    let eor: Vec<_> = decoded
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Update(u) => u.is_end_of_rib(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(eor, [Family::IPV4_UNICAST, Family::IPV6_UNICAST]);
+    assert_eq!(end_of_rib(Family::IPV6_UNICAST), out.messages[2]);
+    assert!(packer.flush().messages.is_empty());
+}
+
+#[test]
+fn an_attribute_set_with_room_for_one_prefix_sends_one_per_update() {
+    let p = params(false, &[]);
+    // 23 fixed + ORIGIN 4 + AS_PATH 9 + NEXT_HOP 7 + MED 7 + unknown
+    // (4 + padding) + one /24 (4) = 4096.
+    let padding = 4096 - 23 - 4 - 9 - 7 - 7 - 4 - 4;
+    let big = set_v4(1, padding);
+    let mut packer = UpdatePacker::new(p);
+    for i in 0..3 {
+        packer.announce(v4(i, 24), Arc::clone(&big)).unwrap();
+    }
+    let out = packer.flush();
+    assert!(out.rejected.is_empty());
+    let decoded = wire_round_trip(&out.messages, &p);
+    assert_eq!(decoded.len(), 3);
+    assert!(decoded.iter().all(|(len, _)| *len == 4096));
+    assert_eq!(announced(&decoded).len(), 3);
+}
+
+#[test]
+fn an_attribute_set_too_large_for_any_prefix_is_rejected() {
+    let p = params(false, &[]);
+    let padding = 4096 - 23 - 4 - 9 - 7 - 7 - 4 - 4 + 1;
+    let too_big = set_v4(1, padding);
+    let small = set_v4(1, 0);
+    let mut packer = UpdatePacker::new(p);
+    packer.announce(v4(1, 24), Arc::clone(&small)).unwrap();
+    packer.flush();
+
+    // The /24 no longer fits (and is withdrawn: the peer must not keep
+    // the old route); a /8 (2 bytes) still does.
+    packer.announce(v4(1, 24), Arc::clone(&too_big)).unwrap();
+    packer.announce(v4(2, 24), Arc::clone(&too_big)).unwrap();
+    packer
+        .announce(
+            Nlri::new("11.0.0.0/8".parse().unwrap()),
+            Arc::clone(&too_big),
+        )
+        .unwrap();
+    let out = packer.flush();
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(out.rejected[0].prefixes, [v4(1, 24), v4(2, 24)]);
+    assert!(matches!(
+        out.rejected[0].error,
+        PackError::RouteTooLarge { max: 4096, .. }
+    ));
+    let decoded = wire_round_trip(&out.messages, &p);
+    assert_eq!(decoded.len(), 2);
+    assert_eq!(updates(&out)[0].withdrawn, [v4(1, 24)]);
+    assert_eq!(
+        updates(&out)[1].nlri,
+        [Nlri::new("11.0.0.0/8".parse().unwrap())]
+    );
+    assert_eq!(packer.advertised().count(), 1);
+
+    // With extended messages the same set fits.
+    let mut ext = UpdatePacker::new(params(true, &[]));
+    ext.announce(v4(1, 24), Arc::clone(&too_big)).unwrap();
+    assert!(ext.flush().rejected.is_empty());
+
+    // An attribute over 65535 bytes cannot be encoded at all.
+    let huge = set_v6(1, 70_000, false);
+    let mut ext = UpdatePacker::new(params(true, &[]));
+    ext.announce(v6(1, 64), huge).unwrap();
+    let out = ext.flush();
+    assert!(out.messages.is_empty());
+    assert!(matches!(
+        out.rejected[0].error,
+        PackError::Encode(EncodeError::AttributeTooLong { type_code: 99, .. })
+    ));
+}
+
+#[test]
+fn attribute_sets_are_checked() {
+    let nh = Ipv4Addr::new(192, 0, 2, 1);
+    let mut with_next_hop = attributes(1, 0);
+    with_next_hop.push(PathAttribute::new(AttributeValue::NextHop(nh)));
+    assert_eq!(
+        AttrSet::ipv4(with_next_hop, nh),
+        Err(PackError::ReservedAttribute(attr_type::NEXT_HOP))
+    );
+    let mut twice = attributes(1, 0);
+    twice.push(PathAttribute::new(AttributeValue::MultiExitDisc(5)));
+    assert_eq!(
+        AttrSet::ipv4(twice, nh),
+        Err(PackError::DuplicateAttribute(attr_type::MULTI_EXIT_DISC))
+    );
+    assert_eq!(
+        AttrSet::ipv4(attributes(1, 0)[..1].to_vec(), nh),
+        Err(PackError::MissingMandatory(attr_type::AS_PATH))
+    );
+    assert!(matches!(
+        AttrSet::ipv4(attributes(1, 0), Ipv4Addr::UNSPECIFIED),
+        Err(PackError::InvalidNextHop(_))
+    ));
+    // Attributes are kept in type order whatever order they came in.
+    let mut reversed = attributes(1, 4);
+    reversed.reverse();
+    let set = AttrSet::ipv4(reversed, nh).unwrap();
+    let types: Vec<u8> = set.attributes().iter().map(|a| a.type_code()).collect();
+    assert_eq!(types, [1, 2, 4, 99]);
+    // RFC 8950 (IPv4 NLRI, IPv6 next hop) is not supported.
+    let mut packer = UpdatePacker::new(params(false, &[]));
+    assert_eq!(
+        packer.announce(v4(1, 24), set_v6(1, 0, false)),
+        Err(PackError::FamilyMismatch {
+            prefix: Family::IPV4_UNICAST,
+            next_hop: Family::IPV6_UNICAST
+        })
+    );
+}
+
+#[test]
+fn many_prefixes_pack_quickly() {
+    // 200,000 prefixes in one set: O(n log n), no per-prefix re-encoding.
+    let p = params(true, &[]);
+    let set = set_v4(1, 0);
+    let mut packer = UpdatePacker::new(p);
+    for i in 0..200_000 {
+        packer.announce(v4(i, 28), Arc::clone(&set)).unwrap();
+    }
+    let out = packer.flush();
+    let total: usize = updates(&out).iter().map(|u| u.nlri.len()).sum();
+    assert_eq!(total, 200_000);
+    assert!(out.messages.len() <= 200_000 * 5 / (65535 - 60) + 1);
+}
+
+// ---- property test ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Announce { prefix: usize, set: usize },
+    Withdraw { prefix: usize },
+    Flush,
+    Resend { enhanced: bool },
+    EndOfRib,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..48usize, 0..3usize).prop_map(|(prefix, set)| Op::Announce { prefix, set }),
+        3 => (0..48usize).prop_map(|prefix| Op::Withdraw { prefix }),
+        2 => Just(Op::Flush),
+        1 => any::<bool>().prop_map(|enhanced| Op::Resend { enhanced }),
+        1 => Just(Op::EndOfRib),
+    ]
+}
+
+/// 24 IPv4 and 24 IPv6 prefixes of assorted lengths (ADD-PATH sessions
+/// get two paths of some).
+fn pool(add_path: bool) -> Vec<Nlri> {
+    let mut v = Vec::new();
+    for i in 0..24u32 {
+        let mut n = v4(i / 2, [8, 16, 24, 32][(i % 4) as usize]);
+        if add_path {
+            n.path_id = Some(i % 2);
+        }
+        v.push(n);
+    }
+    for i in 0..24u64 {
+        let mut n = v6(i / 2, [48, 64, 96, 128][(i % 4) as usize]);
+        if add_path {
+            n.path_id = Some((i % 2) as u32);
+        }
+        v.push(n);
+    }
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn the_peer_ends_up_with_what_we_intended(
+        ops in proptest::collection::vec(op(), 1..120),
+        extended in any::<bool>(),
+        add_path in any::<bool>(),
+        four_octet_as in any::<bool>(),
+    ) {
+        let families: &[Family] = if add_path {
+            &[Family::IPV4_UNICAST, Family::IPV6_UNICAST]
+        } else {
+            &[]
+        };
+        let p = SessionParams { four_octet_as, ..params(extended, families) };
+        // Set 2 is large: only a few prefixes fit one UPDATE, so splitting
+        // happens with few prefixes.
+        let padding = if extended { 65_300 } else { 3_950 };
+        let sets4 = [set_v4(1, 0), set_v4(2, 0), set_v4(3, padding)];
+        let sets6 = [set_v6(1, 0, true), set_v6(2, 0, false), set_v6(3, padding, true)];
+        let prefixes = pool(add_path);
+        let mut packer = UpdatePacker::new(p);
+        let mut want: BTreeMap<Nlri, PeerRoute> = BTreeMap::new();
+        let mut peer = Peer::default();
+        let apply = |f: Flushed, peer: &mut Peer| -> Result<(), TestCaseError> {
+            prop_assert!(f.rejected.is_empty());
+            for (_, m) in wire_round_trip(&f.messages, &p) {
+                peer.apply(&m);
+            }
+            Ok(())
+        };
+        for op in ops {
+            match op {
+                Op::Announce { prefix, set } => {
+                    let n = prefixes[prefix];
+                    let s = if n.prefix.addr().is_ipv4() { &sets4[set] } else { &sets6[set] };
+                    packer.announce(n, Arc::clone(s)).unwrap();
+                    want.insert(n, intended(s));
+                }
+                Op::Withdraw { prefix } => {
+                    packer.withdraw(prefixes[prefix]).unwrap();
+                    want.remove(&prefixes[prefix]);
+                }
+                Op::Flush => apply(packer.flush(), &mut peer)?,
+                Op::Resend { enhanced } => packer.resend(Family::IPV6_UNICAST, enhanced),
+                Op::EndOfRib => packer.queue_end_of_rib(Family::IPV4_UNICAST),
+            }
+        }
+        apply(packer.flush(), &mut peer)?;
+        prop_assert_eq!(&peer.routes, &want);
+        prop_assert_eq!(packer.advertised().count(), want.len());
+        // Nothing left to send.
+        prop_assert_eq!(packer.flush(), Flushed::default());
+    }
+}
