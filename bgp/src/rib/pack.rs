@@ -7,8 +7,8 @@
 //! changed since the last flush into as few UPDATEs as fit the session's
 //! message size (4096 bytes, or 65535 with the Extended Message capability,
 //! RFC 8654), with prefixes that share an attribute set packed together
-//! (RFC 4271 §9.2: "a BGP speaker SHOULD ... advertise multiple routes with
-//! the same path attributes in one UPDATE").
+//! (an UPDATE carries one set of path attributes and every destination that
+//! shares it, RFC 4271 §4.3).
 //!
 //! - The latest change to a prefix before a flush wins, and the packer keeps
 //!   what the peer was last sent (the Adj-RIB-Out, RFC 4271 §3.2), so
