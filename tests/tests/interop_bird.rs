@@ -22,7 +22,7 @@ use std::time::Duration;
 const BIRD_AS: u32 = 65010;
 const FELIX_AS: u32 = 65020;
 
-fn bird_config(pair: &NetnsPair) -> String {
+fn bird_config(pair: &NetnsPair, extra: &str) -> String {
     format!(
         r#"router id {peer};
 log "{log}" all;
@@ -47,6 +47,7 @@ protocol bgp felix {{
     connect delay time 1;
     connect retry time 1;
     error wait time 1, 2;
+    {extra}
     ipv4 {{ import all; export filter to_felix; }};
 }}
 "#,
@@ -54,6 +55,7 @@ protocol bgp felix {{
         felix = pair.felix_ip,
         asn = BIRD_AS,
         felix_as = FELIX_AS,
+        extra = extra,
         log = pair.path("bird.log").display(),
     )
 }
@@ -74,14 +76,11 @@ async fn next(h: &mut SessionHandle) -> SessionEvent {
         .expect("session ended")
 }
 
-#[test]
-fn felix_session_with_bird() {
-    if skip_unless(&["bird", "birdc", "ip"]) {
-        return;
-    }
-    let mut pair = NetnsPair::new("b");
+/// Starts BIRD in the pair's peer namespace with `extra` protocol lines;
+/// returns its control socket.
+fn start_bird(pair: &mut NetnsPair, extra: &str) -> String {
     let conf = pair.path("bird.conf");
-    std::fs::write(&conf, bird_config(&pair)).unwrap();
+    std::fs::write(&conf, bird_config(pair, extra)).unwrap();
     let sock = pair.path("bird.ctl").display().to_string();
     let pid = pair.path("bird.pid");
     pair.pid_files.push(pid.clone());
@@ -99,7 +98,57 @@ fn felix_session_with_bird() {
             .contains("Daemon is up")),
         "BIRD did not start: {out}"
     );
+    sock
+}
 
+/// TCP MD5 (RFC 2385) and GTSM (RFC 5082) on felix's outgoing connection,
+/// against BIRD's `password` and `ttl security`.
+#[test]
+fn felix_session_with_bird_md5_and_gtsm() {
+    if skip_unless(&["bird", "birdc", "ip"]) {
+        return;
+    }
+    let mut pair = NetnsPair::new("m");
+    let sock = start_bird(&mut pair, "password \"s3cret-key\"; ttl security on;");
+    let remote = SocketAddr::new(pair.peer_ip.parse().unwrap(), 179);
+    let local: Ipv4Addr = pair.felix_ip.parse().unwrap();
+    let result = pair.in_felix(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut peer = PeerConfig::new(FELIX_AS, local, PeerAsn::Exact(BIRD_AS));
+            peer.hold_time = 9;
+            peer.connect_retry = Duration::from_secs(1);
+            peer.capabilities.families = vec![Family::IPV4_UNICAST];
+            let mut config = SessionConfig::new(peer, remote);
+            config.md5_key = Some(b"s3cret-key".to_vec());
+            config.gtsm_hops = Some(1);
+            let mut h = Session::spawn(config).unwrap();
+            let SessionEvent::Established(_) = next(&mut h).await else {
+                panic!("expected Established");
+            };
+            h.stop(None).await;
+        })
+    });
+    if let Err(e) = result {
+        let log = std::fs::read_to_string(pair.path("bird.log")).unwrap_or_default();
+        eprintln!(
+            "BIRD log:\n{log}\n{}",
+            birdc(&sock, &["show", "protocols", "all"])
+        );
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn felix_session_with_bird() {
+    if skip_unless(&["bird", "birdc", "ip"]) {
+        return;
+    }
+    let mut pair = NetnsPair::new("b");
+    let sock = start_bird(&mut pair, "");
     let remote = SocketAddr::new(pair.peer_ip.parse().unwrap(), 179);
     let local: Ipv4Addr = pair.felix_ip.parse().unwrap();
     let sock2 = sock.clone();
