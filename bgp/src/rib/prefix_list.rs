@@ -275,7 +275,8 @@ mod tests {
         let import = PrefixList::only_within([net("10.244.0.0/16"), net("fd00:1::/48")]);
         assert!(import.permits(&net("10.244.7.64/26")));
         assert!(import.permits(&net("10.244.7.65/32")));
-        assert!(import.permits(&net("fd00:1:9::/122")));
+        assert!(import.permits(&net("fd00:1:0:9::/122")));
+        assert!(!import.permits(&net("fd00:1:9::/122")));
         assert!(!import.permits(&net("10.0.0.0/8")));
         assert!(!import.permits(&net("10.245.0.0/26")));
     }
