@@ -9,9 +9,13 @@
 //!   current time in, actions out (see docs/bgp-fsm.md).
 //! - [`session`]: one tokio task per peer driving the FSM over TCP (see
 //!   docs/bgp-session.md).
+//! - [`rib`]: Adj-RIBs-In, Loc-RIB with the RFC 4271 §9.1.2 decision process
+//!   and ECMP, Adj-RIBs-Out with export policy, route reflection (RFC 4456),
+//!   graceful-restart stale paths (RFC 4724), max-prefix, prefix lists; pure
+//!   and synchronous (see docs/bgp-rib.md). `rib::pack` packs the
+//!   Adj-RIB-Out changes into UPDATEs (see docs/bgp-update-packing.md).
 //!
-//! Still to come (issue 3): `rib` (Adj-RIB-In, Loc-RIB, Adj-RIB-Out, route
-//! reflection, graceful restart) and `speaker` (the public handle).
+//! Still to come (issue 3): `speaker` (the public handle).
 
 pub mod fsm;
 pub mod session;
