@@ -18,6 +18,6 @@
 //! Still to come (issue 3): `speaker` (the public handle).
 
 pub mod fsm;
-pub mod session;
 pub mod rib;
+pub mod session;
 pub mod wire;
