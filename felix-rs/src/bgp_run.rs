@@ -1,0 +1,781 @@
+//! `felix bgp run`: the configuration (a TOML file and/or command-line
+//! flags) of a stand-alone BGP speaker, e.g. a dedicated route reflector.
+//!
+//! [`RunArgs`] are the flags; [`RunPlan::from_args`] reads the file they
+//! name, merges the flags in (scalars override, neighbours and prefixes
+//! extend) and checks the result. Every mistake is a [`ConfigError`] that
+//! names the offending value.
+
+use bgp::rib::{Action, PrefixList, PrefixListError, PrefixRule};
+use bgp::wire::{Community, Family};
+use clap::Args;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Where the control socket lives unless `--control-socket` or the file's
+/// `control_socket` says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/felix/bgp.sock";
+
+/// The BGP port.
+pub const BGP_PORT: u16 = 179;
+
+/// Flags of `felix bgp run`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct RunArgs {
+    /// TOML configuration file (see docs/cli.md); flags override its
+    /// scalars and add to its neighbours and prefixes.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Local AS number (plain, e.g. 65000, or asdot, e.g. 1.10).
+    #[arg(long, value_name = "AS")]
+    pub asn: Option<String>,
+    /// BGP identifier (an IPv4 address).
+    #[arg(long, value_name = "ID")]
+    pub router_id: Option<String>,
+    /// Accept connections on ADDR[:PORT] (port 179 unless given; IPv6 with
+    /// a port as [ADDR]:PORT).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub listen: Option<String>,
+    /// Peer with ADDR in AS, with an optional TCP MD5 password; IPv6 as
+    /// [ADDR]:AS[:PASSWORD]. Repeat for more neighbours.
+    #[arg(long = "neighbor", value_name = "ADDR:AS[:PASSWORD]")]
+    pub neighbors: Vec<String>,
+    /// Make the neighbour ADDR a route-reflector client. Repeatable.
+    #[arg(long = "rr-client", value_name = "ADDR")]
+    pub rr_clients: Vec<String>,
+    /// Announce PREFIX (e.g. 10.0.0.0/24). Repeatable.
+    #[arg(long = "originate", value_name = "PREFIX")]
+    pub originate: Vec<String>,
+    /// Control socket for `felix bgp status` / `routes` [default: /run/felix/bgp.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("bad AS number {0:?}: expected 1..4294967295 or asdot X.Y")]
+    BadAs(String),
+    #[error("bad {what} {value:?}: {reason}")]
+    BadValue {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("no local AS: give --asn or `asn` in the config file")]
+    MissingAsn,
+    #[error("no router id: give --router-id or `router_id` in the config file")]
+    MissingRouterId,
+    #[error("router id must not be 0.0.0.0")]
+    ZeroRouterId,
+    #[error("hold time {0} is invalid: 0 (no keepalives) or at least 3 seconds")]
+    BadHoldTime(u16),
+    #[error("neighbor {0} is configured twice")]
+    DuplicateNeighbor(IpAddr),
+    #[error("neighbor {address}: AS 0 is not a valid AS")]
+    NeighborAsZero { address: IpAddr },
+    #[error("--rr-client {0}: no such neighbor (add it with --neighbor or in the config file)")]
+    UnknownRrClient(IpAddr),
+    #[error("prefix {0} is originated twice")]
+    DuplicateOriginate(IpNet),
+    #[error("neighbor {address}: {source}")]
+    PrefixList {
+        address: IpAddr,
+        source: PrefixListError,
+    },
+}
+
+impl ConfigError {
+    fn bad(what: &'static str, value: &str, reason: impl ToString) -> Self {
+        ConfigError::BadValue {
+            what,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The configuration file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub asn: Option<u32>,
+    pub router_id: Option<Ipv4Addr>,
+    pub listen: Option<String>,
+    pub cluster_id: Option<Ipv4Addr>,
+    pub hold_time: Option<u16>,
+    pub families: Option<Vec<String>>,
+    pub graceful_restart_time: Option<u16>,
+    pub max_paths: Option<usize>,
+    pub control_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub originate: Vec<FileOriginate>,
+    #[serde(default, rename = "neighbor")]
+    pub neighbors: Vec<FileNeighbor>,
+}
+
+/// `originate = ["10.0.0.0/24", { prefix = "10.1.0.0/24", communities = ["65000:1"] }]`
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileOriginate {
+    Prefix(IpNet),
+    WithCommunities {
+        prefix: IpNet,
+        #[serde(default)]
+        communities: Vec<String>,
+    },
+}
+
+/// One `[[neighbor]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNeighbor {
+    pub address: IpAddr,
+    pub asn: u32,
+    pub port: Option<u16>,
+    pub password: Option<String>,
+    #[serde(default)]
+    pub rr_client: bool,
+    #[serde(default)]
+    pub passive: bool,
+    pub local_address: Option<IpAddr>,
+    #[serde(default)]
+    pub next_hop_self: bool,
+    pub max_prefixes: Option<u32>,
+    pub import: Option<Vec<FileRule>>,
+    pub export: Option<Vec<FileRule>>,
+    #[serde(default)]
+    pub export_communities: Vec<String>,
+}
+
+/// One prefix-list rule: `{ prefix = "10.0.0.0/8", le = 24, action = "permit" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRule {
+    pub prefix: IpNet,
+    pub ge: Option<u8>,
+    pub le: Option<u8>,
+    pub action: FileAction,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileAction {
+    Permit,
+    Deny,
+}
+
+/// A checked configuration: what the speaker is started with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunPlan {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    /// None: the speaker's default.
+    pub listen: Option<SocketAddr>,
+    pub cluster_id: Option<Ipv4Addr>,
+    /// None: the speaker's default.
+    pub hold_time: Option<u16>,
+    /// Empty: the speaker's default.
+    pub families: Vec<Family>,
+    pub graceful_restart_time: Option<u16>,
+    /// None: the speaker's default.
+    pub max_paths: Option<usize>,
+    pub neighbors: Vec<NeighborPlan>,
+    pub originate: Vec<(IpNet, Vec<Community>)>,
+    pub control_socket: PathBuf,
+}
+
+/// One checked neighbour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NeighborPlan {
+    pub address: IpAddr,
+    /// None: 179.
+    pub port: Option<u16>,
+    pub asn: u32,
+    pub password: Option<String>,
+    pub rr_client: bool,
+    pub passive: bool,
+    pub local_address: Option<IpAddr>,
+    pub next_hop_self: bool,
+    pub max_prefixes: Option<u32>,
+    /// None: accept everything.
+    pub import: Option<PrefixList>,
+    /// None: announce everything the rules allow.
+    pub export: Option<PrefixList>,
+    pub export_communities: Vec<Community>,
+}
+
+impl NeighborPlan {
+    fn new(address: IpAddr, asn: u32) -> Self {
+        NeighborPlan {
+            address,
+            port: None,
+            asn,
+            password: None,
+            rr_client: false,
+            passive: false,
+            local_address: None,
+            next_hop_self: false,
+            max_prefixes: None,
+            import: None,
+            export: None,
+            export_communities: Vec::new(),
+        }
+    }
+}
+
+impl RunPlan {
+    /// Reads `--config` (if any) and merges the flags in.
+    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(file, args)
+    }
+
+    /// Merges already-parsed file contents with the flags and checks the result.
+    pub fn merge(file: FileConfig, args: &RunArgs) -> Result<Self, ConfigError> {
+        let asn = match &args.asn {
+            Some(text) => parse_asn(text)?,
+            None => match file.asn {
+                Some(0) => return Err(ConfigError::BadAs("0".into())),
+                Some(asn) => asn,
+                None => return Err(ConfigError::MissingAsn),
+            },
+        };
+        let router_id = match &args.router_id {
+            Some(text) => text
+                .parse::<Ipv4Addr>()
+                .map_err(|e| ConfigError::bad("router id", text, e))?,
+            None => file.router_id.ok_or(ConfigError::MissingRouterId)?,
+        };
+        if router_id.is_unspecified() {
+            return Err(ConfigError::ZeroRouterId);
+        }
+        let listen = match args.listen.as_deref().or(file.listen.as_deref()) {
+            Some(text) => Some(parse_listen(text)?),
+            None => None,
+        };
+        if let Some(hold) = file.hold_time {
+            if hold == 1 || hold == 2 {
+                return Err(ConfigError::BadHoldTime(hold));
+            }
+        }
+        let families = file
+            .families
+            .unwrap_or_default()
+            .iter()
+            .map(|name| parse_family(name))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut neighbors = Vec::new();
+        let mut seen = BTreeSet::new();
+        for n in file.neighbors {
+            let plan = neighbor_from_file(n)?;
+            if !seen.insert(plan.address) {
+                return Err(ConfigError::DuplicateNeighbor(plan.address));
+            }
+            neighbors.push(plan);
+        }
+        for text in &args.neighbors {
+            let plan = parse_neighbor_flag(text)?;
+            if !seen.insert(plan.address) {
+                return Err(ConfigError::DuplicateNeighbor(plan.address));
+            }
+            neighbors.push(plan);
+        }
+        for text in &args.rr_clients {
+            let address = text
+                .parse::<IpAddr>()
+                .map_err(|e| ConfigError::bad("--rr-client address", text, e))?;
+            let neighbor = neighbors
+                .iter_mut()
+                .find(|n| n.address == address)
+                .ok_or(ConfigError::UnknownRrClient(address))?;
+            neighbor.rr_client = true;
+        }
+
+        let mut originate: Vec<(IpNet, Vec<Community>)> = Vec::new();
+        let from_file = file.originate.into_iter().map(|o| match o {
+            FileOriginate::Prefix(prefix) => Ok((prefix, Vec::new())),
+            FileOriginate::WithCommunities {
+                prefix,
+                communities,
+            } => Ok((prefix, parse_communities(&communities)?)),
+        });
+        let from_flags = args.originate.iter().map(|text| {
+            text.parse::<IpNet>()
+                .map(|p| (p, Vec::new()))
+                .map_err(|e| ConfigError::bad("prefix", text, e))
+        });
+        for item in from_file.chain(from_flags) {
+            let (prefix, communities) = item?;
+            let prefix = prefix.trunc();
+            if originate.iter().any(|(p, _)| *p == prefix) {
+                return Err(ConfigError::DuplicateOriginate(prefix));
+            }
+            originate.push((prefix, communities));
+        }
+
+        let control_socket = args
+            .control_socket
+            .clone()
+            .or(file.control_socket)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+
+        Ok(RunPlan {
+            asn,
+            router_id,
+            listen,
+            cluster_id: file.cluster_id,
+            hold_time: file.hold_time,
+            families,
+            graceful_restart_time: file.graceful_restart_time,
+            max_paths: file.max_paths,
+            neighbors,
+            originate,
+            control_socket,
+        })
+    }
+}
+
+/// Reads and parses a TOML configuration file.
+pub fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_file_config(&text).map_err(|message| ConfigError::Toml {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses TOML configuration text; the error is toml's message, with the
+/// line and column.
+pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+}
+
+fn neighbor_from_file(n: FileNeighbor) -> Result<NeighborPlan, ConfigError> {
+    if n.asn == 0 {
+        return Err(ConfigError::NeighborAsZero { address: n.address });
+    }
+    let address = n.address;
+    let list = |rules: Option<Vec<FileRule>>| -> Result<Option<PrefixList>, ConfigError> {
+        rules
+            .map(|rules| prefix_list(&rules))
+            .transpose()
+            .map_err(|source| ConfigError::PrefixList { address, source })
+    };
+    Ok(NeighborPlan {
+        address,
+        port: n.port,
+        asn: n.asn,
+        password: n.password,
+        rr_client: n.rr_client,
+        passive: n.passive,
+        local_address: n.local_address,
+        next_hop_self: n.next_hop_self,
+        max_prefixes: n.max_prefixes,
+        import: list(n.import)?,
+        export: list(n.export)?,
+        export_communities: parse_communities(&n.export_communities)?,
+    })
+}
+
+/// A prefix list from its rules; what no rule matches is denied.
+pub fn prefix_list(rules: &[FileRule]) -> Result<PrefixList, PrefixListError> {
+    let rules = rules
+        .iter()
+        .map(|r| {
+            let action = match r.action {
+                FileAction::Permit => Action::Permit,
+                FileAction::Deny => Action::Deny,
+            };
+            PrefixRule::new(r.prefix, r.ge, r.le, action)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PrefixList {
+        rules,
+        default: Action::Deny,
+    })
+}
+
+/// An AS number: `65000` or asdot `1.10` (= 65546); 0 is refused.
+pub fn parse_asn(text: &str) -> Result<u32, ConfigError> {
+    let bad = || ConfigError::BadAs(text.to_string());
+    let asn = match text.split_once('.') {
+        Some((high, low)) => {
+            let high: u16 = high.parse().map_err(|_| bad())?;
+            let low: u16 = low.parse().map_err(|_| bad())?;
+            (u32::from(high) << 16) | u32::from(low)
+        }
+        None => text.parse::<u32>().map_err(|_| bad())?,
+    };
+    if asn == 0 {
+        return Err(bad());
+    }
+    Ok(asn)
+}
+
+/// `ADDR[:PORT]`, `[V6ADDR]:PORT` or a bare IPv6 address; port 179 by default.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, BGP_PORT))
+        .map_err(|_| {
+            ConfigError::bad(
+                "listen address",
+                text,
+                "expected ADDR, ADDR:PORT or [IPV6]:PORT",
+            )
+        })
+}
+
+/// `ADDR:AS[:PASSWORD]`, with IPv6 addresses in brackets:
+/// `[2001:db8::1]:65001[:PASSWORD]`. The password is everything after the
+/// second separator, colons included.
+pub fn parse_neighbor_flag(text: &str) -> Result<NeighborPlan, ConfigError> {
+    let bad = |reason: &str| ConfigError::bad("--neighbor", text, reason);
+    let (addr, rest) = if let Some(after) = text.strip_prefix('[') {
+        let (addr, rest) = after
+            .split_once(']')
+            .ok_or_else(|| bad("missing ']' after the IPv6 address"))?;
+        let rest = rest
+            .strip_prefix(':')
+            .ok_or_else(|| bad("expected [ADDR]:AS[:PASSWORD]"))?;
+        (addr, rest)
+    } else {
+        let (addr, rest) = text
+            .split_once(':')
+            .ok_or_else(|| bad("expected ADDR:AS[:PASSWORD] ([ADDR]:AS for IPv6)"))?;
+        (addr, rest)
+    };
+    let address: IpAddr = addr.parse().map_err(|_| {
+        if addr.contains(':') || text.matches(':').count() > 2 {
+            bad("IPv6 neighbours need brackets: [2001:db8::1]:65001")
+        } else {
+            bad("not an IP address")
+        }
+    })?;
+    let (asn_text, password) = match rest.split_once(':') {
+        Some((asn, password)) => (asn, Some(password)),
+        None => (rest, None),
+    };
+    let asn = parse_asn(asn_text)?;
+    let mut plan = NeighborPlan::new(address, asn);
+    match password {
+        Some("") => return Err(bad("empty password")),
+        Some(p) => plan.password = Some(p.to_string()),
+        None => {}
+    }
+    Ok(plan)
+}
+
+/// `ipv4-unicast` or `ipv6-unicast`.
+pub fn parse_family(name: &str) -> Result<Family, ConfigError> {
+    match name {
+        "ipv4-unicast" => Ok(Family::IPV4_UNICAST),
+        "ipv6-unicast" => Ok(Family::IPV6_UNICAST),
+        _ => Err(ConfigError::bad(
+            "family",
+            name,
+            "expected ipv4-unicast or ipv6-unicast",
+        )),
+    }
+}
+
+/// A standard community: `HIGH:LOW` (each 0..65535) or `no-export`,
+/// `no-advertise`, `no-export-subconfed`.
+pub fn parse_community(text: &str) -> Result<Community, ConfigError> {
+    match text {
+        "no-export" => return Ok(Community::NO_EXPORT),
+        "no-advertise" => return Ok(Community::NO_ADVERTISE),
+        "no-export-subconfed" => return Ok(Community::NO_EXPORT_SUBCONFED),
+        _ => {}
+    }
+    let bad = || ConfigError::bad("community", text, "expected HIGH:LOW (0..65535 each)");
+    let (high, low) = text.split_once(':').ok_or_else(bad)?;
+    let high: u16 = high.parse().map_err(|_| bad())?;
+    let low: u16 = low.parse().map_err(|_| bad())?;
+    Ok(Community((u32::from(high) << 16) | u32::from(low)))
+}
+
+fn parse_communities(texts: &[String]) -> Result<Vec<Community>, ConfigError> {
+    texts.iter().map(|t| parse_community(t)).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> RunArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let mut argv = vec!["felix"];
+        argv.extend_from_slice(list);
+        Cli::try_parse_from(argv).unwrap().run
+    }
+
+    fn plan(file: &str, flags: &[&str]) -> Result<RunPlan, ConfigError> {
+        RunPlan::merge(parse_file_config(file).unwrap(), &args(flags))
+    }
+
+    const FILE: &str = r#"
+asn = 65000
+router_id = "10.0.0.1"
+listen = "0.0.0.0"
+cluster_id = "10.0.0.100"
+hold_time = 30
+families = ["ipv4-unicast", "ipv6-unicast"]
+graceful_restart_time = 120
+originate = ["10.0.0.0/24", { prefix = "10.0.1.0/24", communities = ["65000:1", "no-export"] }]
+
+[[neighbor]]
+address = "10.0.0.2"
+asn = 65000
+rr_client = true
+port = 1179
+local_address = "10.0.0.1"
+max_prefixes = 1000
+import = [
+  { prefix = "10.66.0.0/16", ge = 16, le = 32, action = "deny" },
+  { prefix = "10.0.0.0/8", le = 24, action = "permit" },
+]
+export_communities = ["65000:100"]
+
+[[neighbor]]
+address = "2001:db8::2"
+asn = 65002
+password = "s3cret"
+passive = true
+next_hop_self = true
+export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
+"#;
+
+    #[test]
+    fn full_file() {
+        let p = plan(FILE, &[]).unwrap();
+        assert_eq!(p.asn, 65000);
+        assert_eq!(p.router_id, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(p.listen, Some("0.0.0.0:179".parse().unwrap()));
+        assert_eq!(p.cluster_id, Some(Ipv4Addr::new(10, 0, 0, 100)));
+        assert_eq!(p.hold_time, Some(30));
+        assert_eq!(p.families, [Family::IPV4_UNICAST, Family::IPV6_UNICAST]);
+        assert_eq!(p.graceful_restart_time, Some(120));
+        assert_eq!(p.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(
+            p.originate,
+            [
+                ("10.0.0.0/24".parse().unwrap(), vec![]),
+                (
+                    "10.0.1.0/24".parse().unwrap(),
+                    vec![Community(65000 << 16 | 1), Community::NO_EXPORT]
+                ),
+            ]
+        );
+        let a = &p.neighbors[0];
+        assert!(a.rr_client && !a.passive);
+        assert_eq!(a.port, Some(1179));
+        assert_eq!(a.local_address, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(a.max_prefixes, Some(1000));
+        assert_eq!(a.export_communities, [Community(65000 << 16 | 100)]);
+        let import = a.import.as_ref().unwrap();
+        assert!(import.permits(&"10.1.2.0/24".parse().unwrap()));
+        assert!(!import.permits(&"10.1.2.0/25".parse().unwrap()));
+        assert!(!import.permits(&"10.66.1.0/24".parse().unwrap()));
+        assert!(!import.permits(&"192.168.0.0/24".parse().unwrap()));
+        assert!(a.export.is_none());
+        let b = &p.neighbors[1];
+        assert_eq!(b.address, "2001:db8::2".parse::<IpAddr>().unwrap());
+        assert_eq!(b.password.as_deref(), Some("s3cret"));
+        assert!(b.passive && b.next_hop_self && !b.rr_client);
+        assert!(b.import.is_none());
+        assert!(b
+            .export
+            .as_ref()
+            .unwrap()
+            .permits(&"2001:db8:1::/48".parse().unwrap()));
+    }
+
+    #[test]
+    fn flags_alone() {
+        let p = plan(
+            "",
+            &[
+                "--asn",
+                "65000",
+                "--router-id",
+                "192.0.2.1",
+                "--listen",
+                "127.0.0.1:1179",
+                "--neighbor",
+                "192.0.2.2:65001",
+                "--neighbor",
+                "192.0.2.3:1.10:pa:ss",
+                "--neighbor",
+                "[2001:db8::1]:65003",
+                "--rr-client",
+                "192.0.2.3",
+                "--originate",
+                "198.51.100.0/24",
+                "--control-socket",
+                "/tmp/x.sock",
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.asn, 65000);
+        assert_eq!(p.listen, Some("127.0.0.1:1179".parse().unwrap()));
+        assert_eq!(p.neighbors.len(), 3);
+        assert_eq!(p.neighbors[0].asn, 65001);
+        assert!(!p.neighbors[0].rr_client);
+        assert_eq!(p.neighbors[1].asn, 65546);
+        assert_eq!(p.neighbors[1].password.as_deref(), Some("pa:ss"));
+        assert!(p.neighbors[1].rr_client);
+        assert_eq!(
+            p.neighbors[2].address,
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(p.originate.len(), 1);
+        assert_eq!(p.control_socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(p.hold_time, None);
+        assert!(p.families.is_empty());
+    }
+
+    #[test]
+    fn flags_override_and_extend_the_file() {
+        let p = plan(
+            FILE,
+            &[
+                "--asn",
+                "65010",
+                "--listen",
+                "[::1]:1179",
+                "--neighbor",
+                "10.0.0.9:65009",
+                "--rr-client",
+                "10.0.0.9",
+                "--originate",
+                "10.9.0.0/16",
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.asn, 65010);
+        assert_eq!(p.router_id, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(p.listen, Some("[::1]:1179".parse().unwrap()));
+        assert_eq!(p.neighbors.len(), 3);
+        assert!(p.neighbors[2].rr_client);
+        assert_eq!(p.originate.len(), 3);
+    }
+
+    fn err(file: &str, flags: &[&str]) -> String {
+        plan(file, flags).unwrap_err().to_string()
+    }
+
+    const MIN: &[&str] = &["--asn", "65000", "--router-id", "10.0.0.1"];
+
+    fn with_min(extra: &[&'static str]) -> Vec<&'static str> {
+        MIN.iter().chain(extra).copied().collect()
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        assert!(err("", &[]).contains("no local AS"));
+        assert!(err("", &["--asn", "65000"]).contains("no router id"));
+        assert!(err("", &["--asn", "0", "--router-id", "1.1.1.1"]).contains("bad AS number \"0\""));
+        assert!(err("", &["--asn", "4294967296", "--router-id", "1.1.1.1"]).contains("bad AS"));
+        assert!(err("", &["--asn", "x", "--router-id", "1.1.1.1"]).contains("bad AS"));
+        assert!(err("", &["--asn", "1", "--router-id", "1.1.1"]).contains("bad router id"));
+        assert!(err("", &["--asn", "1", "--router-id", "0.0.0.0"]).contains("0.0.0.0"));
+        assert!(err("", &with_min(&["--listen", "nowhere"])).contains("bad listen address"));
+        assert!(err("", &with_min(&["--neighbor", "10.0.0.2"])).contains("ADDR:AS"));
+        assert!(err("", &with_min(&["--neighbor", "10.0.0.300:1"])).contains("not an IP address"));
+        assert!(err("", &with_min(&["--neighbor", "2001:db8::1:65001"])).contains("brackets"));
+        assert!(err("", &with_min(&["--neighbor", "[2001:db8::1:65001"])).contains("']'"));
+        assert!(err("", &with_min(&["--neighbor", "10.0.0.2:65536x"])).contains("bad AS"));
+        assert!(err("", &with_min(&["--neighbor", "10.0.0.2:1:"])).contains("empty password"));
+        assert!(err("", &with_min(&["--rr-client", "10.0.0.2"]))
+            .contains("--rr-client 10.0.0.2: no such neighbor"));
+        assert!(err("", &with_min(&["--originate", "10.0.0.0"])).contains("bad prefix"));
+        assert!(err(
+            "",
+            &with_min(&["--originate", "10.0.0.0/8", "--originate", "10.0.0.1/8"])
+        )
+        .contains("originated twice"));
+        assert!(err(FILE, &["--neighbor", "10.0.0.2:65000"])
+            .contains("neighbor 10.0.0.2 is configured twice"));
+        assert!(err("hold_time = 2", MIN).contains("hold time 2"));
+        assert!(err("families = [\"l2vpn-evpn\"]", MIN).contains("bad family"));
+        assert!(err(
+            "[[neighbor]]\naddress = \"10.0.0.2\"\nasn = 1\nexport_communities = [\"1:70000\"]",
+            MIN
+        )
+        .contains("bad community \"1:70000\""));
+        assert!(err(
+            "[[neighbor]]\naddress = \"10.0.0.2\"\nasn = 1\nimport = [{ prefix = \"10.0.0.0/16\", ge = 8, action = \"permit\" }]",
+            MIN
+        )
+        .contains("neighbor 10.0.0.2: prefix-list rule 10.0.0.0/16: ge 8"));
+        assert!(err("[[neighbor]]\naddress = \"10.0.0.2\"\nasn = 0", MIN).contains("AS 0"));
+    }
+
+    #[test]
+    fn toml_errors_carry_the_position() {
+        let e = parse_file_config("asn = 65000\nrouter_id = \"10.0.0\"\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        let e = parse_file_config("asn = 1\nbogus = true\n").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e =
+            parse_file_config("[[neighbor]]\naddress = \"10.0.0.2\"\nasn = 1\nrr-client = true\n")
+                .unwrap_err();
+        assert!(e.contains("rr-client"), "{e}");
+    }
+
+    #[test]
+    fn read_missing_file() {
+        let a = RunArgs {
+            config: Some(PathBuf::from("/nonexistent/felix.toml")),
+            ..RunArgs::default()
+        };
+        let e = RunPlan::from_args(&a).unwrap_err().to_string();
+        assert!(e.starts_with("reading /nonexistent/felix.toml"), "{e}");
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen("10.0.0.1").unwrap(),
+            "10.0.0.1:179".parse().unwrap()
+        );
+        assert_eq!(parse_listen("::").unwrap(), "[::]:179".parse().unwrap());
+        assert_eq!(parse_listen("[::1]").unwrap(), "[::1]:179".parse().unwrap());
+        assert_eq!(
+            parse_listen("[::1]:1179").unwrap(),
+            "[::1]:1179".parse().unwrap()
+        );
+    }
+}
