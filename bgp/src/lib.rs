@@ -15,9 +15,13 @@
 //!   and synchronous (see docs/bgp-rib.md). `rib::pack` packs the
 //!   Adj-RIB-Out changes into UPDATEs (see docs/bgp-update-packing.md).
 //!
-//! Still to come (issue 3): `speaker` (the public handle).
+//! - [`speaker`]: the public [`speaker::Speaker`] handle tying the RIB, one
+//!   session and UPDATE packer per neighbour and a listener together in one
+//!   actor task; add/remove neighbours at run time, originate/withdraw,
+//!   subscribe to best-path changes (see docs/bgp-speaker.md).
 
 pub mod fsm;
 pub mod rib;
 pub mod session;
+pub mod speaker;
 pub mod wire;

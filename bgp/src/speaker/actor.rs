@@ -1,0 +1,923 @@
+//! The speaker's actor task: owns the [`Rib`], the neighbours' sessions and
+//! their [`UpdatePacker`]s; everything else talks to it through channels.
+
+use super::{
+    BestPathChange, Command, NeighborConfig, PathView, PeerStatus, RouteView, SpeakerConfig,
+    SpeakerError, SpeakerStatus, BATCH_INTERVAL, CONNECT_RETRY, STALE_PATH_TIME,
+};
+use crate::fsm::{DownReason, Negotiated, PeerAsn, PeerConfig};
+use crate::rib::pack::{AttrSet, UpdatePacker};
+use crate::rib::{
+    family_of, Changes, PathAttributes, PeerId, PeerInfo, PeerPolicy, PrefixList, Rib, RibConfig,
+    RibError, Route, RouteSource,
+};
+use crate::session::{Listener, Session, SessionConfig, SessionEvent, SessionHandle};
+use crate::wire::{
+    AsPath, Family, GracefulRestart, GracefulRestartFamily, Message, Nlri, Origin,
+    RouteRefreshSubtype, SegmentType, Update,
+};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument, Span};
+
+/// The shutdown message sent to a neighbour that is removed.
+const DECONFIGURED_MESSAGE: &str = "peer de-configured";
+
+/// Binds and starts the listener (if configured) and spawns the actor.
+/// Returns the listener's bound address.
+pub(super) fn spawn(
+    config: SpeakerConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+) -> Result<Option<SocketAddr>, SpeakerError> {
+    let listener = match config.listen {
+        Some(address) => {
+            let mut listener = Listener::bind(address)
+                .map_err(|source| SpeakerError::Listen { address, source })?;
+            listener
+                .start()
+                .map_err(|source| SpeakerError::Listen { address, source })?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let listen = listener.as_ref().map(Listener::local_addr);
+    let mut rib_config = RibConfig::new(config.asn, config.router_id);
+    rib_config.cluster_id = config.cluster_id;
+    rib_config.max_paths = config.max_paths.max(1);
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let span = tracing::info_span!("bgp_speaker", asn = config.asn, router_id = %config.router_id);
+    let actor = Actor {
+        rib: Rib::new(rib_config),
+        config,
+        listen,
+        listener,
+        peers: BTreeMap::new(),
+        by_id: HashMap::new(),
+        subscribers: Vec::new(),
+        commands,
+        events,
+        events_tx,
+        next_generation: 0,
+        flush_at: None,
+    };
+    tokio::spawn(actor.run().instrument(span));
+    Ok(listen)
+}
+
+/// A session event tagged with the neighbour and the session instance it
+/// came from (events of a removed neighbour's session are ignored).
+struct PeerEvent {
+    address: IpAddr,
+    generation: u64,
+    event: SessionEvent,
+}
+
+/// A batch of messages for one neighbour, tagged with the connection epoch
+/// it was packed for.
+type Outgoing = (u64, Vec<Message>);
+
+/// The running session of a neighbour and the tasks around it.
+struct SessionParts {
+    handle: Arc<SessionHandle>,
+    /// Batches for the writer task.
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    writer: JoinHandle<()>,
+}
+
+/// What exists while the session is Established.
+struct UpState {
+    negotiated: Box<Negotiated>,
+    packer: UpdatePacker,
+    since: Instant,
+}
+
+/// Paths kept stale across the neighbour's graceful restart (RFC 4724 §4.2).
+struct StaleState {
+    /// Families still waiting for End-of-RIB.
+    families: Vec<Family>,
+    /// Restart timer (session still down) or stale-path timer (session
+    /// back, End-of-RIB outstanding).
+    deadline: Instant,
+}
+
+struct Peer {
+    config: NeighborConfig,
+    id: PeerId,
+    generation: u64,
+    /// `None` once stopped (maximum prefixes): the neighbour stays
+    /// configured but idle until removed and added again.
+    session: Option<SessionParts>,
+    /// Bumped whenever the session comes up or goes down; batches packed
+    /// for an older epoch are not sent.
+    epoch: Arc<AtomicU64>,
+    up: Option<UpState>,
+    /// Prefixes the neighbour currently announces, before import policy.
+    received: BTreeSet<Nlri>,
+    last_error: Option<String>,
+    stale: Option<StaleState>,
+    span: Span,
+}
+
+struct Actor {
+    config: SpeakerConfig,
+    listen: Option<SocketAddr>,
+    listener: Option<Listener>,
+    rib: Rib,
+    peers: BTreeMap<IpAddr, Peer>,
+    by_id: HashMap<PeerId, IpAddr>,
+    subscribers: Vec<mpsc::UnboundedSender<BestPathChange>>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedReceiver<PeerEvent>,
+    events_tx: mpsc::UnboundedSender<PeerEvent>,
+    next_generation: u64,
+    /// When the pending Adj-RIB-Out changes are packed and sent.
+    flush_at: Option<Instant>,
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Actor {
+    async fn run(mut self) {
+        info!(listen = ?self.listen, "speaker started");
+        loop {
+            let stale_deadline = self
+                .peers
+                .values()
+                .filter_map(|p| p.stale.as_ref().map(|s| s.deadline))
+                .min();
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    None => {
+                        debug!("every handle dropped");
+                        self.shutdown(None).await;
+                        break;
+                    }
+                    Some(Command::Shutdown(message, reply)) => {
+                        self.shutdown(message).await;
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.command(command),
+                },
+                Some(event) = self.events.recv() => self.session_event(event),
+                () = sleep_until(self.flush_at) => self.flush(),
+                () = sleep_until(stale_deadline) => self.expire_stale(),
+            }
+        }
+        info!("speaker stopped");
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::AddNeighbor(neighbor, reply) => {
+                let _ = reply.send(self.add_neighbor(*neighbor));
+            }
+            Command::RemoveNeighbor(address, reply) => self.remove_neighbor(address, reply),
+            Command::Originate(prefix, communities, reply) => {
+                let _ = reply.send(self.originate(prefix, communities));
+            }
+            Command::Withdraw(prefix, reply) => {
+                let changes = self.rib.withdraw_local(prefix);
+                self.apply_changes(changes);
+                let _ = reply.send(Ok(()));
+            }
+            Command::Subscribe(tx) => {
+                let snapshot: Vec<BestPathChange> = self
+                    .rib
+                    .loc_rib()
+                    .map(|(prefix, paths)| best_path_change(*prefix, paths.to_vec()))
+                    .collect();
+                if snapshot.into_iter().all(|c| tx.send(c).is_ok()) {
+                    self.subscribers.push(tx);
+                }
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Routes(prefix, reply) => {
+                let _ = reply.send(self.routes(prefix));
+            }
+            // Handled by `run`.
+            Command::Shutdown(_, reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    // ---- neighbours ----
+
+    fn add_neighbor(&mut self, n: NeighborConfig) -> Result<(), SpeakerError> {
+        let address = n.address;
+        if self.peers.contains_key(&address) {
+            return Err(SpeakerError::DuplicateNeighbor(address));
+        }
+        let invalid = |reason: &str| SpeakerError::NeighborConfig {
+            address,
+            reason: reason.to_string(),
+        };
+        if n.asn == 0 {
+            return Err(invalid("AS 0 is reserved (RFC 7607)"));
+        }
+        if address.is_unspecified() || address.is_multicast() {
+            return Err(invalid("not a unicast address"));
+        }
+        if n.local_address
+            .is_some_and(|l| l.is_ipv4() != address.is_ipv4())
+        {
+            return Err(invalid("local address is of another family"));
+        }
+
+        let span = tracing::info_span!("bgp_peer", peer = %address, asn = n.asn);
+        let mut peer_config = PeerConfig::new(
+            self.config.asn,
+            self.config.router_id,
+            PeerAsn::Exact(n.asn),
+        );
+        peer_config.hold_time = self.config.hold_time;
+        peer_config.connect_retry = CONNECT_RETRY;
+        peer_config.passive = n.passive;
+        let caps = &mut peer_config.capabilities;
+        caps.families = self.config.families.clone();
+        caps.route_refresh = true;
+        caps.enhanced_route_refresh = true;
+        caps.graceful_restart =
+            self.config
+                .graceful_restart_time
+                .map(|restart_time| GracefulRestart {
+                    restarting: false,
+                    notification: false,
+                    restart_time: restart_time.min(4095),
+                    families: self
+                        .config
+                        .families
+                        .iter()
+                        .map(|&family| GracefulRestartFamily {
+                            family,
+                            forwarding_preserved: false,
+                        })
+                        .collect(),
+                });
+        let mut session_config = SessionConfig::new(peer_config, SocketAddr::new(address, n.port));
+        session_config.local = n.local_address.map(|a| SocketAddr::new(a, 0));
+        session_config.md5_key = n.password.as_ref().map(|p| p.as_bytes().to_vec());
+
+        let mut handle = Session::spawn(session_config)
+            .map_err(|source| SpeakerError::Session { address, source })?;
+        if let Some(listener) = &self.listener {
+            if let Some(password) = &n.password {
+                if let Err(e) = listener.set_md5(address, password.as_bytes()) {
+                    span.in_scope(|| {
+                        warn!("MD5 key not set on the listener ({e}): only outgoing connections are signed")
+                    });
+                }
+            }
+            listener.add_peer(handle.incoming_sender());
+        }
+
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let mut events = std::mem::replace(&mut handle.events, mpsc::unbounded_channel().1);
+        let forward_to = self.events_tx.clone();
+        tokio::spawn(
+            async move {
+                while let Some(event) = events.recv().await {
+                    let tagged = PeerEvent {
+                        address,
+                        generation,
+                        event,
+                    };
+                    if forward_to.send(tagged).is_err() {
+                        break;
+                    }
+                }
+            }
+            .instrument(span.clone()),
+        );
+        let handle = Arc::new(handle);
+        let epoch = Arc::new(AtomicU64::new(0));
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(
+            write_loop(handle.clone(), epoch.clone(), outbox_rx).instrument(span.clone()),
+        );
+
+        let mut info = PeerInfo::new(address, n.asn, n.asn == self.config.asn);
+        info.rr_client = n.rr_client;
+        info.local_ipv4 = match n.local_address {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => Some(self.config.router_id),
+        };
+        info.local_ipv6 = match n.local_address {
+            Some(IpAddr::V6(a)) => Some(a),
+            _ => None,
+        };
+        info.policy = PeerPolicy {
+            import: n.import.clone().unwrap_or_else(PrefixList::permit_all),
+            export: n.export.clone().unwrap_or_else(PrefixList::permit_all),
+            max_prefixes: n.max_prefixes,
+            next_hop_self: n.next_hop_self,
+            send_med: false,
+            export_communities: n.export_communities.clone(),
+            export_large_communities: Vec::new(),
+        };
+        let id = self.rib.add_peer(info);
+        self.by_id.insert(id, address);
+        span.in_scope(|| {
+            info!(
+                passive = n.passive,
+                rr_client = n.rr_client,
+                "neighbor added"
+            )
+        });
+        self.peers.insert(
+            address,
+            Peer {
+                config: n,
+                id,
+                generation,
+                session: Some(SessionParts {
+                    handle,
+                    outbox,
+                    writer,
+                }),
+                epoch,
+                up: None,
+                received: BTreeSet::new(),
+                last_error: None,
+                stale: None,
+                span,
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_neighbor(
+        &mut self,
+        address: IpAddr,
+        reply: oneshot::Sender<Result<(), SpeakerError>>,
+    ) {
+        let Some(peer) = self.peers.remove(&address) else {
+            let _ = reply.send(Err(SpeakerError::UnknownNeighbor(address)));
+            return;
+        };
+        peer.span.in_scope(|| info!("neighbor removed"));
+        if let Some(listener) = &self.listener {
+            listener.remove_peer(address);
+        }
+        self.by_id.remove(&peer.id);
+        match self.rib.remove_peer(peer.id) {
+            Ok(changes) => self.apply_changes(changes),
+            Err(e) => warn!(peer = %address, "removing from the RIB: {e}"),
+        }
+        let stopped = peer
+            .session
+            .map(|s| stop_session(s, Some(DECONFIGURED_MESSAGE.to_string())));
+        tokio::spawn(async move {
+            if let Some(stopped) = stopped {
+                let _ = stopped.await;
+            }
+            let _ = reply.send(Ok(()));
+        });
+    }
+
+    async fn shutdown(&mut self, message: Option<String>) {
+        info!(?message, "shutting down");
+        let stopping: Vec<JoinHandle<()>> = std::mem::take(&mut self.peers)
+            .into_values()
+            .filter_map(|p| p.session)
+            .map(|s| stop_session(s, message.clone()))
+            .collect();
+        for s in stopping {
+            let _ = s.await;
+        }
+        self.subscribers.clear();
+        self.listener = None;
+    }
+
+    // ---- local routes ----
+
+    fn originate(
+        &mut self,
+        prefix: IpNet,
+        mut communities: Vec<crate::wire::Community>,
+    ) -> Result<(), SpeakerError> {
+        let family = family_of(&prefix);
+        if !self.config.families.contains(&family) {
+            return Err(SpeakerError::FamilyNotConfigured { prefix, family });
+        }
+        communities.sort_unstable();
+        communities.dedup();
+        let attrs = PathAttributes {
+            communities,
+            ..PathAttributes::default()
+        };
+        let changes = self.rib.originate(prefix, attrs);
+        self.apply_changes(changes);
+        Ok(())
+    }
+
+    // ---- session events ----
+
+    fn session_event(&mut self, event: PeerEvent) {
+        let Some(peer) = self.peers.get_mut(&event.address) else {
+            return;
+        };
+        if peer.generation != event.generation {
+            return;
+        }
+        match event.event {
+            SessionEvent::Established(n) => self.established(event.address, n),
+            SessionEvent::Update(u) => self.update(event.address, u),
+            SessionEvent::RouteRefresh(r) => {
+                let Some(up) = peer.up.as_mut() else {
+                    return;
+                };
+                match r.subtype {
+                    RouteRefreshSubtype::Request if up.negotiated.families.contains(&r.family) => {
+                        peer.span
+                            .in_scope(|| info!(family = %r.family, "route refresh: re-sending"));
+                        up.packer
+                            .resend(r.family, up.negotiated.enhanced_route_refresh);
+                        self.schedule_flush();
+                    }
+                    subtype => peer.span.in_scope(
+                        || debug!(family = %r.family, ?subtype, "route refresh message ignored"),
+                    ),
+                }
+            }
+            SessionEvent::Down(reason) => self.down(event.address, reason),
+        }
+    }
+
+    fn established(&mut self, address: IpAddr, negotiated: Box<Negotiated>) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        peer.epoch.fetch_add(1, Ordering::SeqCst);
+        peer.received.clear();
+        if let Some(stale) = peer.stale.as_mut() {
+            stale.deadline = Instant::now() + STALE_PATH_TIME;
+        }
+        let id = peer.id;
+        let families = negotiated.families.clone();
+        let peer_id = negotiated.peer_id;
+        peer.span
+            .in_scope(|| info!(%peer_id, ?families, "established"));
+        let mut packer = UpdatePacker::new(negotiated.send);
+        for family in &families {
+            packer.queue_end_of_rib(*family);
+        }
+        peer.up = Some(UpState {
+            negotiated,
+            packer,
+            since: Instant::now(),
+        });
+        match self.rib.peer_up(id, peer_id, &families) {
+            Ok(changes) => self.apply_changes(changes),
+            Err(e) => warn!(peer = %address, "peer_up: {e}"),
+        }
+        self.schedule_flush();
+    }
+
+    fn update(&mut self, address: IpAddr, update: Update) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        let Some(up) = peer.up.as_ref() else {
+            return;
+        };
+        let id = peer.id;
+        if let Some(family) = update.is_end_of_rib() {
+            peer.span.in_scope(|| debug!(%family, "End-of-RIB"));
+            if let Some(stale) = peer.stale.as_mut() {
+                stale.families.retain(|f| *f != family);
+                if stale.families.is_empty() {
+                    peer.stale = None;
+                }
+            }
+        } else {
+            track_received(&mut peer.received, &update);
+        }
+        let params = up.negotiated.receive;
+        match self.rib.apply_update(id, &update, &params) {
+            Ok(changes) => self.apply_changes(changes),
+            Err(RibError::MaxPrefixes(exceeded)) => {
+                let notification = exceeded.notification();
+                let message = format!(
+                    "maximum number of prefixes reached ({} {})",
+                    exceeded.limit, exceeded.family
+                );
+                peer.span.in_scope(|| {
+                    warn!(
+                        "{message}: closing the session (RFC 4486 would send {})",
+                        notification.describe()
+                    )
+                });
+                peer.last_error = Some(message.clone());
+                peer.up = None;
+                peer.stale = None;
+                peer.received.clear();
+                peer.epoch.fetch_add(1, Ordering::SeqCst);
+                if let Some(session) = peer.session.take() {
+                    drop(stop_session(session, Some(message)));
+                }
+                match self.rib.peer_down(id) {
+                    Ok(changes) => self.apply_changes(changes),
+                    Err(e) => warn!(peer = %address, "peer_down: {e}"),
+                }
+            }
+            Err(e) => warn!(peer = %address, "UPDATE not applied: {e}"),
+        }
+    }
+
+    fn down(&mut self, address: IpAddr, reason: DownReason) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        let Some(up) = peer.up.take() else {
+            return;
+        };
+        peer.epoch.fetch_add(1, Ordering::SeqCst);
+        if reason != DownReason::ManualStop {
+            peer.last_error = Some(reason.to_string());
+        }
+        // RFC 4724 §4.2: the session dropped without a NOTIFICATION and both
+        // sides offered graceful restart → keep the peer's routes, stale.
+        let preserved: Vec<Family> = match (&self.config.graceful_restart_time, &reason) {
+            (Some(_), DownReason::HoldTimerExpired | DownReason::ConnectionFailed) => up
+                .negotiated
+                .peer_graceful_restart
+                .as_ref()
+                .filter(|gr| gr.restart_time > 0)
+                .map(|gr| {
+                    gr.families
+                        .iter()
+                        .map(|f| f.family)
+                        .filter(|f| up.negotiated.families.contains(f))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let id = peer.id;
+        let result = if preserved.is_empty() {
+            peer.span
+                .in_scope(|| info!(%reason, "session down: routes removed"));
+            peer.stale = None;
+            peer.received.clear();
+            self.rib.peer_down(id)
+        } else {
+            let restart_time = up
+                .negotiated
+                .peer_graceful_restart
+                .as_ref()
+                .map_or(0, |gr| gr.restart_time);
+            peer.span.in_scope(|| {
+                info!(%reason, restart_time, ?preserved, "session down: routes kept stale (graceful restart)")
+            });
+            peer.stale = Some(StaleState {
+                families: preserved.clone(),
+                deadline: Instant::now() + Duration::from_secs(u64::from(restart_time)),
+            });
+            self.rib.peer_down_graceful(id, &preserved)
+        };
+        match result {
+            Ok(changes) => self.apply_changes(changes),
+            Err(e) => warn!(peer = %address, "peer down: {e}"),
+        }
+    }
+
+    /// Restart or stale-path timers that expired: the stale paths go.
+    fn expire_stale(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<IpAddr> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.stale.as_ref().is_some_and(|s| s.deadline <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        for address in expired {
+            let Some(peer) = self.peers.get_mut(&address) else {
+                continue;
+            };
+            let Some(stale) = peer.stale.take() else {
+                continue;
+            };
+            let id = peer.id;
+            let session_back = peer.up.is_some();
+            peer.span.in_scope(|| {
+                info!(
+                    session_back,
+                    "graceful restart timer expired: stale routes removed"
+                )
+            });
+            if session_back {
+                for family in stale.families {
+                    match self.rib.sweep_stale(id, family) {
+                        Ok(changes) => self.apply_changes(changes),
+                        Err(e) => warn!(peer = %address, "sweep_stale: {e}"),
+                    }
+                }
+            } else {
+                match self.rib.peer_down(id) {
+                    Ok(changes) => self.apply_changes(changes),
+                    Err(e) => warn!(peer = %address, "peer_down: {e}"),
+                }
+            }
+        }
+    }
+
+    // ---- changes out ----
+
+    /// Best-path changes to the subscribers, Adj-RIB-Out changes to the
+    /// peers' packers (sent at the next flush).
+    fn apply_changes(&mut self, changes: Changes) {
+        if !changes.best.is_empty() {
+            let best: Vec<BestPathChange> = changes
+                .best
+                .into_iter()
+                .map(|c| best_path_change(c.prefix, c.paths))
+                .collect();
+            self.subscribers
+                .retain(|s| best.iter().all(|c| s.send(c.clone()).is_ok()));
+        }
+        let mut sets: HashMap<usize, Option<Arc<AttrSet>>> = HashMap::new();
+        let mut queued = false;
+        for (id, out) in changes.out {
+            if out.is_empty() {
+                continue;
+            }
+            let Some(peer) = self.by_id.get(&id).and_then(|a| self.peers.get_mut(a)) else {
+                continue;
+            };
+            let Some(up) = peer.up.as_mut() else {
+                continue;
+            };
+            for nlri in out.withdraw {
+                if let Err(e) = up.packer.withdraw(nlri) {
+                    peer.span
+                        .in_scope(|| warn!(prefix = %nlri.prefix, "withdrawal not packed: {e}"));
+                }
+            }
+            for route in out.announce {
+                let key = Arc::as_ptr(&route.attrs) as usize;
+                let set = sets
+                    .entry(key)
+                    .or_insert_with(|| attr_set(&route.attrs, &peer.span))
+                    .clone();
+                let result = match set {
+                    Some(set) => up.packer.announce(route.nlri, set),
+                    // Cannot be sent: make sure the peer does not keep an
+                    // older version.
+                    None => up.packer.withdraw(route.nlri),
+                };
+                if let Err(e) = result {
+                    peer.span
+                        .in_scope(|| warn!(prefix = %route.nlri.prefix, "route not packed: {e}"));
+                }
+            }
+            queued = true;
+        }
+        if queued {
+            self.schedule_flush();
+        }
+    }
+
+    fn schedule_flush(&mut self) {
+        if self.flush_at.is_none() {
+            self.flush_at = Some(Instant::now() + BATCH_INTERVAL);
+        }
+    }
+
+    /// Packs every peer's pending changes and hands them to its writer.
+    fn flush(&mut self) {
+        self.flush_at = None;
+        for peer in self.peers.values_mut() {
+            let (Some(up), Some(session)) = (peer.up.as_mut(), peer.session.as_ref()) else {
+                continue;
+            };
+            if up.packer.is_idle() {
+                continue;
+            }
+            let flushed = up.packer.flush();
+            for rejected in &flushed.rejected {
+                peer.span
+                    .in_scope(|| warn!(?rejected, "route could not be sent"));
+            }
+            if flushed.messages.is_empty() {
+                continue;
+            }
+            peer.span
+                .in_scope(|| debug!(messages = flushed.messages.len(), "sending"));
+            let epoch = peer.epoch.load(Ordering::SeqCst);
+            let _ = session.outbox.send((epoch, flushed.messages));
+        }
+    }
+
+    // ---- views ----
+
+    fn status(&self) -> SpeakerStatus {
+        let peers = self
+            .peers
+            .values()
+            .map(|p| {
+                let state = p
+                    .session
+                    .as_ref()
+                    .map_or_else(|| "Idle".to_string(), |s| format!("{:?}", s.handle.state()));
+                let accepted = self.rib.prefix_count(p.id, Family::IPV4_UNICAST)
+                    + self.rib.prefix_count(p.id, Family::IPV6_UNICAST);
+                PeerStatus {
+                    address: p.config.address,
+                    asn: p.config.asn,
+                    state,
+                    uptime_secs: p.up.as_ref().map(|u| u.since.elapsed().as_secs()),
+                    rr_client: p.config.rr_client,
+                    received: p.received.len() as u64,
+                    accepted: accepted as u64,
+                    advertised: p
+                        .up
+                        .as_ref()
+                        .map_or(0, |u| u.packer.advertised().count() as u64),
+                    last_error: p.last_error.clone(),
+                }
+            })
+            .collect();
+        SpeakerStatus {
+            asn: self.config.asn,
+            router_id: self.config.router_id,
+            listen: self.listen,
+            peers,
+        }
+    }
+
+    fn routes(&self, within: Option<IpNet>) -> Vec<RouteView> {
+        self.rib
+            .loc_rib()
+            .filter(|(prefix, _)| within.is_none_or(|w| w.contains(*prefix)))
+            .map(|(prefix, best)| {
+                let mut paths: Vec<PathView> = Vec::new();
+                // Best (and ECMP members) first, in the RIB's order.
+                for route in best {
+                    paths.push(self.path_view(route, true));
+                }
+                for route in self.rib.candidates(prefix) {
+                    if !best.iter().any(|b| b.same_path(route)) {
+                        paths.push(self.path_view(route, false));
+                    }
+                }
+                RouteView {
+                    prefix: *prefix,
+                    paths,
+                }
+            })
+            .collect()
+    }
+
+    fn path_view(&self, route: &Route, best: bool) -> PathView {
+        let a = &route.attrs;
+        PathView {
+            best,
+            next_hop: a.next_hop,
+            from: match route.source {
+                RouteSource::Local => None,
+                RouteSource::Peer(id) => self.by_id.get(&id).copied(),
+            },
+            as_path: format_as_path(&a.as_path),
+            origin: match a.origin {
+                Origin::Igp => "IGP",
+                Origin::Egp => "EGP",
+                Origin::Incomplete => "incomplete",
+            }
+            .to_string(),
+            local_pref: a.local_pref,
+            med: a.med,
+            communities: a.communities.iter().map(ToString::to_string).collect(),
+            stale: route.stale,
+        }
+    }
+}
+
+/// Sends one peer's batches in order, dropping those packed for an earlier
+/// connection.
+async fn write_loop(
+    handle: Arc<SessionHandle>,
+    epoch: Arc<AtomicU64>,
+    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    while let Some((packed_for, messages)) = outbox.recv().await {
+        if packed_for != epoch.load(Ordering::SeqCst) {
+            debug!("batch for an earlier connection dropped");
+            continue;
+        }
+        if let Err(e) = handle.send_messages(messages).await {
+            debug!("send failed: {e}");
+        }
+    }
+}
+
+/// Stops a session once its writer has sent what was queued; the returned
+/// task ends when the session task has.
+fn stop_session(session: SessionParts, message: Option<String>) -> JoinHandle<()> {
+    let SessionParts {
+        handle,
+        outbox,
+        writer,
+    } = session;
+    drop(outbox);
+    tokio::spawn(async move {
+        let _ = writer.await;
+        match Arc::try_unwrap(handle) {
+            Ok(mut handle) => handle.stop(message).await,
+            // Unreachable: the writer held the only other reference.
+            Err(_) => warn!("session handle still shared: dropped without stop"),
+        }
+    })
+}
+
+/// Keeps the set of prefixes a peer announces (before import policy).
+fn track_received(received: &mut BTreeSet<Nlri>, update: &Update) {
+    for n in &update.withdrawn {
+        received.remove(n);
+    }
+    if let Some(u) = update.mp_unreach() {
+        for n in &u.withdrawn {
+            received.remove(n);
+        }
+    }
+    let announced = update
+        .nlri
+        .iter()
+        .chain(update.mp_reach().into_iter().flat_map(|r| r.nlri.iter()));
+    if update.treat_as_withdraw() {
+        for n in announced {
+            received.remove(n);
+        }
+    } else {
+        received.extend(announced.copied());
+    }
+}
+
+fn attr_set(attrs: &PathAttributes, span: &Span) -> Option<Arc<AttrSet>> {
+    let Some(next_hop) = attrs.mp_next_hop() else {
+        span.in_scope(|| warn!("exported route without next hop not sent"));
+        return None;
+    };
+    match AttrSet::new(attrs.to_wire_attributes(), next_hop) {
+        Ok(set) => Some(Arc::new(set)),
+        Err(e) => {
+            span.in_scope(|| warn!("exported attributes refused by the packer: {e}"));
+            None
+        }
+    }
+}
+
+fn best_path_change(prefix: IpNet, paths: Vec<Route>) -> BestPathChange {
+    let local = paths
+        .first()
+        .is_some_and(|r| r.source == RouteSource::Local);
+    let mut next_hops: Vec<IpAddr> = Vec::new();
+    if !local {
+        for hop in paths.iter().filter_map(|r| r.attrs.next_hop) {
+            if !next_hops.contains(&hop) {
+                next_hops.push(hop);
+            }
+        }
+    }
+    BestPathChange {
+        prefix,
+        next_hops,
+        local,
+        paths,
+    }
+}
+
+/// "65001 65002 {65003 65004}": sequences plain, sets in braces,
+/// confederation segments in parentheses.
+fn format_as_path(path: &AsPath) -> String {
+    path.segments
+        .iter()
+        .map(|s| {
+            let asns: Vec<String> = s.asns.iter().map(u32::to_string).collect();
+            let asns = asns.join(" ");
+            match s.kind {
+                SegmentType::Sequence => asns,
+                SegmentType::Set => format!("{{{asns}}}"),
+                SegmentType::ConfedSequence => format!("({asns})"),
+                SegmentType::ConfedSet => format!("({{{asns}}})"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

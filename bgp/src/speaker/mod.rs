@@ -1,0 +1,381 @@
+//! The public BGP speaker: one [`Rib`](crate::rib::Rib), one
+//! [`Session`](crate::session::Session) and one
+//! [`UpdatePacker`](crate::rib::pack::UpdatePacker) per neighbour, and a
+//! [`Listener`](crate::session::Listener), tied together by one actor task
+//! (see docs/bgp-speaker.md).
+//!
+//! [`Speaker`] is a cheap, clonable handle to that task: add and remove
+//! neighbours at run time, originate and withdraw prefixes, subscribe to
+//! best-path changes (what the route programmer installs in the kernel),
+//! and read [`SpeakerStatus`] / [`RouteView`] snapshots for operators.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), bgp::speaker::SpeakerError> {
+//! use bgp::speaker::{NeighborConfig, Speaker, SpeakerConfig};
+//! let mut config = SpeakerConfig::new(65001, "10.0.0.1".parse().unwrap());
+//! config.listen = Some("10.0.0.1:179".parse().unwrap());
+//! let speaker = Speaker::start(config).await?;
+//! let mut changes = speaker.subscribe();
+//! speaker.add_neighbor(NeighborConfig::new("10.0.0.2".parse().unwrap(), 65002)).await?;
+//! speaker.originate("10.244.1.0/26".parse().unwrap(), vec![]).await?;
+//! while let Some(change) = changes.recv().await {
+//!     println!("{} via {:?}", change.prefix, change.next_hops);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod actor;
+pub mod view;
+
+pub use view::*;
+
+use crate::rib::{PrefixList, Route};
+use crate::wire::{Community, Family};
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long the speaker collects RIB changes before it packs and sends
+/// them: a burst of UPDATEs (a peer's initial table, a node's pod blocks)
+/// leaves in few, full UPDATE messages.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// ConnectRetryTime, and the idle time before a dropped session reconnects
+/// by itself (RFC 4271 §10 suggests 120 s; a node agent wants its peers
+/// back sooner).
+pub const CONNECT_RETRY: Duration = Duration::from_secs(5);
+
+/// How long paths kept across a peer's graceful restart may stay stale
+/// after the session is back, waiting for its End-of-RIB (FRR's default
+/// stale-path time).
+pub const STALE_PATH_TIME: Duration = Duration::from_secs(360);
+
+/// The speaker's own settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpeakerConfig {
+    /// Local AS number.
+    pub asn: u32,
+    /// BGP identifier; also the IPv4 next hop announced to peers whose
+    /// [`NeighborConfig::local_address`] is not set.
+    pub router_id: Ipv4Addr,
+    /// Accept connections on this address (port 0: any free port, see
+    /// [`Speaker::listen_addr`]). `None`: do not listen (only active
+    /// neighbours then come up).
+    pub listen: Option<SocketAddr>,
+    /// Route-reflector cluster id (RFC 4456 §7); the router id when `None`.
+    pub cluster_id: Option<Ipv4Addr>,
+    /// Hold time offered to every peer, seconds (0, or at least 3).
+    pub hold_time: u16,
+    /// Address families offered in the Multiprotocol capability (RFC 4760).
+    pub families: Vec<Family>,
+    /// Offer graceful restart (RFC 4724) with this restart time, seconds.
+    pub graceful_restart_time: Option<u16>,
+    /// ECMP: how many equal best paths a [`BestPathChange`] carries (1: no
+    /// multipath).
+    pub max_paths: usize,
+}
+
+impl SpeakerConfig {
+    /// Not listening, no cluster id, hold time 90 s, IPv4 unicast, graceful
+    /// restart offered with 120 s, no ECMP.
+    pub fn new(asn: u32, router_id: Ipv4Addr) -> Self {
+        SpeakerConfig {
+            asn,
+            router_id,
+            listen: None,
+            cluster_id: None,
+            hold_time: 90,
+            families: vec![Family::IPV4_UNICAST],
+            graceful_restart_time: Some(120),
+            max_paths: 1,
+        }
+    }
+}
+
+/// One neighbour.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeighborConfig {
+    /// The neighbour's address; incoming connections must come from it.
+    pub address: IpAddr,
+    /// The neighbour's TCP port (179).
+    pub port: u16,
+    /// The neighbour's AS (equal to ours: iBGP).
+    pub asn: u32,
+    /// TCP MD5 key (RFC 2385). Applied to outgoing connections always, to
+    /// incoming ones only for neighbours added before the listener started
+    /// (see docs/bgp-speaker.md).
+    pub password: Option<String>,
+    /// The neighbour is a route-reflector client of ours (RFC 4456; iBGP).
+    pub rr_client: bool,
+    /// Never connect: only accept the neighbour's connection.
+    pub passive: bool,
+    /// Source address of our connections, and our next hop towards this
+    /// neighbour (the router id when `None`, for IPv4).
+    pub local_address: Option<IpAddr>,
+    /// Set NEXT_HOP to ourselves on routes to this iBGP neighbour.
+    pub next_hop_self: bool,
+    /// Maximum prefixes accepted per family; exceeding it closes the
+    /// session.
+    pub max_prefixes: Option<u32>,
+    /// Import filter (`None`: accept everything).
+    pub import: Option<PrefixList>,
+    /// Export filter (`None`: advertise everything).
+    pub export: Option<PrefixList>,
+    /// Communities added to every route sent to this neighbour.
+    pub export_communities: Vec<Community>,
+}
+
+impl NeighborConfig {
+    /// An active neighbour on port 179, no password, no policy.
+    pub fn new(address: IpAddr, asn: u32) -> Self {
+        NeighborConfig {
+            address,
+            port: crate::session::BGP_PORT,
+            asn,
+            password: None,
+            rr_client: false,
+            passive: false,
+            local_address: None,
+            next_hop_self: false,
+            max_prefixes: None,
+            import: None,
+            export: None,
+            export_communities: Vec::new(),
+        }
+    }
+}
+
+/// Why a speaker request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    /// The speaker was shut down (or its task ended).
+    #[error("the speaker is not running")]
+    Closed,
+    /// The listen address could not be bound or listened on.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The speaker's configuration is not usable.
+    #[error("invalid speaker configuration: {0}")]
+    Config(String),
+    /// A neighbour with this address is already configured.
+    #[error("neighbor {0} is already configured")]
+    DuplicateNeighbor(IpAddr),
+    /// No neighbour with this address is configured.
+    #[error("no neighbor {0}")]
+    UnknownNeighbor(IpAddr),
+    /// The neighbour's configuration is not usable.
+    #[error("invalid configuration for neighbor {address}: {reason}")]
+    NeighborConfig { address: IpAddr, reason: String },
+    /// The session task could not be started.
+    #[error("session for {address} failed to start: {source}")]
+    Session {
+        address: IpAddr,
+        source: crate::session::SessionError,
+    },
+    /// The prefix's family is not one the speaker offers.
+    #[error("{prefix}: family {family} is not configured")]
+    FamilyNotConfigured { prefix: IpNet, family: Family },
+}
+
+/// A change of one prefix's best-path set, for the route programmer.
+///
+/// A change is sent for every prefix whose best path (or ECMP set) changed;
+/// a prefix with no path left comes with empty `paths` and `next_hops`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BestPathChange {
+    /// The prefix.
+    pub prefix: IpNet,
+    /// The next hops to forward to: those of the best path and its ECMP
+    /// members, without duplicates. Empty when the prefix is unreachable or
+    /// when the best path is one this speaker originates (`local`).
+    pub next_hops: Vec<IpAddr>,
+    /// The best path is originated by this speaker (nothing to install).
+    pub local: bool,
+    /// The best path first, then the other ECMP members (the RIB's view).
+    pub paths: Vec<Route>,
+}
+
+impl BestPathChange {
+    /// The prefix is no longer reachable: remove its route.
+    pub fn is_withdrawal(&self) -> bool {
+        self.paths.is_empty()
+    }
+}
+
+/// A request to the actor task.
+pub(crate) enum Command {
+    AddNeighbor(
+        Box<NeighborConfig>,
+        oneshot::Sender<Result<(), SpeakerError>>,
+    ),
+    RemoveNeighbor(IpAddr, oneshot::Sender<Result<(), SpeakerError>>),
+    Originate(
+        IpNet,
+        Vec<Community>,
+        oneshot::Sender<Result<(), SpeakerError>>,
+    ),
+    Withdraw(IpNet, oneshot::Sender<Result<(), SpeakerError>>),
+    Subscribe(mpsc::UnboundedSender<BestPathChange>),
+    Status(oneshot::Sender<SpeakerStatus>),
+    Routes(Option<IpNet>, oneshot::Sender<Vec<RouteView>>),
+    Shutdown(Option<String>, oneshot::Sender<()>),
+}
+
+struct SpeakerInner {
+    commands: mpsc::UnboundedSender<Command>,
+    config: SpeakerConfig,
+    listen: Option<SocketAddr>,
+}
+
+/// Handle to a running speaker; clone it freely (every clone talks to the
+/// same actor task). The speaker keeps running when every handle is
+/// dropped only until the last one goes: then its sessions are stopped as
+/// by [`Speaker::shutdown`] without a message.
+#[derive(Clone)]
+pub struct Speaker {
+    inner: Arc<SpeakerInner>,
+}
+
+impl std::fmt::Debug for Speaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Speaker")
+            .field("asn", &self.inner.config.asn)
+            .field("router_id", &self.inner.config.router_id)
+            .field("listen", &self.inner.listen)
+            .finish()
+    }
+}
+
+impl Speaker {
+    /// Starts the speaker on the current tokio runtime: binds and starts
+    /// the listener (if `config.listen` is set) and spawns the actor task.
+    /// Neighbours are added with [`Speaker::add_neighbor`].
+    pub async fn start(config: SpeakerConfig) -> Result<Speaker, SpeakerError> {
+        if config.asn == 0 {
+            return Err(SpeakerError::Config("AS 0 is reserved (RFC 7607)".into()));
+        }
+        if config.router_id.is_unspecified() {
+            return Err(SpeakerError::Config(
+                "router id 0.0.0.0 is not allowed (RFC 6286)".into(),
+            ));
+        }
+        if config.hold_time == 1 || config.hold_time == 2 {
+            return Err(SpeakerError::Config(format!(
+                "hold time {} s is neither 0 nor at least 3",
+                config.hold_time
+            )));
+        }
+        if config.families.is_empty() {
+            return Err(SpeakerError::Config("no address family configured".into()));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let listen = actor::spawn(config.clone(), rx)?;
+        Ok(Speaker {
+            inner: Arc::new(SpeakerInner {
+                commands: tx,
+                config,
+                listen,
+            }),
+        })
+    }
+
+    /// The address the listener is bound to (with the actual port when
+    /// `listen` asked for port 0).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.inner.listen
+    }
+
+    /// The configuration the speaker was started with.
+    pub fn config(&self) -> &SpeakerConfig {
+        &self.inner.config
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(make(tx))
+            .map_err(|_| SpeakerError::Closed)?;
+        rx.await.map_err(|_| SpeakerError::Closed)
+    }
+
+    /// Configures a neighbour and starts its session (connecting unless
+    /// `passive`; accepting its connections when listening).
+    pub async fn add_neighbor(&self, neighbor: NeighborConfig) -> Result<(), SpeakerError> {
+        self.request(|tx| Command::AddNeighbor(Box::new(neighbor), tx))
+            .await?
+    }
+
+    /// Stops the neighbour's session and forgets the neighbour: its routes
+    /// are withdrawn from the others. Returns once the session has ended.
+    /// The neighbour is told with a Cease NOTIFICATION carrying the
+    /// shutdown message "peer de-configured" (see docs/bgp-speaker.md for
+    /// why this is subcode 2, not 3).
+    pub async fn remove_neighbor(&self, address: IpAddr) -> Result<(), SpeakerError> {
+        self.request(|tx| Command::RemoveNeighbor(address, tx))
+            .await?
+    }
+
+    /// Originates `prefix` (ORIGIN IGP, empty AS path, next hop: ourselves)
+    /// with `communities`, replacing an earlier origination of it.
+    pub async fn originate(
+        &self,
+        prefix: IpNet,
+        communities: Vec<Community>,
+    ) -> Result<(), SpeakerError> {
+        self.request(|tx| Command::Originate(prefix, communities, tx))
+            .await?
+    }
+
+    /// Stops originating `prefix` (nothing happens if it was not).
+    pub async fn withdraw(&self, prefix: IpNet) -> Result<(), SpeakerError> {
+        self.request(|tx| Command::Withdraw(prefix, tx)).await?
+    }
+
+    /// A stream of best-path changes. It starts with one change per prefix
+    /// currently reachable (the current Loc-RIB), then every change as it
+    /// happens, in order. Unbounded: the speaker never waits for, and never
+    /// drops changes for, a slow consumer. Ends when the speaker stops.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<BestPathChange> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // A stopped speaker drops `tx`: the receiver then ends at once.
+        let _ = self.inner.commands.send(Command::Subscribe(tx));
+        rx
+    }
+
+    /// The speaker and every neighbour (empty peer list once stopped).
+    pub async fn status(&self) -> SpeakerStatus {
+        match self.request(Command::Status).await {
+            Ok(s) => s,
+            Err(_) => SpeakerStatus {
+                asn: self.inner.config.asn,
+                router_id: self.inner.config.router_id,
+                listen: self.inner.listen,
+                peers: Vec::new(),
+            },
+        }
+    }
+
+    /// Every path of every prefix in the RIB (with `Some(p)`: of `p` and the
+    /// prefixes inside it), prefixes in order, best path first.
+    pub async fn routes(&self, prefix: Option<IpNet>) -> Vec<RouteView> {
+        self.request(|tx| Command::Routes(prefix, tx))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Stops every session with Cease / Administrative Shutdown (with the
+    /// RFC 9003 message if given) and ends the speaker; later requests fail
+    /// with [`SpeakerError::Closed`]. Returns when the sessions have ended.
+    pub async fn shutdown(&self, message: Option<String>) {
+        let _ = self.request(|tx| Command::Shutdown(message, tx)).await;
+    }
+}
