@@ -6,7 +6,9 @@
 //! extend) and checks the result. Every mistake is a [`ConfigError`] that
 //! names the offending value.
 
+use crate::control::{ControlError, ControlSocket, Handler, Request};
 use bgp::rib::{Action, PrefixList, PrefixListError, PrefixRule};
+use bgp::speaker::{NeighborConfig, Speaker, SpeakerConfig, SpeakerError};
 use bgp::wire::{Community, Family};
 use clap::Args;
 use ipnet::IpNet;
@@ -14,7 +16,10 @@ use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// Where the control socket lives unless `--control-socket` or the file's
 /// `control_socket` says otherwise.
@@ -522,6 +527,149 @@ pub fn parse_community(text: &str) -> Result<Community, ConfigError> {
 
 fn parse_communities(texts: &[String]) -> Result<Vec<Community>, ConfigError> {
     texts.iter().map(|t| parse_community(t)).collect()
+}
+
+impl RunPlan {
+    /// The speaker's settings; what the plan leaves open keeps
+    /// [`SpeakerConfig::new`]'s default.
+    pub fn speaker_config(&self) -> SpeakerConfig {
+        let mut config = SpeakerConfig::new(self.asn, self.router_id);
+        config.listen = self.listen;
+        config.cluster_id = self.cluster_id;
+        if let Some(hold) = self.hold_time {
+            config.hold_time = hold;
+        }
+        if !self.families.is_empty() {
+            config.families = self.families.clone();
+        }
+        if self.graceful_restart_time.is_some() {
+            config.graceful_restart_time = self.graceful_restart_time;
+        }
+        if let Some(max_paths) = self.max_paths {
+            config.max_paths = max_paths;
+        }
+        config
+    }
+}
+
+impl NeighborPlan {
+    /// The speaker's neighbour settings.
+    pub fn neighbor_config(&self) -> NeighborConfig {
+        let mut config = NeighborConfig::new(self.address, self.asn);
+        if let Some(port) = self.port {
+            config.port = port;
+        }
+        config.password = self.password.clone();
+        config.rr_client = self.rr_client;
+        config.passive = self.passive;
+        config.local_address = self.local_address;
+        config.next_hop_self = self.next_hop_self;
+        config.max_prefixes = self.max_prefixes;
+        config.import = self.import.clone();
+        config.export = self.export.clone();
+        config.export_communities = self.export_communities.clone();
+        config
+    }
+}
+
+/// Why `felix bgp run` stopped with an error.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("starting the speaker: {0}")]
+    Start(SpeakerError),
+    #[error("adding neighbor {address}: {source}")]
+    Neighbor {
+        address: IpAddr,
+        source: SpeakerError,
+    },
+    #[error("originating {prefix}: {source}")]
+    Originate { prefix: IpNet, source: SpeakerError },
+    #[error("installing signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Answers control-socket requests from a running speaker.
+#[derive(Clone, Debug)]
+pub struct SpeakerHandler(pub Speaker);
+
+impl Handler for SpeakerHandler {
+    async fn handle(&self, request: Request) -> Result<serde_json::Value, String> {
+        let value = match request {
+            Request::Status => serde_json::to_value(self.0.status().await),
+            Request::Routes { prefix } => serde_json::to_value(self.0.routes(prefix).await),
+        };
+        value.map_err(|e| e.to_string())
+    }
+}
+
+/// How long a graceful shutdown may take before the daemon exits anyway.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the speaker described by `plan` until SIGINT or SIGTERM, then
+/// stops every session with an Administrative Shutdown and removes the
+/// control socket. Must be called within a tokio runtime.
+pub async fn run(plan: RunPlan) -> Result<(), RunError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let control = ControlSocket::bind(&plan.control_socket)?;
+    let speaker = Speaker::start(plan.speaker_config())
+        .await
+        .map_err(RunError::Start)?;
+    if let Err(e) = configure(&speaker, &plan).await {
+        speaker.shutdown(None).await;
+        return Err(e);
+    }
+    eprintln!(
+        "felix bgp: AS {}, router id {}, {}, {} neighbor(s), control socket {}",
+        plan.asn,
+        plan.router_id,
+        speaker.listen_addr().map_or_else(
+            || "not listening".to_string(),
+            |a| format!("listening on {a}")
+        ),
+        plan.neighbors.len(),
+        control.path().display(),
+    );
+    let handler = Arc::new(SpeakerHandler(speaker.clone()));
+    let signal_name = tokio::select! {
+        () = control.serve(handler) => "control socket closed",
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    eprintln!("felix bgp: {signal_name}, shutting down");
+    let message = Some("felix bgp shutting down".to_string());
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, speaker.shutdown(message))
+        .await
+        .is_err()
+    {
+        eprintln!("felix bgp: sessions did not close within {SHUTDOWN_TIMEOUT:?}; exiting");
+    }
+    drop(control);
+    Ok(())
+}
+
+async fn configure(speaker: &Speaker, plan: &RunPlan) -> Result<(), RunError> {
+    for neighbor in &plan.neighbors {
+        speaker
+            .add_neighbor(neighbor.neighbor_config())
+            .await
+            .map_err(|source| RunError::Neighbor {
+                address: neighbor.address,
+                source,
+            })?;
+    }
+    for (prefix, communities) in &plan.originate {
+        speaker
+            .originate(*prefix, communities.clone())
+            .await
+            .map_err(|source| RunError::Originate {
+                prefix: *prefix,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,3 +7,4 @@ pub mod bgp_run;
 pub mod control;
 pub mod decode;
 pub mod pcap;
+pub mod status_view;
