@@ -1,0 +1,214 @@
+//! felix's `bgp::speaker::Speaker` against BIRD 2 across a veth between two
+//! network namespaces (root and bird2 needed; otherwise the test prints
+//! SKIPPED).
+//!
+//! Routes both ways: BIRD's static routes (with communities) appear in
+//! `Speaker::routes()` and on the best-path stream; the prefix felix
+//! originates appears in `birdc show route` with felix's AS and address;
+//! a withdrawal leaves BIRD's table; `shutdown` reaches BIRD as Cease /
+//! Administrative Shutdown with the message. The namespaces and BIRD are
+//! removed by `NetnsPair`'s Drop, also on failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod interop_common;
+
+use bgp::speaker::{NeighborConfig, Speaker, SpeakerConfig};
+use bgp::wire::{Community, Prefix};
+use interop_common::{skip_unless, wait_until, NetnsPair};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::Duration;
+
+const BIRD_AS: u32 = 65010;
+const FELIX_AS: u32 = 65020;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn bird_config(pair: &NetnsPair) -> String {
+    format!(
+        r#"router id {peer};
+log "{log}" all;
+protocol device {{ }}
+protocol static routes4 {{
+    ipv4 {{ import all; }};
+    route 192.0.2.0/24 blackhole;
+    route 198.51.100.0/25 blackhole;
+}}
+filter to_felix {{
+    if net = 192.0.2.0/24 then bgp_community.add(({asn}, 1));
+    accept;
+}}
+protocol bgp felix {{
+    local {peer} as {asn};
+    neighbor {felix} as {felix_as};
+    hold time 9;
+    connect delay time 1;
+    connect retry time 1;
+    error wait time 1, 2;
+    graceful restart on;
+    ipv4 {{ import all; export filter to_felix; }};
+}}
+"#,
+        peer = pair.peer_ip,
+        felix = pair.felix_ip,
+        asn = BIRD_AS,
+        felix_as = FELIX_AS,
+        log = pair.path("bird.log").display(),
+    )
+}
+
+fn birdc(sock: &str, args: &[&str]) -> String {
+    let out = Command::new("birdc")
+        .args(["-s", sock])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like `wait_until`, but sleeps on the runtime: the felix side runs a
+/// current-thread runtime, and blocking it would stop its sessions'
+/// keepalives.
+async fn wait_until_async(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f()
+}
+
+fn start_bird(pair: &mut NetnsPair) -> String {
+    let conf = pair.path("bird.conf");
+    std::fs::write(&conf, bird_config(pair)).unwrap();
+    let sock = pair.path("bird.ctl").display().to_string();
+    let pid = pair.path("bird.pid");
+    pair.pid_files.push(pid.clone());
+    let out = pair.exec_peer(&[
+        "bird",
+        "-c",
+        &conf.display().to_string(),
+        "-s",
+        &sock,
+        "-P",
+        &pid.display().to_string(),
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(5), || birdc(&sock, &["show", "status"])
+            .contains("Daemon is up")),
+        "BIRD did not start: {out}"
+    );
+    sock
+}
+
+#[test]
+fn speaker_exchanges_routes_with_bird() {
+    if skip_unless(&["bird", "birdc", "ip"]) {
+        return;
+    }
+    let mut pair = NetnsPair::new("s");
+    let sock = start_bird(&mut pair);
+    let bird_ip: IpAddr = pair.peer_ip.parse().unwrap();
+    let felix_ip: Ipv4Addr = pair.felix_ip.parse().unwrap();
+    let sock_inner = sock.clone();
+    let result = pair.in_felix(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let sock = sock_inner;
+            // Both sides connect; felix also listens on the BGP port.
+            let mut config = SpeakerConfig::new(FELIX_AS, felix_ip);
+            config.listen = Some(SocketAddr::new(felix_ip.into(), 179));
+            config.hold_time = 9;
+            let speaker = Speaker::start(config).await.unwrap();
+            let mut best = speaker.subscribe();
+            let mut bird = NeighborConfig::new(bird_ip, BIRD_AS);
+            bird.local_address = Some(felix_ip.into());
+            speaker.add_neighbor(bird).await.unwrap();
+
+            // BIRD's routes arrive, with next hop = BIRD and its AS.
+            let mut seen = std::collections::BTreeSet::new();
+            tokio::time::timeout(WAIT, async {
+                while seen.len() < 2 {
+                    let c = best.recv().await.unwrap();
+                    if !c.is_withdrawal() {
+                        assert_eq!(c.next_hops, vec![bird_ip], "{c:?}");
+                        seen.insert(c.prefix.to_string());
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("BIRD's routes did not arrive: {seen:?}"));
+            let routes = speaker.routes(None).await;
+            let r = routes
+                .iter()
+                .find(|r| r.prefix.to_string() == "192.0.2.0/24")
+                .unwrap_or_else(|| panic!("{routes:?}"));
+            assert_eq!(r.paths[0].from, Some(bird_ip));
+            assert_eq!(r.paths[0].as_path, BIRD_AS.to_string());
+            assert_eq!(r.paths[0].communities, vec![format!("{BIRD_AS}:1")]);
+            assert!(routes
+                .iter()
+                .any(|r| r.prefix.to_string() == "198.51.100.0/25"));
+
+            let status = speaker.status().await;
+            assert_eq!(status.peers[0].state, "Established");
+            assert_eq!(status.peers[0].accepted, 2);
+
+            // felix's route in BIRD's table.
+            let prefix: Prefix = "10.99.0.0/24".parse().unwrap();
+            speaker
+                .originate(prefix, vec![Community((FELIX_AS << 16) | 5)])
+                .await
+                .unwrap();
+            let show = || birdc(&sock, &["show", "route", "10.99.0.0/24", "all"]);
+            assert!(
+                wait_until_async(Duration::from_secs(10), || {
+                    let s = show();
+                    s.contains("10.99.0.0/24") && s.contains(&felix_ip.to_string())
+                })
+                .await,
+                "felix's route not in BIRD: {}",
+                birdc(&sock, &["show", "route", "all"])
+            );
+            let s = show();
+            assert!(s.contains(&format!("BGP.as_path: {FELIX_AS}")), "{s}");
+            assert!(s.contains(&format!("({FELIX_AS},5)")), "{s}");
+
+            // Withdrawal leaves BIRD's table.
+            speaker.withdraw(prefix).await.unwrap();
+            assert!(
+                wait_until_async(Duration::from_secs(10), || !show().contains("10.99.0.0/24"))
+                    .await,
+                "withdrawal not seen by BIRD: {}",
+                show()
+            );
+
+            speaker
+                .shutdown(Some("felix speaker interop test".into()))
+                .await;
+        })
+    });
+    if let Err(e) = result {
+        let log = std::fs::read_to_string(pair.path("bird.log")).unwrap_or_default();
+        eprintln!(
+            "BIRD log:\n{log}\n{}",
+            birdc(&sock, &["show", "protocols", "all", "felix"])
+        );
+        std::panic::resume_unwind(e);
+    }
+    let seen = wait_until(Duration::from_secs(5), || {
+        let all = birdc(&sock, &["show", "protocols", "all", "felix"]);
+        let log = std::fs::read_to_string(pair.path("bird.log")).unwrap_or_default();
+        (all + &log).contains("felix speaker interop test")
+    });
+    assert!(
+        seen,
+        "BIRD did not report the shutdown: {}",
+        birdc(&sock, &["show", "protocols", "all", "felix"])
+    );
+}
