@@ -1,14 +1,20 @@
 //! `felix`: the felix-rs command line.
 //!
-//! Exit codes: 0 when everything decoded, 1 when a message had an error,
-//! 2 for usage and I/O errors.
+//! Exit codes: `felix bgp decode`: 0 when everything decoded, 1 when a
+//! message had an error, 2 for usage and I/O errors. `felix bgp run`: 0
+//! after a clean shutdown, 1 when the speaker could not run, 2 for a bad
+//! configuration. `felix bgp status` / `routes`: 0, or 1 when the daemon
+//! could not be asked.
 
 use anyhow::Context;
+use bgp::speaker::{RouteView, SpeakerStatus};
 use bgp::wire::{AddPathFamilies, Family, SessionParams};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use felix_rs::bgp_run::{self, RunArgs, RunPlan, DEFAULT_CONTROL_SOCKET};
+use felix_rs::control::{self, Request};
 use felix_rs::decode::{self, Tally};
-use felix_rs::pcap;
+use felix_rs::{pcap, status_view};
 use std::io::{self, Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -27,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// BGP tools: `felix bgp decode` shows what a peer sent, as JSON lines.
+    /// BGP: run a speaker (`felix bgp run`), ask it (`status`, `routes`),
+    /// decode what a peer sent (`decode`).
     #[command(subcommand)]
     Bgp(BgpCommand),
 }
@@ -36,6 +43,40 @@ enum Command {
 enum BgpCommand {
     /// Decode BGP messages from a file or capture; print one JSON object per message.
     Decode(DecodeArgs),
+    /// Run a BGP speaker (e.g. a route reflector) until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Show the running speaker's peers: state, uptime, prefix counts, last error.
+    Status(QueryArgs),
+    /// Show the running speaker's routes, all paths, best marked `*`.
+    Routes(RoutesArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+enum Output {
+    /// Aligned text columns.
+    #[default]
+    Table,
+    /// The daemon's answer as JSON.
+    Json,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    control_socket: PathBuf,
+}
+
+#[derive(Args)]
+struct RoutesArgs {
+    /// Only this prefix and the prefixes inside it.
+    #[arg(value_name = "PREFIX")]
+    prefix: Option<ipnet::IpNet>,
+    #[command(flatten)]
+    query: QueryArgs,
 }
 
 #[derive(Args)]
@@ -74,9 +115,93 @@ impl DecodeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Bgp(BgpCommand::Decode(args)) => bgp_decode(&args),
+    match cli.command {
+        Command::Bgp(BgpCommand::Decode(args)) => decode_exit(bgp_decode(&args)),
+        Command::Bgp(BgpCommand::Run(args)) => bgp_run(&args),
+        Command::Bgp(BgpCommand::Status(args)) => bgp_status(&args),
+        Command::Bgp(BgpCommand::Routes(args)) => bgp_routes(&args),
+    }
+}
+
+fn bgp_run(args: &RunArgs) -> ExitCode {
+    let plan = match RunPlan::from_args(args) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("felix: {e}");
+            return ExitCode::from(2);
+        }
     };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("felix: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(bgp_run::run(plan)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("felix: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bgp_status(args: &QueryArgs) -> ExitCode {
+    query(args, &Request::Status, |status: &SpeakerStatus| {
+        status_view::render_status(status)
+    })
+}
+
+fn bgp_routes(args: &RoutesArgs) -> ExitCode {
+    let request = Request::Routes {
+        prefix: args.prefix,
+    };
+    query(&args.query, &request, |routes: &Vec<RouteView>| {
+        status_view::render_routes(routes)
+    })
+}
+
+/// Asks the daemon, prints its answer as a table or JSON.
+fn query<T>(args: &QueryArgs, request: &Request, render: impl Fn(&T) -> String) -> ExitCode
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let answer: T = match control::request_as(&args.control_socket, request) {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("felix: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let text = match args.output {
+        Output::Table => render(&answer),
+        Output::Json => match serde_json::to_string_pretty(&answer) {
+            Ok(json) => json + "\n",
+            Err(e) => {
+                eprintln!("felix: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("felix: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn decode_exit(result: anyhow::Result<Tally>) -> ExitCode {
     match result {
         Ok(tally) if tally.errors == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
