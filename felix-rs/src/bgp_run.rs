@@ -914,6 +914,43 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
     }
 
     #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../deploy/examples/route-reflector.toml");
+        let p = plan(text, &[]).unwrap();
+        assert_eq!(p.asn, 64512);
+        assert_eq!(p.neighbors.len(), 3);
+        assert!(p.neighbors[0].rr_client && p.neighbors[1].rr_client);
+        let upstream = &p.neighbors[2];
+        assert!(!upstream.rr_client);
+        assert!(upstream
+            .import
+            .as_ref()
+            .unwrap()
+            .permits(&"0.0.0.0/0".parse().unwrap()));
+        let config = p.speaker_config();
+        assert_eq!(config.listen, Some("0.0.0.0:179".parse().unwrap()));
+        assert_eq!(config.cluster_id, Some(Ipv4Addr::new(10, 0, 0, 10)));
+        let n = upstream.neighbor_config();
+        assert_eq!(n.port, BGP_PORT);
+        assert_eq!(n.password.as_deref(), Some("change-me"));
+        assert_eq!(n.max_prefixes, Some(10000));
+    }
+
+    #[test]
+    fn plan_defaults_keep_the_speaker_defaults() {
+        let p = plan("", MIN).unwrap();
+        assert_eq!(
+            p.speaker_config(),
+            SpeakerConfig::new(65000, Ipv4Addr::new(10, 0, 0, 1))
+        );
+        let n = parse_neighbor_flag("10.0.0.2:65001").unwrap();
+        assert_eq!(
+            n.neighbor_config(),
+            NeighborConfig::new("10.0.0.2".parse().unwrap(), 65001)
+        );
+    }
+
+    #[test]
     fn listen_forms() {
         assert_eq!(
             parse_listen("10.0.0.1").unwrap(),
