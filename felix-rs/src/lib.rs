@@ -1,7 +1,9 @@
 //! `felix-rs` — the felix node agent and its command-line tools.
 //!
-//! Today it owns the operator tools built on the BGP codec (`felix bgp
-//! decode`). The agent, route programmer, CNI API and lab come with issues 3–6.
+//! Today it owns the operator tools: `felix bgp decode` on the BGP codec,
+//! and `felix bgp run` / `status` / `routes` on the BGP speaker
+//! ([`bgp_run`], [`control`], [`status_view`]). The agent, route programmer,
+//! CNI API and lab come with issues 3–6.
 
 pub mod bgp_run;
 pub mod control;
