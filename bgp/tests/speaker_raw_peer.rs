@@ -1,0 +1,285 @@
+//! `bgp::speaker` against a hand-driven peer on the loopback interface (no
+//! root): the test speaks BGP itself over a TCP socket, so it can do what a
+//! well-behaved speaker does not do on demand — drop the connection without
+//! a NOTIFICATION (graceful restart), ask for a route refresh, exceed a
+//! prefix limit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bgp::speaker::{BestPathChange, NeighborConfig, PeerStatus, Speaker, SpeakerConfig};
+use bgp::wire::{
+    self, AsPath, AttributeValue, Capability, Family, GracefulRestart, GracefulRestartFamily,
+    Message, Nlri, Open, Origin, PathAttribute, RouteRefresh, RouteRefreshSubtype, SessionParams,
+    Update,
+};
+use bytes::BytesMut;
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::{timeout, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+const PEER_AS: u32 = 65002;
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// A BGP peer driven by the test.
+struct RawPeer {
+    stream: TcpStream,
+    buf: BytesMut,
+    params: SessionParams,
+}
+
+impl RawPeer {
+    /// Connects from `local` and exchanges OPEN/KEEPALIVE (hold time 0: no
+    /// keepalives needed). `None` if the speaker refused the connection
+    /// (e.g. its session is idle before an automatic restart).
+    async fn establish(local: IpAddr, to: SocketAddr, caps: Vec<Capability>) -> Option<RawPeer> {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        let stream = socket.connect(to).await.ok()?;
+        let mut peer = RawPeer {
+            stream,
+            buf: BytesMut::new(),
+            params: SessionParams::default(),
+        };
+        let open = Open::new(PEER_AS, 0, Ipv4Addr::new(10, 0, 0, 99), caps);
+        peer.send(Message::Open(open)).await;
+        let Some(Message::Open(_)) = peer.try_recv().await else {
+            return None;
+        };
+        let Some(Message::Keepalive) = peer.try_recv().await else {
+            return None;
+        };
+        peer.send(Message::Keepalive).await;
+        peer.params.four_octet_as = true;
+        Some(peer)
+    }
+
+    async fn send(&mut self, m: Message) {
+        let bytes = m.to_bytes(&self.params).unwrap();
+        self.stream.write_all(&bytes).await.unwrap();
+    }
+
+    /// The next message; `None` on EOF or timeout.
+    async fn try_recv(&mut self) -> Option<Message> {
+        timeout(WAIT, async {
+            loop {
+                if let Some(n) = wire::frame_len(&self.buf, &self.params).unwrap() {
+                    let frame = self.buf.split_to(n).freeze();
+                    return Some(wire::decode(&frame, &self.params).unwrap());
+                }
+                if self.stream.read_buf(&mut self.buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn recv(&mut self) -> Message {
+        self.try_recv().await.expect("connection closed")
+    }
+
+    /// Reads until an UPDATE announcing `prefix`, returns it.
+    async fn recv_announce(&mut self, prefix: IpNet) -> Update {
+        loop {
+            if let Message::Update(u) = self.recv().await {
+                if u.nlri.iter().any(|n| n.prefix == prefix) {
+                    return u;
+                }
+            }
+        }
+    }
+}
+
+fn capabilities() -> Vec<Capability> {
+    vec![
+        Capability::Multiprotocol {
+            family: Family::IPV4_UNICAST,
+        },
+        Capability::RouteRefresh,
+        Capability::EnhancedRouteRefresh,
+        Capability::GracefulRestart(GracefulRestart {
+            restarting: false,
+            notification: false,
+            restart_time: 60,
+            families: vec![GracefulRestartFamily {
+                family: Family::IPV4_UNICAST,
+                forwarding_preserved: true,
+            }],
+        }),
+    ]
+}
+
+fn announce(prefixes: &[&str], next_hop: Ipv4Addr) -> Message {
+    Message::Update(Update {
+        attributes: vec![
+            PathAttribute::new(AttributeValue::Origin(Origin::Igp)),
+            PathAttribute::new(AttributeValue::AsPath(AsPath::sequence([PEER_AS]))),
+            PathAttribute::new(AttributeValue::NextHop(next_hop)),
+        ],
+        nlri: prefixes
+            .iter()
+            .map(|p| Nlri::new(p.parse().unwrap()))
+            .collect(),
+        ..Update::default()
+    })
+}
+
+async fn speaker(last: u8) -> Speaker {
+    let mut config = SpeakerConfig::new(65001, Ipv4Addr::new(10, 0, 0, last));
+    config.listen = Some(SocketAddr::new(ip(last), 0));
+    Speaker::start(config).await.unwrap()
+}
+
+async fn wait_change(
+    rx: &mut UnboundedReceiver<BestPathChange>,
+    pred: impl Fn(&BestPathChange) -> bool,
+) -> BestPathChange {
+    timeout(WAIT, async {
+        loop {
+            let c = rx.recv().await.expect("subscription ended");
+            if pred(&c) {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a best-path change")
+}
+
+async fn wait_peer(s: &Speaker, pred: impl Fn(&PeerStatus) -> bool) -> PeerStatus {
+    let end = Instant::now() + WAIT;
+    loop {
+        let p = s.status().await.peers.remove(0);
+        if pred(&p) {
+            return p;
+        }
+        assert!(Instant::now() < end, "timed out: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn end_of_rib_route_refresh_and_graceful_restart() {
+    let s = speaker(51).await;
+    let mut best = s.subscribe();
+    let mut n = NeighborConfig::new(ip(52), PEER_AS);
+    n.passive = true;
+    s.add_neighbor(n).await.unwrap();
+    let ours: IpNet = "10.6.0.0/24".parse().unwrap();
+    s.originate(ours, vec![]).await.unwrap();
+    let to = s.listen_addr().unwrap();
+
+    // Initial table, then End-of-RIB; next hop = router id (no local
+    // address configured), our AS prepended.
+    let mut peer = RawPeer::establish(ip(52), to, capabilities())
+        .await
+        .unwrap();
+    let u = peer.recv_announce(ours).await;
+    assert_eq!(u.next_hop(), Some(Ipv4Addr::new(10, 0, 0, 51)));
+    let Message::Update(eor) = peer.recv().await else {
+        panic!("expected End-of-RIB");
+    };
+    assert_eq!(eor.is_end_of_rib(), Some(Family::IPV4_UNICAST));
+
+    // The peer's route.
+    let theirs: IpNet = "10.5.0.0/24".parse().unwrap();
+    peer.send(announce(&["10.5.0.0/24"], Ipv4Addr::new(127, 0, 0, 52)))
+        .await;
+    let c = wait_change(&mut best, |c| c.prefix == theirs).await;
+    assert_eq!(c.next_hops, vec![ip(52)]);
+
+    // Enhanced route refresh: BoRR, the table again, EoRR.
+    peer.send(Message::RouteRefresh(RouteRefresh::new(
+        Family::IPV4_UNICAST,
+        RouteRefreshSubtype::Request,
+    )))
+    .await;
+    let Message::RouteRefresh(borr) = peer.recv().await else {
+        panic!("expected BoRR");
+    };
+    assert_eq!(borr.subtype, RouteRefreshSubtype::BeginningOfRefresh);
+    peer.recv_announce(ours).await;
+    let Message::RouteRefresh(eorr) = peer.recv().await else {
+        panic!("expected EoRR");
+    };
+    assert_eq!(eorr.subtype, RouteRefreshSubtype::EndOfRefresh);
+
+    // The connection drops without a NOTIFICATION: graceful restart keeps
+    // the peer's route, stale, and installed.
+    drop(peer);
+    let down = wait_peer(&s, |p| p.state != "Established").await;
+    assert!(down.last_error.is_some());
+    let routes = s.routes(Some(theirs)).await;
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert!(routes[0].paths[0].stale);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(c) = best.try_recv() {
+        assert!(
+            !(c.prefix == theirs && c.is_withdrawal()),
+            "route withdrawn despite graceful restart"
+        );
+    }
+
+    // Back (after the session's idle hold): End-of-RIB without the route
+    // sweeps it.
+    let end = Instant::now() + WAIT;
+    let mut peer = loop {
+        if let Some(p) = RawPeer::establish(ip(52), to, capabilities()).await {
+            break p;
+        }
+        assert!(Instant::now() < end, "could not reconnect");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    peer.recv_announce(ours).await;
+    peer.send(Message::Update(Update::end_of_rib(Family::IPV4_UNICAST)))
+        .await;
+    wait_change(&mut best, |c| c.prefix == theirs && c.is_withdrawal()).await;
+    s.shutdown(None).await;
+}
+
+#[tokio::test]
+async fn max_prefixes_closes_the_session() {
+    let s = speaker(61).await;
+    let mut n = NeighborConfig::new(ip(62), PEER_AS);
+    n.passive = true;
+    n.max_prefixes = Some(1);
+    s.add_neighbor(n).await.unwrap();
+    let to = s.listen_addr().unwrap();
+    let mut peer = RawPeer::establish(ip(62), to, capabilities())
+        .await
+        .unwrap();
+    peer.send(announce(
+        &["10.7.0.0/24", "10.7.1.0/24"],
+        Ipv4Addr::new(127, 0, 0, 62),
+    ))
+    .await;
+    let notification = loop {
+        match peer.recv().await {
+            Message::Notification(n) => break n,
+            _ => continue,
+        }
+    };
+    assert_eq!(notification.code, 6);
+    assert!(
+        notification
+            .shutdown_message()
+            .is_some_and(|m| m.contains("maximum number of prefixes")),
+        "{}",
+        notification.describe()
+    );
+    let p = wait_peer(&s, |p| p.state == "Idle").await;
+    assert!(p.last_error.unwrap().contains("maximum number of prefixes"));
+    assert_eq!(p.accepted, 0);
+    assert!(s.routes(None).await.is_empty());
+    s.shutdown(None).await;
+}
