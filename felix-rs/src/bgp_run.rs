@@ -41,13 +41,19 @@ pub struct RunArgs {
     /// BGP identifier (an IPv4 address).
     #[arg(long, value_name = "ID")]
     pub router_id: Option<String>,
-    /// Accept connections on ADDR[:PORT] (port 179 unless given; IPv6 with
-    /// a port as [ADDR]:PORT).
-    #[arg(long, value_name = "ADDR[:PORT]")]
+    /// Listen address, `ADDR[:PORT]`.
+    #[arg(
+        long,
+        value_name = "ADDR[:PORT]",
+        help = "Accept connections on ADDR[:PORT] (port 179 unless given; IPv6 with a port as [ADDR]:PORT)"
+    )]
     pub listen: Option<String>,
-    /// Peer with ADDR in AS, with an optional TCP MD5 password; IPv6 as
-    /// [ADDR]:AS[:PASSWORD]. Repeat for more neighbours.
-    #[arg(long = "neighbor", value_name = "ADDR:AS[:PASSWORD]")]
+    /// Neighbours, `ADDR:AS[:PASSWORD]` (IPv6 in brackets).
+    #[arg(
+        long = "neighbor",
+        value_name = "ADDR:AS[:PASSWORD]",
+        help = "Peer with ADDR in AS, with an optional TCP MD5 password; IPv6 as [ADDR]:AS[:PASSWORD]. Repeat for more neighbours"
+    )]
     pub neighbors: Vec<String>,
     /// Make the neighbour ADDR a route-reflector client. Repeatable.
     #[arg(long = "rr-client", value_name = "ADDR")]
