@@ -653,12 +653,18 @@ fn automatic_stop_sends_its_cease() {
     let actions = f.handle(
         Event::AutomaticStop {
             cease_subcode: cease_subcode::MAX_PREFIXES_REACHED,
+            // RFC 4486 §4: AFI 1, SAFI 1, limit 100.
+            data: Bytes::from_static(&[0, 1, 1, 0, 0, 0, 100]),
         },
         t0,
     );
     assert_eq!(
         actions[0],
-        send_notification(notif(code::CEASE, cease_subcode::MAX_PREFIXES_REACHED, &[]))
+        send_notification(notif(
+            code::CEASE,
+            cease_subcode::MAX_PREFIXES_REACHED,
+            &[0, 1, 1, 0, 0, 0, 100]
+        ))
     );
     assert_eq!(actions.last(), Some(&Action::Disconnect));
     assert_eq!(f.state(), State::Idle);
@@ -964,7 +970,10 @@ mod randomized {
             Event::ManualStop {
                 shutdown_message: Some("bye".into()),
             },
-            Event::AutomaticStop { cease_subcode: 1 },
+            Event::AutomaticStop {
+                cease_subcode: 1,
+                data: Bytes::new(),
+            },
             Event::TcpConnectionAcked,
             Event::TcpConnectionConfirmed,
             Event::TcpConnectionFails,

@@ -269,14 +269,15 @@ async fn max_prefixes_closes_the_session() {
             _ => continue,
         }
     };
-    assert_eq!(notification.code, 6);
-    assert!(
-        notification
-            .shutdown_message()
-            .is_some_and(|m| m.contains("maximum number of prefixes")),
+    // Cease / Maximum Number of Prefixes Reached, data AFI 1, SAFI 1 and
+    // the limit 1 (RFC 4486 §4).
+    assert_eq!(
+        (notification.code, notification.subcode),
+        (6, 1),
         "{}",
         notification.describe()
     );
+    assert_eq!(&notification.data[..], &[0, 1, 1, 0, 0, 0, 1]);
     let p = wait_peer(&s, |p| p.state == "Idle").await;
     assert!(p.last_error.unwrap().contains("maximum number of prefixes"));
     assert_eq!(p.accepted, 0);

@@ -2,6 +2,7 @@
 
 use super::negotiate::Negotiated;
 use crate::wire::{DecodeError, Message, Notification, RouteRefresh, Update};
+use bytes::Bytes;
 
 /// The six states of RFC 4271 §8.2.2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,8 +32,9 @@ pub enum Event {
     /// Event 5.
     AutomaticStartPassive,
     /// Event 8: the local system stops the session by itself (e.g. maximum
-    /// prefixes reached), with this Cease subcode.
-    AutomaticStop { cease_subcode: u8 },
+    /// prefixes reached), with this Cease subcode and data (RFC 4486 §4:
+    /// AFI, SAFI and the limit for Maximum Number of Prefixes Reached).
+    AutomaticStop { cease_subcode: u8, data: Bytes },
     /// Event 16 (Tcp_CR_Acked): our outgoing connection is up.
     TcpConnectionAcked,
     /// Event 17 (TcpConnectionConfirmed): we accepted the peer's connection.

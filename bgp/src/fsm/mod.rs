@@ -57,7 +57,7 @@ enum Input {
         passive: bool,
     },
     ManualStop(Option<String>),
-    AutomaticStop(u8),
+    AutomaticStop(u8, Bytes),
     Timer(Timer),
     TcpUp,
     TcpFails,
@@ -91,7 +91,7 @@ impl Input {
         match self {
             Input::Start { .. } => "start",
             Input::ManualStop(_) => "ManualStop",
-            Input::AutomaticStop(_) => "AutomaticStop",
+            Input::AutomaticStop(..) => "AutomaticStop",
             Input::Timer(Timer::ConnectRetry) => "ConnectRetryTimer_Expires",
             Input::Timer(Timer::Hold) => "HoldTimer_Expires",
             Input::Timer(Timer::Keepalive) => "KeepaliveTimer_Expires",
@@ -224,7 +224,10 @@ impl Fsm {
                 Input::Start { passive: true }
             }
             Event::ManualStop { shutdown_message } => Input::ManualStop(shutdown_message),
-            Event::AutomaticStop { cease_subcode } => Input::AutomaticStop(cease_subcode),
+            Event::AutomaticStop {
+                cease_subcode,
+                data,
+            } => Input::AutomaticStop(cease_subcode, data),
             Event::TcpConnectionAcked | Event::TcpConnectionConfirmed => Input::TcpUp,
             Event::TcpConnectionFails => Input::TcpFails,
             Event::Message(Message::Open(open)) => Input::Open(open),
@@ -265,7 +268,7 @@ impl Fsm {
             // ---- Idle (RFC 4271 §8.2.2) ----
             (Idle, Input::Start { passive }) => self.start(passive, now, out),
             (Idle, Input::Timer(Timer::IdleHold)) => self.start(false, now, out),
-            (Idle, Input::ManualStop(_) | Input::AutomaticStop(_)) => self.timers.idle_hold = None,
+            (Idle, Input::ManualStop(_) | Input::AutomaticStop(..)) => self.timers.idle_hold = None,
             // No connection is wanted in Idle: refuse it.
             (Idle, Input::TcpUp) => out.push(Action::Disconnect),
             (Idle, _) => {}
@@ -354,7 +357,7 @@ impl Fsm {
                 };
                 self.teardown(None, DownReason::NotificationReceived(n), counter, now, out)
             }
-            (Connect | Active, Input::AutomaticStop(subcode)) => self.teardown(
+            (Connect | Active, Input::AutomaticStop(subcode, _)) => self.teardown(
                 None,
                 DownReason::AutomaticStop(subcode),
                 Counter::Increment,
@@ -374,13 +377,14 @@ impl Fsm {
                 let n = Self::manual_stop_notification(message);
                 self.teardown(Some(n), DownReason::ManualStop, Counter::Reset, now, out)
             }
-            (OpenSent | OpenConfirm | Established, Input::AutomaticStop(subcode)) => self.teardown(
-                Some(cease(subcode)),
-                DownReason::AutomaticStop(subcode),
-                Counter::Increment,
-                now,
-                out,
-            ),
+            (OpenSent | OpenConfirm | Established, Input::AutomaticStop(subcode, data)) => self
+                .teardown(
+                    Some(Notification::new(code::CEASE, subcode, data)),
+                    DownReason::AutomaticStop(subcode),
+                    Counter::Increment,
+                    now,
+                    out,
+                ),
             (OpenSent | OpenConfirm | Established, Input::Timer(Timer::Hold)) => self.teardown(
                 Some(Notification::new(code::HOLD_TIMER_EXPIRED, 0, Bytes::new())),
                 DownReason::HoldTimerExpired,

@@ -25,7 +25,7 @@ pub use listener::Listener;
 
 use crate::fsm::{Action, ConfigError, DownReason, Event, Fsm, Negotiated, PeerConfig, State};
 use crate::wire::{self, EncodeError, Message, RouteRefresh, SessionParams, Update};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -124,7 +124,19 @@ pub enum SessionError {
 enum Command {
     Incoming(TcpStream),
     Send(Vec<Message>, oneshot::Sender<Result<(), SessionError>>),
-    Stop(Option<String>),
+    Stop(StopReason),
+}
+
+/// Why the local side ends a session, which fixes the Cease it sends.
+#[derive(Clone, Debug)]
+enum StopReason {
+    /// RFC 4271 event 2: Cease / Administrative Shutdown, with an RFC 9003
+    /// message if given.
+    Manual(Option<String>),
+    /// RFC 4271 event 8: a Cease of this subcode with this data, e.g.
+    /// Peer De-configured, or Maximum Number of Prefixes Reached with its
+    /// RFC 4486 data.
+    Automatic { subcode: u8, data: Bytes },
 }
 
 /// Hands connections accepted elsewhere over to a session; cheap to clone.
@@ -154,7 +166,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Incoming(_) => f.write_str("Incoming"),
             Command::Send(m, _) => write!(f, "Send({} messages)", m.len()),
-            Command::Stop(m) => write!(f, "Stop({m:?})"),
+            Command::Stop(r) => write!(f, "Stop({r:?})"),
         }
     }
 }
@@ -229,7 +241,20 @@ impl SessionHandle {
     /// given) on an open connection, then the task ends. Returns when it
     /// has.
     pub async fn stop(&mut self, shutdown_message: Option<String>) {
-        let _ = self.commands.send(Command::Stop(shutdown_message));
+        self.stop_for(StopReason::Manual(shutdown_message)).await;
+    }
+
+    /// Stops the session with a Cease of `subcode` and `data` (RFC 4271
+    /// event 8, AutomaticStop; subcodes from RFC 4486): e.g. Peer
+    /// De-configured when the neighbour is removed, or Maximum Number of
+    /// Prefixes Reached with AFI, SAFI and the limit. Returns when the task
+    /// has ended.
+    pub async fn stop_with_cease(&mut self, subcode: u8, data: Bytes) {
+        self.stop_for(StopReason::Automatic { subcode, data }).await;
+    }
+
+    async fn stop_for(&mut self, reason: StopReason) {
+        let _ = self.commands.send(Command::Stop(reason));
         if let Some(task) = self.task.take() {
             if let Err(e) = task.await {
                 warn!(peer = %self.peer, "session task failed: {e}");
@@ -458,11 +483,11 @@ impl Driver {
             match wake {
                 Wake::Command(None) => {
                     debug!("all handles dropped: stopping");
-                    self.stop(None).await;
+                    self.stop(StopReason::Manual(None)).await;
                     break;
                 }
-                Wake::Command(Some(Command::Stop(message))) => {
-                    self.stop(message).await;
+                Wake::Command(Some(Command::Stop(reason))) => {
+                    self.stop(reason).await;
                     break;
                 }
                 Wake::Command(Some(Command::Incoming(stream))) => self.incoming(stream).await,
@@ -526,23 +551,20 @@ impl Driver {
         }
     }
 
-    async fn stop(&mut self, message: Option<String>) {
-        info!(?message, "stopping");
+    async fn stop(&mut self, reason: StopReason) {
+        info!(?reason, "stopping");
         self.connecting = None;
-        let actions = self.primary.fsm.handle(
-            Event::ManualStop {
-                shutdown_message: message.clone(),
+        let event = || match reason.clone() {
+            StopReason::Manual(shutdown_message) => Event::ManualStop { shutdown_message },
+            StopReason::Automatic { subcode, data } => Event::AutomaticStop {
+                cease_subcode: subcode,
+                data,
             },
-            now(),
-        );
+        };
+        let actions = self.primary.fsm.handle(event(), now());
         self.perform(Which::Primary, actions).await;
         if let Some(c) = self.secondary.as_mut() {
-            let actions = c.fsm.handle(
-                Event::ManualStop {
-                    shutdown_message: message,
-                },
-                now(),
-            );
+            let actions = c.fsm.handle(event(), now());
             self.perform(Which::Secondary, actions).await;
         }
         self.secondary = None;

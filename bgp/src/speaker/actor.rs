@@ -12,10 +12,12 @@ use crate::rib::{
     RibError, Route, RouteSource,
 };
 use crate::session::{Listener, Session, SessionConfig, SessionEvent, SessionHandle};
+use crate::wire::error::cease_subcode;
 use crate::wire::{
     AsPath, Family, GracefulRestart, GracefulRestartFamily, Message, Nlri, Origin,
     RouteRefreshSubtype, SegmentType, Update,
 };
+use bytes::Bytes;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -26,9 +28,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
-
-/// The shutdown message sent to a neighbour that is removed.
-const DECONFIGURED_MESSAGE: &str = "peer de-configured";
 
 /// Binds and starts the listener (if configured) and spawns the actor.
 /// Returns the listener's bound address.
@@ -380,9 +379,12 @@ impl Actor {
             Ok(changes) => self.apply_changes(changes),
             Err(e) => warn!(peer = %address, "removing from the RIB: {e}"),
         }
-        let stopped = peer
-            .session
-            .map(|s| stop_session(s, Some(DECONFIGURED_MESSAGE.to_string())));
+        let stopped = peer.session.map(|s| {
+            stop_session(
+                s,
+                Stop::Cease(cease_subcode::PEER_DECONFIGURED, Bytes::new()),
+            )
+        });
         tokio::spawn(async move {
             if let Some(stopped) = stopped {
                 let _ = stopped.await;
@@ -396,7 +398,7 @@ impl Actor {
         let stopping: Vec<JoinHandle<()>> = std::mem::take(&mut self.peers)
             .into_values()
             .filter_map(|p| p.session)
-            .map(|s| stop_session(s, message.clone()))
+            .map(|s| stop_session(s, Stop::Shutdown(message.clone())))
             .collect();
         for s in stopping {
             let _ = s.await;
@@ -520,7 +522,7 @@ impl Actor {
                 );
                 peer.span.in_scope(|| {
                     warn!(
-                        "{message}: closing the session (RFC 4486 would send {})",
+                        "{message}: closing the session with {}",
                         notification.describe()
                     )
                 });
@@ -530,7 +532,10 @@ impl Actor {
                 peer.received.clear();
                 peer.epoch.fetch_add(1, Ordering::SeqCst);
                 if let Some(session) = peer.session.take() {
-                    drop(stop_session(session, Some(message)));
+                    drop(stop_session(
+                        session,
+                        Stop::Cease(notification.subcode, notification.data.clone()),
+                    ));
                 }
                 match self.rib.peer_down(id) {
                     Ok(changes) => self.apply_changes(changes),
@@ -829,7 +834,15 @@ async fn write_loop(
 
 /// Stops a session once its writer has sent what was queued; the returned
 /// task ends when the session task has.
-fn stop_session(session: SessionParts, message: Option<String>) -> JoinHandle<()> {
+/// How the speaker ends a session: which Cease goes to the peer.
+enum Stop {
+    /// Administrative Shutdown with an optional RFC 9003 message.
+    Shutdown(Option<String>),
+    /// A Cease of this subcode and data (RFC 4486).
+    Cease(u8, Bytes),
+}
+
+fn stop_session(session: SessionParts, how: Stop) -> JoinHandle<()> {
     let SessionParts {
         handle,
         outbox,
@@ -839,7 +852,10 @@ fn stop_session(session: SessionParts, message: Option<String>) -> JoinHandle<()
     tokio::spawn(async move {
         let _ = writer.await;
         match Arc::try_unwrap(handle) {
-            Ok(mut handle) => handle.stop(message).await,
+            Ok(mut handle) => match how {
+                Stop::Shutdown(message) => handle.stop(message).await,
+                Stop::Cease(subcode, data) => handle.stop_with_cease(subcode, data).await,
+            },
             // Unreachable: the writer held the only other reference.
             Err(_) => warn!("session handle still shared: dropped without stop"),
         }

@@ -316,9 +316,7 @@ impl Speaker {
 
     /// Stops the neighbour's session and forgets the neighbour: its routes
     /// are withdrawn from the others. Returns once the session has ended.
-    /// The neighbour is told with a Cease NOTIFICATION carrying the
-    /// shutdown message "peer de-configured" (see docs/bgp-speaker.md for
-    /// why this is subcode 2, not 3).
+    /// The neighbour is told with Cease / Peer De-configured (RFC 4486).
     pub async fn remove_neighbor(&self, address: IpAddr) -> Result<(), SpeakerError> {
         self.request(|tx| Command::RemoveNeighbor(address, tx))
             .await?

@@ -67,9 +67,30 @@ impl Notification {
             code::ROUTE_REFRESH_MESSAGE => "ROUTE-REFRESH Message Error",
             _ => "Unknown error",
         };
+        // Cease subcodes have names operators search for (RFC 4486, 8538).
+        let sub = match (self.code, self.subcode) {
+            (code::CEASE, cease_subcode::MAX_PREFIXES_REACHED) => {
+                "Maximum Number of Prefixes Reached".to_string()
+            }
+            (code::CEASE, cease_subcode::ADMINISTRATIVE_SHUTDOWN) => {
+                "Administrative Shutdown".into()
+            }
+            (code::CEASE, cease_subcode::PEER_DECONFIGURED) => "Peer De-configured".into(),
+            (code::CEASE, cease_subcode::ADMINISTRATIVE_RESET) => "Administrative Reset".into(),
+            (code::CEASE, cease_subcode::CONNECTION_REJECTED) => "Connection Rejected".into(),
+            (code::CEASE, cease_subcode::OTHER_CONFIGURATION_CHANGE) => {
+                "Other Configuration Change".into()
+            }
+            (code::CEASE, cease_subcode::CONNECTION_COLLISION_RESOLUTION) => {
+                "Connection Collision Resolution".into()
+            }
+            (code::CEASE, cease_subcode::OUT_OF_RESOURCES) => "Out of Resources".into(),
+            (code::CEASE, cease_subcode::HARD_RESET) => "Hard Reset".into(),
+            (_, n) => format!("subcode {n}"),
+        };
         match self.shutdown_message() {
-            Some(m) => format!("{c} / subcode {}: \"{m}\"", self.subcode),
-            None => format!("{c} / subcode {}", self.subcode),
+            Some(m) => format!("{c} / {sub}: \"{m}\""),
+            None => format!("{c} / {sub}"),
         }
     }
 
