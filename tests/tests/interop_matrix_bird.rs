@@ -1,0 +1,218 @@
+//! The interop matrix against BIRD 2 (issue 3): felix's `Speaker` and BIRD
+//! in two network namespaces joined by a dual-stack veth, one session over
+//! IPv4 (IPv4 channel) and one over IPv6 (IPv6 channel); eBGP and iBGP;
+//! prefixes both ways and withdrawals both ways; TCP MD5 with the right
+//! key (full exchange) and a wrong one (never Established,
+//! `TcpExtTCPMD5Failure` grows). See docs/interop.md.
+//!
+//! BIRD's routes are two static protocols (`routes4`, `routes6`); it
+//! withdraws them when the test disables the protocol (`birdc disable`).
+//! Root and bird2 needed; otherwise SKIPPED.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod interop_common;
+mod interop_matrix_common;
+
+use interop_common::{skip_unless, wait_until, NetnsPair};
+use interop_matrix_common::{
+    add_ipv6, run_matrix_exchange, run_matrix_md5_wrong, wait_bgp_listening, MatrixAddrs,
+    MatrixCase, MatrixDaemon,
+};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+const FELIX_AS: u32 = 65020;
+const BIRD_AS: u32 = 65010;
+const BIRD_PREFIXES: [&str; 2] = ["198.51.100.0/24", "2001:db8:10::/48"];
+const FELIX_PREFIXES: [&str; 2] = ["10.98.0.0/24", "2001:db8:20::/48"];
+
+struct Bird {
+    sock: String,
+    log: PathBuf,
+}
+
+impl Bird {
+    fn birdc(&self, args: &[&str]) -> String {
+        let out = Command::new("birdc")
+            .args(["-s", &self.sock])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl MatrixDaemon for Bird {
+    fn name(&self) -> String {
+        "BIRD".into()
+    }
+
+    fn has_route(&self, prefix: &str, next_hop: &str) -> bool {
+        let out = self.birdc(&["show", "route", prefix, "all"]);
+        out.contains(prefix)
+            && (next_hop.is_empty() || out.contains(&format!("BGP.next_hop: {next_hop}")))
+    }
+
+    fn withdraw(&self, prefix: &str) {
+        let proto = if prefix.contains(':') {
+            "routes6"
+        } else {
+            "routes4"
+        };
+        let out = self.birdc(&["disable", proto]);
+        assert!(out.contains("disabled"), "birdc disable {proto}: {out}");
+    }
+
+    fn diag(&self) -> String {
+        self.birdc(&["show", "protocols", "all"])
+            + &self.birdc(&["show", "route", "all"])
+            + &std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn bird_config(pair: &NetnsPair, a: &MatrixAddrs, asn: u32, password: Option<&str>) -> String {
+    let password = password
+        .map(|p| format!("password \"{p}\";"))
+        .unwrap_or_default();
+    let common = format!(
+        "direct; hold time 9; connect delay time 1; connect retry time 1; error wait time 1, 2; {password}"
+    );
+    format!(
+        r#"router id {peer4};
+log "{log}" all;
+protocol device {{ }}
+protocol static routes4 {{
+    ipv4 {{ import all; }};
+    route {p4} blackhole;
+}}
+protocol static routes6 {{
+    ipv6 {{ import all; }};
+    route {p6} blackhole;
+}}
+protocol bgp felix4 {{
+    local {peer4} as {asn};
+    neighbor {felix4} as {FELIX_AS};
+    {common}
+    ipv4 {{ import all; export all; next hop self; gateway direct; }};
+}}
+protocol bgp felix6 {{
+    local {peer6} as {asn};
+    neighbor {felix6} as {FELIX_AS};
+    {common}
+    ipv6 {{ import all; export all; next hop self; gateway direct; }};
+}}
+"#,
+        peer4 = a.peer4,
+        peer6 = a.peer6,
+        felix4 = a.felix4,
+        felix6 = a.felix6,
+        p4 = BIRD_PREFIXES[0],
+        p6 = BIRD_PREFIXES[1],
+        log = pair.path("bird.log").display(),
+    )
+}
+
+fn start_bird(
+    pair: &mut NetnsPair,
+    a: &MatrixAddrs,
+    asn: u32,
+    password: Option<&str>,
+) -> Arc<Bird> {
+    let conf = pair.path("bird.conf");
+    std::fs::write(&conf, bird_config(pair, a, asn, password)).unwrap();
+    let sock = pair.path("bird.ctl").display().to_string();
+    let pid = pair.path("bird.pid");
+    pair.pid_files.push(pid.clone());
+    let out = pair.exec_peer(&[
+        "bird",
+        "-c",
+        &conf.display().to_string(),
+        "-s",
+        &sock,
+        "-P",
+        &pid.display().to_string(),
+    ]);
+    let bird = Arc::new(Bird {
+        sock,
+        log: pair.path("bird.log"),
+    });
+    assert!(
+        wait_until(Duration::from_secs(5), || bird
+            .birdc(&["show", "status"])
+            .contains("Daemon is up")),
+        "BIRD did not start: {out}"
+    );
+    assert!(
+        wait_bgp_listening(pair, Duration::from_secs(10)),
+        "BIRD does not listen: {}",
+        bird.diag()
+    );
+    bird
+}
+
+fn skip() -> bool {
+    skip_unless(&["bird", "birdc", "ip", "ss"])
+}
+
+fn case(asn: u32, password: Option<&str>) -> MatrixCase {
+    MatrixCase {
+        felix_as: FELIX_AS,
+        peer_as: asn,
+        peer_prefixes: BIRD_PREFIXES,
+        felix_prefixes: FELIX_PREFIXES,
+        password: password.map(str::to_string),
+    }
+}
+
+#[test]
+fn bird_ebgp_ipv4_ipv6_both_ways() {
+    if skip() {
+        return;
+    }
+    let mut pair = NetnsPair::new("mbe");
+    let a = add_ipv6(&pair);
+    let bird = start_bird(&mut pair, &a, BIRD_AS, None);
+    run_matrix_exchange(&pair, &a, bird, case(BIRD_AS, None));
+}
+
+#[test]
+fn bird_ibgp_ipv4_ipv6_both_ways() {
+    if skip() {
+        return;
+    }
+    let mut pair = NetnsPair::new("mbi");
+    let a = add_ipv6(&pair);
+    let bird = start_bird(&mut pair, &a, FELIX_AS, None);
+    run_matrix_exchange(&pair, &a, bird, case(FELIX_AS, None));
+}
+
+#[test]
+fn bird_md5_matching_key() {
+    if skip() {
+        return;
+    }
+    let mut pair = NetnsPair::new("mbm");
+    let a = add_ipv6(&pair);
+    let bird = start_bird(&mut pair, &a, BIRD_AS, Some("s3cret-bird"));
+    run_matrix_exchange(&pair, &a, bird, case(BIRD_AS, Some("s3cret-bird")));
+}
+
+#[test]
+fn bird_md5_wrong_key_never_established() {
+    if skip() {
+        return;
+    }
+    let mut pair = NetnsPair::new("mbw");
+    let a = add_ipv6(&pair);
+    let bird = start_bird(&mut pair, &a, BIRD_AS, Some("s3cret-bird"));
+    run_matrix_md5_wrong(
+        &pair,
+        &a,
+        bird,
+        case(BIRD_AS, Some("not-the-key")),
+        Duration::from_secs(5),
+    );
+}
