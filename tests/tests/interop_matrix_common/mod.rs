@@ -276,6 +276,11 @@ async fn matrix_exchange(a: MatrixAddrs, d: Arc<dyn MatrixDaemon>, case: MatrixC
     // felix's routes at the daemon.
     let felix_nh = [a.felix4.to_string(), a.felix6.to_string()];
     for prefix in case.felix_prefixes {
+        // The table query sees absence (not a vacuous check).
+        assert!(
+            !d.has_route(prefix, ""),
+            "{name}: {prefix} before felix sent it"
+        );
         speaker
             .originate(prefix.parse().unwrap(), vec![])
             .await
@@ -289,6 +294,15 @@ async fn matrix_exchange(a: MatrixAddrs, d: Arc<dyn MatrixDaemon>, case: MatrixC
         assert!(
             found,
             "{name}: felix's {prefix} (next hop {nh}) not in the daemon"
+        );
+        let wrong = if prefix.contains(':') {
+            "2001:db8::dead"
+        } else {
+            "192.0.2.254"
+        };
+        assert!(
+            !d.has_route(prefix, wrong),
+            "{name}: next hop check is vacuous"
         );
     }
     println!(
