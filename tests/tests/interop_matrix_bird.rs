@@ -16,8 +16,8 @@ mod interop_matrix_common;
 
 use interop_common::{skip_unless, wait_until, NetnsPair};
 use interop_matrix_common::{
-    add_ipv6, run_matrix_exchange, run_matrix_md5_wrong, wait_bgp_listening, MatrixAddrs,
-    MatrixCase, MatrixDaemon,
+    add_ipv6, run_matrix_exchange, run_matrix_md5_wrong, run_single_ipv4_session,
+    wait_bgp_listening, MatrixAddrs, MatrixCase, MatrixDaemon,
 };
 use std::path::PathBuf;
 use std::process::Command;
@@ -73,13 +73,36 @@ impl MatrixDaemon for Bird {
     }
 }
 
-fn bird_config(pair: &NetnsPair, a: &MatrixAddrs, asn: u32, password: Option<&str>) -> String {
+/// `single`: one session (felix's IPv4 address) with both channels.
+fn bird_config(
+    pair: &NetnsPair,
+    a: &MatrixAddrs,
+    asn: u32,
+    password: Option<&str>,
+    single: bool,
+) -> String {
     let password = password
         .map(|p| format!("password \"{p}\";"))
         .unwrap_or_default();
     let common = format!(
         "direct; hold time 9; connect delay time 1; connect retry time 1; error wait time 1, 2; {password}"
     );
+    let felix4_v6 = if single {
+        format!(
+            "ipv6 {{ import all; export all; next hop address {}; }};",
+            a.peer6
+        )
+    } else {
+        String::new()
+    };
+    let felix6 = if single {
+        String::new()
+    } else {
+        format!(
+            "protocol bgp felix6 {{\n    local {} as {asn};\n    neighbor {} as {FELIX_AS};\n    {common}\n    ipv6 {{ import all; export all; next hop self; gateway direct; }};\n}}\n",
+            a.peer6, a.felix6
+        )
+    };
     format!(
         r#"router id {peer4};
 log "{log}" all;
@@ -97,18 +120,11 @@ protocol bgp felix4 {{
     neighbor {felix4} as {FELIX_AS};
     {common}
     ipv4 {{ import all; export all; next hop self; gateway direct; }};
+    {felix4_v6}
 }}
-protocol bgp felix6 {{
-    local {peer6} as {asn};
-    neighbor {felix6} as {FELIX_AS};
-    {common}
-    ipv6 {{ import all; export all; next hop self; gateway direct; }};
-}}
-"#,
+{felix6}"#,
         peer4 = a.peer4,
-        peer6 = a.peer6,
         felix4 = a.felix4,
-        felix6 = a.felix6,
         p4 = BIRD_PREFIXES[0],
         p6 = BIRD_PREFIXES[1],
         log = pair.path("bird.log").display(),
@@ -120,9 +136,10 @@ fn start_bird(
     a: &MatrixAddrs,
     asn: u32,
     password: Option<&str>,
+    single: bool,
 ) -> Arc<Bird> {
     let conf = pair.path("bird.conf");
-    std::fs::write(&conf, bird_config(pair, a, asn, password)).unwrap();
+    std::fs::write(&conf, bird_config(pair, a, asn, password, single)).unwrap();
     let sock = pair.path("bird.ctl").display().to_string();
     let pid = pair.path("bird.pid");
     pair.pid_files.push(pid.clone());
@@ -174,7 +191,7 @@ fn bird_ebgp_ipv4_ipv6_both_ways() {
     }
     let mut pair = NetnsPair::new("mbe");
     let a = add_ipv6(&pair);
-    let bird = start_bird(&mut pair, &a, BIRD_AS, None);
+    let bird = start_bird(&mut pair, &a, BIRD_AS, None, false);
     run_matrix_exchange(&pair, &a, bird, case(BIRD_AS, None));
 }
 
@@ -185,7 +202,7 @@ fn bird_ibgp_ipv4_ipv6_both_ways() {
     }
     let mut pair = NetnsPair::new("mbi");
     let a = add_ipv6(&pair);
-    let bird = start_bird(&mut pair, &a, FELIX_AS, None);
+    let bird = start_bird(&mut pair, &a, FELIX_AS, None, false);
     run_matrix_exchange(&pair, &a, bird, case(FELIX_AS, None));
 }
 
@@ -196,7 +213,7 @@ fn bird_md5_matching_key() {
     }
     let mut pair = NetnsPair::new("mbm");
     let a = add_ipv6(&pair);
-    let bird = start_bird(&mut pair, &a, BIRD_AS, Some("s3cret-bird"));
+    let bird = start_bird(&mut pair, &a, BIRD_AS, Some("s3cret-bird"), false);
     run_matrix_exchange(&pair, &a, bird, case(BIRD_AS, Some("s3cret-bird")));
 }
 
@@ -207,7 +224,7 @@ fn bird_md5_wrong_key_never_established() {
     }
     let mut pair = NetnsPair::new("mbw");
     let a = add_ipv6(&pair);
-    let bird = start_bird(&mut pair, &a, BIRD_AS, Some("s3cret-bird"));
+    let bird = start_bird(&mut pair, &a, BIRD_AS, Some("s3cret-bird"), false);
     run_matrix_md5_wrong(
         &pair,
         &a,
@@ -215,4 +232,21 @@ fn bird_md5_wrong_key_never_established() {
         case(BIRD_AS, Some("not-the-key")),
         Duration::from_secs(5),
     );
+}
+
+/// IPv6 over the IPv4 session: BIRD needs `next hop address` in the IPv6
+/// channel (it has no IPv6 address on the session) and sends that; felix
+/// does not export IPv6 routes on a session without an IPv6 local address.
+#[test]
+fn bird_one_ipv4_session_both_families() {
+    if skip() {
+        return;
+    }
+    let mut pair = NetnsPair::new("mbs");
+    let a = add_ipv6(&pair);
+    let bird = start_bird(&mut pair, &a, BIRD_AS, None, true);
+    let r = run_single_ipv4_session(&pair, &a, bird, case(BIRD_AS, None));
+    assert!(r.v4_at_felix && r.v4_at_daemon, "{r:?}");
+    assert_eq!(r.v6_at_felix, Some(a.peer6.into()), "{r:?}");
+    assert!(!r.v6_at_daemon, "{r:?}");
 }

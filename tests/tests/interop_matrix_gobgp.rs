@@ -17,8 +17,8 @@ mod interop_matrix_common;
 
 use interop_common::{skip_unless, wait_until, NetnsPair};
 use interop_matrix_common::{
-    add_ipv6, run_matrix_exchange, run_matrix_md5_wrong, wait_bgp_listening, MatrixAddrs,
-    MatrixCase, MatrixDaemon,
+    add_ipv6, run_matrix_exchange, run_matrix_md5_wrong, run_single_ipv4_session,
+    wait_bgp_listening, MatrixAddrs, MatrixCase, MatrixDaemon,
 };
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -97,7 +97,8 @@ impl MatrixDaemon for Gobgp {
     }
 }
 
-fn gobgp_config(a: &MatrixAddrs, asn: u32, password: Option<&str>) -> String {
+/// `single`: one neighbour (felix's IPv4 address) with both families.
+fn gobgp_config(a: &MatrixAddrs, asn: u32, password: Option<&str>, single: bool) -> String {
     let password = password
         .map(|p| format!("    auth-password = \"{p}\"\n"))
         .unwrap_or_default();
@@ -111,10 +112,15 @@ fn gobgp_config(a: &MatrixAddrs, asn: u32, password: Option<&str>) -> String {
         peer4 = a.peer4,
         peer6 = a.peer6,
     );
-    for (felix, family) in [
-        (a.felix4.to_string(), "ipv4-unicast"),
-        (a.felix6.to_string(), "ipv6-unicast"),
-    ] {
+    let neighbors = if single {
+        vec![(a.felix4.to_string(), vec!["ipv4-unicast", "ipv6-unicast"])]
+    } else {
+        vec![
+            (a.felix4.to_string(), vec!["ipv4-unicast"]),
+            (a.felix6.to_string(), vec!["ipv6-unicast"]),
+        ]
+    };
+    for (felix, families) in neighbors {
         conf += &format!(
             r#"
 [[neighbors]]
@@ -125,11 +131,13 @@ fn gobgp_config(a: &MatrixAddrs, asn: u32, password: Option<&str>) -> String {
     connect-retry = 1
     hold-time = 9
     keepalive-interval = 3
-  [[neighbors.afi-safis]]
-    [neighbors.afi-safis.config]
-      afi-safi-name = "{family}"
 "#
         );
+        for family in families {
+            conf += &format!(
+                "  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{family}\"\n"
+            );
+        }
     }
     conf
 }
@@ -139,9 +147,10 @@ fn start_gobgp(
     a: &MatrixAddrs,
     asn: u32,
     password: Option<&str>,
+    single: bool,
 ) -> (Arc<Gobgp>, Daemon) {
     let conf = pair.path("gobgpd.toml");
-    std::fs::write(&conf, gobgp_config(a, asn, password)).unwrap();
+    std::fs::write(&conf, gobgp_config(a, asn, password, single)).unwrap();
     let log = std::fs::File::create(pair.path("gobgpd.log")).unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", &pair.peer, "gobgpd", "-f"])
@@ -204,7 +213,7 @@ fn gobgp_ebgp_ipv4_ipv6_both_ways() {
     }
     let pair = NetnsPair::new("mge");
     let a = add_ipv6(&pair);
-    let (g, _daemon) = start_gobgp(&pair, &a, GOBGP_AS, None);
+    let (g, _daemon) = start_gobgp(&pair, &a, GOBGP_AS, None, false);
     run_matrix_exchange(&pair, &a, g, case(GOBGP_AS, None));
 }
 
@@ -215,7 +224,7 @@ fn gobgp_ibgp_ipv4_ipv6_both_ways() {
     }
     let pair = NetnsPair::new("mgi");
     let a = add_ipv6(&pair);
-    let (g, _daemon) = start_gobgp(&pair, &a, FELIX_AS, None);
+    let (g, _daemon) = start_gobgp(&pair, &a, FELIX_AS, None, false);
     run_matrix_exchange(&pair, &a, g, case(FELIX_AS, None));
 }
 
@@ -226,7 +235,7 @@ fn gobgp_md5_matching_key() {
     }
     let pair = NetnsPair::new("mgm");
     let a = add_ipv6(&pair);
-    let (g, _daemon) = start_gobgp(&pair, &a, GOBGP_AS, Some("s3cret-gobgp"));
+    let (g, _daemon) = start_gobgp(&pair, &a, GOBGP_AS, Some("s3cret-gobgp"), false);
     run_matrix_exchange(&pair, &a, g, case(GOBGP_AS, Some("s3cret-gobgp")));
 }
 
@@ -237,7 +246,7 @@ fn gobgp_md5_wrong_key_never_established() {
     }
     let pair = NetnsPair::new("mgw");
     let a = add_ipv6(&pair);
-    let (g, _daemon) = start_gobgp(&pair, &a, GOBGP_AS, Some("s3cret-gobgp"));
+    let (g, _daemon) = start_gobgp(&pair, &a, GOBGP_AS, Some("s3cret-gobgp"), false);
     run_matrix_md5_wrong(
         &pair,
         &a,
@@ -245,4 +254,22 @@ fn gobgp_md5_wrong_key_never_established() {
         case(GOBGP_AS, Some("not-the-key")),
         Duration::from_secs(5),
     );
+}
+
+/// IPv6 over the IPv4 session: GoBGP sends its IPv6 route with an
+/// IPv4-mapped next hop (`::ffff:PEER4`); felix does not export IPv6 routes
+/// on a session without an IPv6 local address.
+#[test]
+fn gobgp_one_ipv4_session_both_families() {
+    if skip() {
+        return;
+    }
+    let pair = NetnsPair::new("mgs");
+    let a = add_ipv6(&pair);
+    let (g, _daemon) = start_gobgp(&pair, &a, GOBGP_AS, None, true);
+    let r = run_single_ipv4_session(&pair, &a, g, case(GOBGP_AS, None));
+    assert!(r.v4_at_felix && r.v4_at_daemon, "{r:?}");
+    let mapped: std::net::IpAddr = format!("::ffff:{}", a.peer4).parse().unwrap();
+    assert_eq!(r.v6_at_felix, Some(mapped), "{r:?}");
+    assert!(!r.v6_at_daemon, "{r:?}");
 }

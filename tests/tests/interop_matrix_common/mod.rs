@@ -405,3 +405,100 @@ pub fn run_matrix_md5_wrong(
         "{name}: TcpExtTCPMD5Failure did not increase ({before} -> {after})"
     );
 }
+
+/// What one IPv4 session carrying both families showed.
+#[derive(Debug)]
+pub struct SingleSession {
+    /// The daemon's IPv4 prefix at felix.
+    pub v4_at_felix: bool,
+    /// The next hop of the daemon's IPv6 prefix at felix (`None`: did not
+    /// arrive).
+    pub v6_at_felix: Option<IpAddr>,
+    /// felix's IPv4 prefix at the daemon.
+    pub v4_at_daemon: bool,
+    /// felix's IPv6 prefix at the daemon (felix has no IPv6 address on an
+    /// IPv4 session, so it does not export IPv6 routes there).
+    pub v6_at_daemon: bool,
+    /// Negotiated state of the session.
+    pub state: String,
+}
+
+/// Only the IPv4 session (the daemon configured for both families on it):
+/// what arrives where within a few seconds.
+pub fn run_single_ipv4_session(
+    pair: &NetnsPair,
+    a: &MatrixAddrs,
+    daemon: Arc<dyn MatrixDaemon>,
+    case: MatrixCase,
+) -> SingleSession {
+    let a = a.clone();
+    let d = daemon.clone();
+    let result = pair.in_felix(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut config = SpeakerConfig::new(case.felix_as, a.felix4);
+            config.hold_time = 9;
+            config.families = vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST];
+            let speaker = Speaker::start(config).await.unwrap();
+            let mut n = NeighborConfig::new(a.peer4.into(), case.peer_as);
+            n.local_address = Some(a.felix4.into());
+            speaker.add_neighbor(n).await.unwrap();
+            let up = poll_async(Duration::from_secs(15), || async {
+                established(&speaker).await == 1
+            })
+            .await;
+            assert!(up, "sessions not up: {:?}", speaker.status().await);
+            for prefix in case.felix_prefixes {
+                speaker
+                    .originate(prefix.parse().unwrap(), vec![])
+                    .await
+                    .unwrap();
+            }
+            let p4: Prefix = case.peer_prefixes[0].parse().unwrap();
+            let p6: Prefix = case.peer_prefixes[1].parse().unwrap();
+            let v4_at_felix = poll_async(Duration::from_secs(5), || async {
+                !speaker.routes(Some(p4)).await.is_empty()
+            })
+            .await;
+            poll_async(Duration::from_secs(3), || async {
+                !speaker.routes(Some(p6)).await.is_empty()
+            })
+            .await;
+            let v6_at_felix = speaker
+                .routes(Some(p6))
+                .await
+                .first()
+                .and_then(|r| r.paths[0].next_hop);
+            let v4_at_daemon = poll_async(Duration::from_secs(5), || async {
+                d.has_route(case.felix_prefixes[0], "")
+            })
+            .await;
+            let v6_at_daemon = poll_async(Duration::from_secs(1), || async {
+                d.has_route(case.felix_prefixes[1], "")
+            })
+            .await;
+            let state = speaker.status().await.peers[0].state.clone();
+            speaker.shutdown(None).await;
+            SingleSession {
+                v4_at_felix,
+                v6_at_felix,
+                v4_at_daemon,
+                v6_at_daemon,
+                state,
+            }
+        })
+    });
+    match result {
+        Ok(r) => {
+            println!("{}: one IPv4 session, both families: {r:?}", daemon.name());
+            r
+        }
+        Err(e) => {
+            eprintln!("{} diagnostics:\n{}", daemon.name(), daemon.diag());
+            std::panic::resume_unwind(e);
+        }
+    }
+}
