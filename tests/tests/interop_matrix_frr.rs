@@ -16,8 +16,8 @@ mod interop_matrix_common;
 
 use interop_common::{skip_unless, wait_until, NetnsPair};
 use interop_matrix_common::{
-    add_ipv6, run_matrix_exchange, run_matrix_md5_wrong, wait_bgp_listening, MatrixAddrs,
-    MatrixCase, MatrixDaemon,
+    add_ipv6, run_matrix_exchange, run_matrix_md5_wrong, run_single_ipv4_session,
+    wait_bgp_listening, MatrixAddrs, MatrixCase, MatrixDaemon,
 };
 use std::path::PathBuf;
 use std::process::Command;
@@ -88,9 +88,25 @@ impl MatrixDaemon for Frr {
     }
 }
 
-fn frr_config(pair: &NetnsPair, a: &MatrixAddrs, asn: u32, password: Option<&str>) -> String {
+/// `single`: one session (felix's IPv4 address) activated for both families.
+fn frr_config(
+    pair: &NetnsPair,
+    a: &MatrixAddrs,
+    asn: u32,
+    password: Option<&str>,
+    single: bool,
+) -> String {
+    let felix6 = if single {
+        a.felix4.to_string()
+    } else {
+        a.felix6.to_string()
+    };
     let mut neighbors = String::new();
-    for felix in [a.felix4.to_string(), a.felix6.to_string()] {
+    let mut felixes = vec![a.felix4.to_string()];
+    if !single {
+        felixes.push(a.felix6.to_string());
+    }
+    for felix in felixes {
         neighbors += &format!(
             " neighbor {felix} remote-as {FELIX_AS}\n neighbor {felix} timers 3 9\n neighbor {felix} timers connect 1\n"
         );
@@ -123,16 +139,21 @@ router bgp {asn}
         log = pair.path("bgpd.log").display(),
         peer = pair.peer_ip,
         felix4 = pair.felix_ip,
-        felix6 = a.felix6,
         p4 = FRR_PREFIXES[0],
         p6 = FRR_PREFIXES[1],
     )
 }
 
 /// Starts bgpd in the peer namespace; waits until it listens on port 179.
-fn start_frr(pair: &mut NetnsPair, a: &MatrixAddrs, asn: u32, password: Option<&str>) -> Arc<Frr> {
+fn start_frr(
+    pair: &mut NetnsPair,
+    a: &MatrixAddrs,
+    asn: u32,
+    password: Option<&str>,
+    single: bool,
+) -> Arc<Frr> {
     let conf = pair.path("bgpd.conf");
-    std::fs::write(&conf, frr_config(pair, a, asn, password)).unwrap();
+    std::fs::write(&conf, frr_config(pair, a, asn, password, single)).unwrap();
     let status = Command::new("chown")
         .args(["-R", "frr:frr"])
         .arg(&pair.dir)
@@ -200,7 +221,7 @@ fn frr_ebgp_ipv4_ipv6_both_ways() {
     }
     let mut pair = NetnsPair::new("mfe");
     let a = add_ipv6(&pair);
-    let frr = start_frr(&mut pair, &a, FRR_AS, None);
+    let frr = start_frr(&mut pair, &a, FRR_AS, None, false);
     run_matrix_exchange(&pair, &a, frr, case(FRR_AS, None));
 }
 
@@ -211,7 +232,7 @@ fn frr_ibgp_ipv4_ipv6_both_ways() {
     }
     let mut pair = NetnsPair::new("mfi");
     let a = add_ipv6(&pair);
-    let frr = start_frr(&mut pair, &a, FELIX_AS, None);
+    let frr = start_frr(&mut pair, &a, FELIX_AS, None, false);
     run_matrix_exchange(&pair, &a, frr, case(FELIX_AS, None));
 }
 
@@ -222,7 +243,7 @@ fn frr_md5_matching_key() {
     }
     let mut pair = NetnsPair::new("mfm");
     let a = add_ipv6(&pair);
-    let frr = start_frr(&mut pair, &a, FRR_AS, Some("s3cret-frr"));
+    let frr = start_frr(&mut pair, &a, FRR_AS, Some("s3cret-frr"), false);
     run_matrix_exchange(&pair, &a, frr, case(FRR_AS, Some("s3cret-frr")));
 }
 
@@ -233,7 +254,7 @@ fn frr_md5_wrong_key_never_established() {
     }
     let mut pair = NetnsPair::new("mfw");
     let a = add_ipv6(&pair);
-    let frr = start_frr(&mut pair, &a, FRR_AS, Some("s3cret-frr"));
+    let frr = start_frr(&mut pair, &a, FRR_AS, Some("s3cret-frr"), false);
     run_matrix_md5_wrong(
         &pair,
         &a,
@@ -241,4 +262,23 @@ fn frr_md5_wrong_key_never_established() {
         case(FRR_AS, Some("not-the-key")),
         Duration::from_secs(5),
     );
+}
+
+/// IPv6 over the IPv4 session (the neighbour activated in both address
+/// families): bgpd without zebra knows no interface address and sends an
+/// IPv4-mapped next hop (`::ffff:PEER4`); felix does not export IPv6 routes
+/// on a session without an IPv6 local address.
+#[test]
+fn frr_one_ipv4_session_both_families() {
+    if skip() {
+        return;
+    }
+    let mut pair = NetnsPair::new("mfs");
+    let a = add_ipv6(&pair);
+    let frr = start_frr(&mut pair, &a, FRR_AS, None, true);
+    let r = run_single_ipv4_session(&pair, &a, frr, case(FRR_AS, None));
+    assert!(r.v4_at_felix && r.v4_at_daemon, "{r:?}");
+    let mapped: std::net::IpAddr = format!("::ffff:{}", a.peer4).parse().unwrap();
+    assert_eq!(r.v6_at_felix, Some(mapped), "{r:?}");
+    assert!(!r.v6_at_daemon, "{r:?}");
 }
