@@ -9,7 +9,7 @@ log() { printf '\n== %s\n' "$*"; }
 
 # Debian packages the tests use: tshark is the independent dissector the
 # codec is checked against (tests/tests/captures.rs, felix-rs/tests/pcap.rs).
-apt_packages=(tshark bird2 gobgpd)
+apt_packages=(tshark bird2 gobgpd frr)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
