@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// Control socket for `felix bgp status` / `routes` [default: /run/felix/bgp.sock].
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
+    /// This start is a graceful restart: the routes of the previous run are
+    /// still forwarded, so tell peers (RFC 4724 Restart State and
+    /// Forwarding State bits) to keep them until our End-of-RIB.
+    #[arg(long)]
+    pub graceful_restart_recovery: bool,
 }
 
 /// Why a configuration was refused.
@@ -128,6 +133,8 @@ pub struct FileConfig {
     pub hold_time: Option<u16>,
     pub families: Option<Vec<String>>,
     pub graceful_restart_time: Option<u16>,
+    /// See [`RunArgs::graceful_restart_recovery`].
+    pub graceful_restart_recovery: Option<bool>,
     pub max_paths: Option<usize>,
     pub control_socket: Option<PathBuf>,
     #[serde(default)]
@@ -200,6 +207,8 @@ pub struct RunPlan {
     /// Empty: the speaker's default.
     pub families: Vec<Family>,
     pub graceful_restart_time: Option<u16>,
+    /// Announce a graceful restart in progress (flag or file).
+    pub graceful_restart_recovery: bool,
     /// None: the speaker's default.
     pub max_paths: Option<usize>,
     pub neighbors: Vec<NeighborPlan>,
@@ -354,6 +363,8 @@ impl RunPlan {
             hold_time: file.hold_time,
             families,
             graceful_restart_time: file.graceful_restart_time,
+            graceful_restart_recovery: args.graceful_restart_recovery
+                || file.graceful_restart_recovery.unwrap_or(false),
             max_paths: file.max_paths,
             neighbors,
             originate,
@@ -551,6 +562,7 @@ impl RunPlan {
         if self.graceful_restart_time.is_some() {
             config.graceful_restart_time = self.graceful_restart_time;
         }
+        config.restarting = self.graceful_restart_recovery;
         if let Some(max_paths) = self.max_paths {
             config.max_paths = max_paths;
         }

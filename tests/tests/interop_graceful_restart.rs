@@ -4,7 +4,8 @@
 //! felix (graceful_restart_time set) originates three prefixes to BIRD
 //! (`graceful restart on`). felix is killed with SIGKILL (no NOTIFICATION:
 //! the kernel closes the socket) and started again with the same
-//! configuration. A thread polls BIRD's table every 50 ms for the whole
+//! configuration plus `graceful_restart_recovery = true` (Restart State and
+//! Forwarding State bits in its OPEN). A thread polls BIRD's table every 50 ms for the whole
 //! time: the routes must never leave it. While felix is away they are
 //! marked stale; after felix is back and has sent its table and End-of-RIB
 //! they are no longer stale.
@@ -141,7 +142,10 @@ fn restart_felix(down: Duration) -> Option<Restart> {
     let during_routes = bird_routes(&bird);
     assert!(noticed, "BIRD did not start a graceful restart: {during}");
 
-    let (_felix2, sock2) = hub.start_felix(&conf, "felix");
+    // The restarted instance says so: Restart State and Forwarding State
+    // bits (RFC 4724 §4.1), as felix's kernel routes stay in place.
+    let recovering = format!("graceful_restart_recovery = true\n{conf}");
+    let (_felix2, sock2) = hub.start_felix(&recovering, "felix");
     let up = wait_until(Duration::from_secs(15), || {
         felix_json(&sock2, &["status"]).is_some_and(|s| s["peers"][0]["state"] == "Established")
     });
@@ -205,9 +209,6 @@ fn bird_keeps_felix_routes_while_felix_is_down() {
 /// without F, BIRD must and does delete the stale routes at once, and they
 /// come back only with felix's re-announcement.
 #[test]
-#[ignore = "felix's restarted OPEN has the F bit clear (forwarding state not preserved) and the \
-            R bit clear, so BIRD flushes the stale routes when the session comes back (RFC \
-            4724 §4.2); restarting-speaker GR is not implemented (docs/bgp-speaker.md)"]
 fn bird_never_loses_felix_routes_across_a_restart() {
     let Some(r) = restart_felix(Duration::from_secs(1)) else {
         return;

@@ -65,6 +65,7 @@ pub(super) fn spawn(
         events_tx,
         next_generation: 0,
         flush_at: None,
+        started: Instant::now(),
     };
     tokio::spawn(actor.run().instrument(span));
     Ok(listen)
@@ -138,6 +139,9 @@ struct Actor {
     next_generation: u64,
     /// When the pending Adj-RIB-Out changes are packed and sent.
     flush_at: Option<Instant>,
+    /// When the speaker started: a graceful restart's Restart State is
+    /// announced only within the restart time after it (RFC 4724 §4.1).
+    started: Instant,
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -251,11 +255,19 @@ impl Actor {
         caps.families = self.config.families.clone();
         caps.route_refresh = true;
         caps.enhanced_route_refresh = true;
+        // RFC 4724 §4.1: after a restart with forwarding kept (felix leaves
+        // its kernel routes in place), the OPEN says so: R while the restart
+        // is under way, F for every family, so peers keep our routes as
+        // stale until our End-of-RIB instead of flushing them.
+        let recovering = self.config.restarting;
+        let restart_bit = |restart_time: u16| {
+            recovering && self.started.elapsed() < Duration::from_secs(u64::from(restart_time))
+        };
         caps.graceful_restart =
             self.config
                 .graceful_restart_time
                 .map(|restart_time| GracefulRestart {
-                    restarting: false,
+                    restarting: restart_bit(restart_time),
                     notification: false,
                     restart_time: restart_time.min(4095),
                     families: self
@@ -264,7 +276,7 @@ impl Actor {
                         .iter()
                         .map(|&family| GracefulRestartFamily {
                             family,
-                            forwarding_preserved: false,
+                            forwarding_preserved: recovering,
                         })
                         .collect(),
                 });

@@ -72,6 +72,13 @@ pub struct SpeakerConfig {
     pub families: Vec<Family>,
     /// Offer graceful restart (RFC 4724) with this restart time, seconds.
     pub graceful_restart_time: Option<u16>,
+    /// This start is a graceful restart with forwarding state kept (RFC
+    /// 4724 §4.1): the OPENs sent within the restart time carry the Restart
+    /// State bit, and every family the Forwarding State bit, so peers keep
+    /// our routes as stale until our End-of-RIB rather than flushing them
+    /// when the session comes back. Set it when the previous instance's
+    /// routes are still in the kernel (felix never flushes them on exit).
+    pub restarting: bool,
     /// ECMP: how many equal best paths a [`BestPathChange`] carries (1: no
     /// multipath).
     pub max_paths: usize,
@@ -89,6 +96,7 @@ impl SpeakerConfig {
             hold_time: 90,
             families: vec![Family::IPV4_UNICAST],
             graceful_restart_time: Some(120),
+            restarting: false,
             max_paths: 1,
         }
     }
