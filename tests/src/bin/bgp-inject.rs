@@ -2,8 +2,9 @@
 //! table to a route reflector, as fast as TCP takes it.
 //!
 //! It generates the table before connecting (deterministic, seeded: the
-//! same generator as `bgp/benches/codec.rs`, IPv4 only, duplicates
-//! redrawn so that exactly `--prefixes` distinct prefixes go out), encodes
+//! same generator as `bgp/benches/codec.rs`, IPv4 only; duplicates and
+//! 127/8 prefixes, which BIRD drops as bogus, are redrawn so that exactly
+//! `--prefixes` distinct, acceptable prefixes go out), encodes
 //! it with `bgp::wire`, connects, completes OPEN (4-octet AS, IPv4
 //! unicast, route refresh, hold time 90), then writes every UPDATE and an
 //! End-of-RIB. On stdout it prints one JSON line with the wall-clock time
@@ -197,6 +198,10 @@ fn generate(n: usize, seed: u64, next_hop: Ipv4Addr) -> Result<Table> {
         while group.len() < size {
             let len = rng.weighted(V4_LENGTHS);
             let first = rng.range(1, 223) as u32;
+            if first == 127 {
+                // Loopback: BIRD ignores it as bogus ("Ignoring bogus route").
+                continue;
+            }
             let addr = (first << 24) | (rng.next_u64() as u32 & 0x00ff_ffff);
             let net = Ipv4Net::new(Ipv4Addr::from(addr), len)?.trunc();
             if seen.insert((u32::from(net.network()), len)) {

@@ -12,7 +12,9 @@
 //! comes up, with the table it has then, which is before the injector's
 //! routes arrive. With `--expect N` the sink prints one JSON line when the
 //! number of prefixes announced reaches N (`done_ns`); without it, one
-//! line at every End-of-RIB. It then stays up (KEEPALIVEs) until killed.
+//! line at every End-of-RIB. `first_update_ns` is the first UPDATE of any
+//! kind (often that early End-of-RIB), `first_route_ns` the first carrying
+//! prefixes. It then stays up (KEEPALIVEs) until killed.
 //! Counting is of announcements, not distinct prefixes: a route announced
 //! twice counts twice (a reflector with one source sends each prefix once).
 
@@ -66,6 +68,7 @@ struct Counts {
     announced: u64,
     withdrawn: u64,
     first_update_ns: Option<u128>,
+    first_route_ns: Option<u128>,
     eor: Vec<(u128, u64)>,
 }
 
@@ -78,8 +81,9 @@ impl Counts {
             .collect();
         let opt = |v: Option<u128>| v.map_or("null".to_string(), |t| t.to_string());
         format!(
-            "{{\"first_update_ns\":{},\"done_ns\":{},\"prefixes\":{},\"withdrawn\":{},\"updates\":{},\"end_of_rib\":[{}]}}",
+            "{{\"first_update_ns\":{},\"first_route_ns\":{},\"done_ns\":{},\"prefixes\":{},\"withdrawn\":{},\"updates\":{},\"end_of_rib\":[{}]}}",
             opt(self.first_update_ns),
+            opt(self.first_route_ns),
             opt(done_ns),
             self.announced,
             self.withdrawn,
@@ -156,7 +160,11 @@ async fn main() -> Result<()> {
                         }
                         continue;
                     }
-                    counts.announced += u.announced_count() as u64;
+                    let announced = u.announced_count() as u64;
+                    if announced > 0 && counts.first_route_ns.is_none() {
+                        counts.first_route_ns = Some(now_ns());
+                    }
+                    counts.announced += announced;
                     counts.withdrawn += u.withdrawn_count() as u64;
                     if !done && args.expect.is_some_and(|n| counts.announced >= n) {
                         done = true;
