@@ -17,6 +17,8 @@
 # Topology: namespace rrb-rr (the reflector) with one veth to each of
 # rrb-inj (10.99.1.2), rrb-s1 (10.99.2.2) and rrb-s2 (10.99.3.2); the
 # reflector is 10.99.{1,2,3}.1, all iBGP AS 64512, the peers connect.
+# RR_BENCH_PERF=1 (or =dwarf: DWARF call graphs) records `perf record` of the reflector during the run
+# into the work dir (perf-IMPL.data); the figures then include perf's cost.
 # A run of N = 1,000,000 takes a few minutes (table generation ~0.5 s, each
 # reflector well under a minute on 2 cores). Results: docs/benchmarks.md.
 set -euo pipefail
@@ -155,6 +157,13 @@ run_one() {
     local idle cpu0
     idle=$(status_kib "$rr" VmRSS)
     cpu0=$(cpu_ticks "$rr")
+    local perf=
+    if [ -n "${RR_BENCH_PERF:-}" ]; then # profile the reflector during the run
+        cg=fp; [ "$RR_BENCH_PERF" = dwarf ] && cg=dwarf,16384
+        perf record -q --call-graph "$cg" -p "$rr" -o "$WORK/perf-$impl.data" > /dev/null 2>&1 &
+        perf=$!
+        sleep 0.5
+    fi
     ip netns exec rrb-inj "$BIN/bgp-inject" --peer 10.99.1.1 --local 10.99.1.2 \
         --prefixes "$N" > "$WORK/inject.out" 2> "$WORK/inject.err" &
     PIDS+=("$!")
@@ -164,6 +173,7 @@ run_one() {
     local hwm cpu1
     hwm=$(status_kib "$rr" VmHWM)
     cpu1=$(cpu_ticks "$rr")
+    if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
     python3 - "$impl" "$N" "$idle" "$hwm" "$(( cpu1 - cpu0 ))" "$(getconf CLK_TCK)" \
         "$WORK/inject.out" "$WORK/sink1.out" "$WORK/sink2.out" >> "$WORK/results" <<'PY'
 import json, sys
