@@ -6,7 +6,8 @@
 # One injecting peer (bgp-inject) announces N distinct IPv4 prefixes in
 # realistic attribute groups (median 3 prefixes per UPDATE) to a route
 # reflector; two RR clients (bgp-sink) count what the reflector sends them.
-# Measured per implementation (felix, bird; IMPL defaults to "felix bird"):
+# Measured per implementation (felix, bird, gobgp; IMPL defaults to
+# "felix bird"; gobgp is optional):
 #   time     from the injector's first UPDATE byte to the moment the later
 #            of the two sinks has N prefixes (wall clock, one machine)
 #   ingest   from the first UPDATE byte until the injector's End-of-RIB was
@@ -106,6 +107,28 @@ protocol bgp sinkb from rrclient { neighbor 10.99.3.2 as 64512; }
 CONF
 }
 
+gobgp_conf() {
+    {
+        printf '[global.config]\n  as = 64512\n  router-id = "10.99.1.1"\n  port = 179\n'
+        for i in 1 2 3; do
+            cat <<CONF
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "10.99.$i.2"
+    peer-as = 64512
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.route-reflector.config]
+    route-reflector-client = true
+    route-reflector-cluster-id = "10.99.1.1"
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-unicast"
+CONF
+        done
+    } > "$WORK/gobgp.toml"
+}
+
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 established() { ip netns exec rrb-rr ss -Htn state established '( sport = :179 )' | wc -l; }
@@ -139,6 +162,12 @@ run_one() {
         bird_conf
         ip netns exec rrb-rr bird -f -c "$WORK/bird.conf" -s "$WORK/bird.ctl" \
             > "$WORK/bird.stdout" 2>&1 &
+        rr=$!
+        ;;
+    gobgp)
+        gobgp_conf
+        ip netns exec rrb-rr gobgpd -f "$WORK/gobgp.toml" --api-hosts 127.0.0.1:50051 \
+            --pprof-disable -l warn > "$WORK/gobgp.log" 2>&1 &
         rr=$!
         ;;
     *) echo "unknown implementation $impl" >&2; return 1 ;;
