@@ -38,10 +38,23 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-log "cargo test"
+# The tests run under cargo-nextest (one process per test, so one test's
+# daemons and namespaces never share a process with another's), with up to
+# two retries: the real-daemon tests depend on timing on a loaded 2-core
+# machine. A test that needed a retry is reported as FLAKY in the output
+# (and counted below), never silently passed.
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+log "doc tests"
+cargo test --workspace --locked --doc
+
+log "cargo nextest"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$results"
+cargo nextest run --workspace --locked --retries 2 --no-fail-fast 2>&1 | tee "$results"
 
 left=$(ip netns list 2>/dev/null || true)
 if [ -n "$left" ]; then
@@ -50,7 +63,11 @@ if [ -n "$left" ]; then
     exit 1
 fi
 
-# One closing line for the whole suite: cargo's own last line is the last
-# crate's doc-tests, which may be "0 passed".
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
-     END { printf "\n%d passed, %d failed, %d skipped\n", p, f, s }' "$results"
+# One closing line for the whole suite, from nextest's summary.
+summary=$(grep -E '^ *Summary \[' "$results" | tail -n 1)
+passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
+failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
+skipped=$(sed -nE 's/.* ([0-9]+) skipped.*/\1/p' <<<"$summary")
+flaky=$(sed -nE 's/.*\(([0-9]+) flaky\).*/\1/p' <<<"$summary")
+[ -z "$flaky" ] || printf '\n%s of the tests passed only on a retry: see FLAKY above\n' "$flaky"
+printf '\n%d passed, %d failed, %d skipped\n' "${passed:-0}" "${failed:-0}" "${skipped:-0}"
