@@ -211,48 +211,9 @@ pub struct RunPlan {
     pub graceful_restart_recovery: bool,
     /// None: the speaker's default.
     pub max_paths: Option<usize>,
-    pub neighbors: Vec<NeighborPlan>,
+    pub neighbors: Vec<NeighborConfig>,
     pub originate: Vec<(IpNet, Vec<Community>)>,
     pub control_socket: PathBuf,
-}
-
-/// One checked neighbour.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NeighborPlan {
-    pub address: IpAddr,
-    /// None: 179.
-    pub port: Option<u16>,
-    pub asn: u32,
-    pub password: Option<String>,
-    pub rr_client: bool,
-    pub passive: bool,
-    pub local_address: Option<IpAddr>,
-    pub next_hop_self: bool,
-    pub max_prefixes: Option<u32>,
-    /// None: accept everything.
-    pub import: Option<PrefixList>,
-    /// None: announce everything the rules allow.
-    pub export: Option<PrefixList>,
-    pub export_communities: Vec<Community>,
-}
-
-impl NeighborPlan {
-    fn new(address: IpAddr, asn: u32) -> Self {
-        NeighborPlan {
-            address,
-            port: None,
-            asn,
-            password: None,
-            rr_client: false,
-            passive: false,
-            local_address: None,
-            next_hop_self: false,
-            max_prefixes: None,
-            import: None,
-            export: None,
-            export_communities: Vec::new(),
-        }
-    }
 }
 
 impl RunPlan {
@@ -391,7 +352,7 @@ pub fn parse_file_config(text: &str) -> Result<FileConfig, String> {
     toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
 }
 
-fn neighbor_from_file(n: FileNeighbor) -> Result<NeighborPlan, ConfigError> {
+fn neighbor_from_file(n: FileNeighbor) -> Result<NeighborConfig, ConfigError> {
     if n.asn == 0 {
         return Err(ConfigError::NeighborAsZero { address: n.address });
     }
@@ -402,20 +363,20 @@ fn neighbor_from_file(n: FileNeighbor) -> Result<NeighborPlan, ConfigError> {
             .transpose()
             .map_err(|source| ConfigError::PrefixList { address, source })
     };
-    Ok(NeighborPlan {
-        address,
-        port: n.port,
-        asn: n.asn,
-        password: n.password,
-        rr_client: n.rr_client,
-        passive: n.passive,
-        local_address: n.local_address,
-        next_hop_self: n.next_hop_self,
-        max_prefixes: n.max_prefixes,
-        import: list(n.import)?,
-        export: list(n.export)?,
-        export_communities: parse_communities(&n.export_communities)?,
-    })
+    let mut config = NeighborConfig::new(address, n.asn);
+    if let Some(port) = n.port {
+        config.port = port;
+    }
+    config.password = n.password;
+    config.rr_client = n.rr_client;
+    config.passive = n.passive;
+    config.local_address = n.local_address;
+    config.next_hop_self = n.next_hop_self;
+    config.max_prefixes = n.max_prefixes;
+    config.import = list(n.import)?;
+    config.export = list(n.export)?;
+    config.export_communities = parse_communities(&n.export_communities)?;
+    Ok(config)
 }
 
 /// A prefix list from its rules; what no rule matches is denied.
@@ -476,7 +437,7 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
 /// `ADDR:AS[:PASSWORD]`, with IPv6 addresses in brackets:
 /// `[2001:db8::1]:65001[:PASSWORD]`. The password is everything after the
 /// second separator, colons included.
-pub fn parse_neighbor_flag(text: &str) -> Result<NeighborPlan, ConfigError> {
+pub fn parse_neighbor_flag(text: &str) -> Result<NeighborConfig, ConfigError> {
     let bad = |reason: &str| ConfigError::bad("--neighbor", text, reason);
     let (addr, rest) = if let Some(after) = text.strip_prefix('[') {
         let (addr, rest) = after
@@ -504,7 +465,7 @@ pub fn parse_neighbor_flag(text: &str) -> Result<NeighborPlan, ConfigError> {
         None => (rest, None),
     };
     let asn = parse_asn(asn_text)?;
-    let mut plan = NeighborPlan::new(address, asn);
+    let mut plan = NeighborConfig::new(address, asn);
     match password {
         Some("") => return Err(bad("empty password")),
         Some(p) => plan.password = Some(p.to_string()),
@@ -566,26 +527,6 @@ impl RunPlan {
         if let Some(max_paths) = self.max_paths {
             config.max_paths = max_paths;
         }
-        config
-    }
-}
-
-impl NeighborPlan {
-    /// The speaker's neighbour settings.
-    pub fn neighbor_config(&self) -> NeighborConfig {
-        let mut config = NeighborConfig::new(self.address, self.asn);
-        if let Some(port) = self.port {
-            config.port = port;
-        }
-        config.password = self.password.clone();
-        config.rr_client = self.rr_client;
-        config.passive = self.passive;
-        config.local_address = self.local_address;
-        config.next_hop_self = self.next_hop_self;
-        config.max_prefixes = self.max_prefixes;
-        config.import = self.import.clone();
-        config.export = self.export.clone();
-        config.export_communities = self.export_communities.clone();
         config
     }
 }
@@ -671,7 +612,7 @@ pub async fn run(plan: RunPlan) -> Result<(), RunError> {
 async fn configure(speaker: &Speaker, plan: &RunPlan) -> Result<(), RunError> {
     for neighbor in &plan.neighbors {
         speaker
-            .add_neighbor(neighbor.neighbor_config())
+            .add_neighbor(neighbor.clone())
             .await
             .map_err(|source| RunError::Neighbor {
                 address: neighbor.address,
@@ -766,7 +707,7 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
         );
         let a = &p.neighbors[0];
         assert!(a.rr_client && !a.passive);
-        assert_eq!(a.port, Some(1179));
+        assert_eq!(a.port, 1179);
         assert_eq!(a.local_address, Some("10.0.0.1".parse().unwrap()));
         assert_eq!(a.max_prefixes, Some(1000));
         assert_eq!(a.export_communities, [Community(65000 << 16 | 100)]);
@@ -948,7 +889,7 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
         let config = p.speaker_config();
         assert_eq!(config.listen, Some("0.0.0.0:179".parse().unwrap()));
         assert_eq!(config.cluster_id, Some(Ipv4Addr::new(10, 0, 0, 10)));
-        let n = upstream.neighbor_config();
+        let n = upstream;
         assert_eq!(n.port, BGP_PORT);
         assert_eq!(n.password.as_deref(), Some("change-me"));
         assert_eq!(n.max_prefixes, Some(10000));
@@ -962,10 +903,7 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
             SpeakerConfig::new(65000, Ipv4Addr::new(10, 0, 0, 1))
         );
         let n = parse_neighbor_flag("10.0.0.2:65001").unwrap();
-        assert_eq!(
-            n.neighbor_config(),
-            NeighborConfig::new("10.0.0.2".parse().unwrap(), 65001)
-        );
+        assert_eq!(n, NeighborConfig::new("10.0.0.2".parse().unwrap(), 65001));
     }
 
     #[test]
