@@ -1,0 +1,189 @@
+//! The datastore contract every IPAM object goes through.
+//!
+//! A datastore is a set of objects addressed by ([`Kind`], name), each with an
+//! opaque [`Revision`] that changes on every write. All writes after the
+//! first are compare-and-swap on the revision the writer read: this is what
+//! keeps one address from being handed out twice when several allocators
+//! race (ARCHITECTURE.md, principle 3). Values are the JSON encoding of the
+//! object's `spec` with Calico's field names, so the Kubernetes backend can
+//! store them as CRD specs unchanged.
+//!
+//! Backends: `sqlite` (embedded default), `etcd`, `kubernetes`.
+
+use std::fmt;
+use std::pin::Pin;
+
+use futures_core::Stream;
+
+/// The kinds of object felix stores; one CRD each in the Kubernetes backend
+/// (group `crd.felix-rs.io`, version `v1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    IpPool,
+    IpamBlock,
+    BlockAffinity,
+    IpamHandle,
+    FelixNode,
+    BgpPeer,
+    BgpConfiguration,
+}
+
+impl Kind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Kind; 7] = [
+        Kind::IpPool,
+        Kind::IpamBlock,
+        Kind::BlockAffinity,
+        Kind::IpamHandle,
+        Kind::FelixNode,
+        Kind::BgpPeer,
+        Kind::BgpConfiguration,
+    ];
+
+    /// The CRD kind name (`IPPool`, `IPAMBlock`, …).
+    pub fn crd_kind(self) -> &'static str {
+        match self {
+            Kind::IpPool => "IPPool",
+            Kind::IpamBlock => "IPAMBlock",
+            Kind::BlockAffinity => "BlockAffinity",
+            Kind::IpamHandle => "IPAMHandle",
+            Kind::FelixNode => "FelixNode",
+            Kind::BgpPeer => "BGPPeer",
+            Kind::BgpConfiguration => "BGPConfiguration",
+        }
+    }
+
+    /// The lower-case plural used in key paths and Kubernetes resource URLs
+    /// (`ippools`, `ipamblocks`, …).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::IpPool => "ippools",
+            Kind::IpamBlock => "ipamblocks",
+            Kind::BlockAffinity => "blockaffinities",
+            Kind::IpamHandle => "ipamhandles",
+            Kind::FelixNode => "felixnodes",
+            Kind::BgpPeer => "bgppeers",
+            Kind::BgpConfiguration => "bgpconfigurations",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.crd_kind())
+    }
+}
+
+/// An object's version as the backend knows it: SQLite's and etcd's
+/// revisions are integers, Kubernetes' `resourceVersion` is an opaque
+/// string. Callers only compare revisions for equality and hand them back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Revision(pub String);
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub kind: Kind,
+    /// Unique within its kind; a valid Kubernetes object name (DNS-1123
+    /// subdomain: lower-case alphanumerics, `-` and `.`, at most 253 bytes).
+    pub name: String,
+    /// JSON of the object's spec.
+    pub value: Vec<u8>,
+    pub revision: Revision,
+}
+
+/// The result of a list: the objects and the store revision they were read
+/// at, from which a watch can resume without missing a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub objects: Vec<Object>,
+    pub revision: Revision,
+}
+
+/// A change seen by a watch, in the order the store applied them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Created or updated; carries the new value and revision.
+    Put(Object),
+    /// Deleted; `revision` is the store revision of the deletion.
+    Deleted {
+        kind: Kind,
+        name: String,
+        revision: Revision,
+    },
+}
+
+/// A stream of changes. It ends with `Err(StoreError::Compacted)` when the
+/// requested start revision is no longer available: the watcher must list
+/// again and watch from the listing's revision.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
+
+/// What can go wrong at the datastore boundary (ARCHITECTURE.md, principle
+/// 4: conflict / not found / unavailable, plus corrupt stored data).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: Kind, name: String },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: Kind, name: String },
+    /// The object changed since the caller read it: re-read and retry.
+    #[error("{kind} {name:?} was modified concurrently (expected revision {expected})")]
+    Conflict {
+        kind: Kind,
+        name: String,
+        expected: Revision,
+    },
+    /// A stored value that cannot be decoded; names the key so an operator
+    /// can find and repair it.
+    #[error("{kind} {name:?} holds a corrupt value: {reason}")]
+    Corrupt {
+        kind: Kind,
+        name: String,
+        reason: String,
+    },
+    /// The watch start revision has been compacted away: list again.
+    #[error("revision {0} is no longer available (compacted); list and watch again")]
+    Compacted(Revision),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The backend could not be reached or failed; worth retrying later.
+    #[error("datastore unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The compare-and-swap object store every IPAM operation is built on.
+#[async_trait::async_trait]
+pub trait Datastore: Send + Sync {
+    /// Reads one object.
+    async fn get(&self, kind: Kind, name: &str) -> Result<Object, StoreError>;
+
+    /// Lists the objects of a kind whose names start with `name_prefix`
+    /// (empty: all), sorted by name, with the store revision of the read.
+    async fn list(&self, kind: Kind, name_prefix: &str) -> Result<Listing, StoreError>;
+
+    /// Creates an object; `AlreadyExists` when the name is taken.
+    async fn create(&self, kind: Kind, name: &str, value: Vec<u8>) -> Result<Revision, StoreError>;
+
+    /// Replaces an object if its revision is still `expected`; `Conflict`
+    /// otherwise, `NotFound` when it was deleted.
+    async fn update(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: Vec<u8>,
+        expected: &Revision,
+    ) -> Result<Revision, StoreError>;
+
+    /// Deletes an object if its revision is still `expected`.
+    async fn delete(&self, kind: Kind, name: &str, expected: &Revision) -> Result<(), StoreError>;
+
+    /// Streams the changes to a kind after `after` (a revision from a
+    /// listing or an earlier event); from now when `None`.
+    async fn watch(&self, kind: Kind, after: Option<&Revision>) -> Result<WatchStream, StoreError>;
+}
