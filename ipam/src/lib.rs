@@ -4,4 +4,5 @@
 //!
 //! **Being built** (issue 4): today it holds the datastore contract only.
 
+pub mod names;
 pub mod store;

@@ -15,6 +15,11 @@ use std::pin::Pin;
 
 use futures_core::Stream;
 
+pub mod sqlite;
+mod url;
+
+pub use url::{open, DatastoreUrl, DEFAULT_DATASTORE};
+
 /// The kinds of object felix stores; one CRD each in the Kubernetes backend
 /// (group `crd.felix-rs.io`, version `v1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,539 @@
+//! The embedded default backend: one SQLite file, shared safely by several
+//! processes on one machine.
+//!
+//! - WAL journal (readers never block the writer), `busy_timeout` so a
+//!   process waits for another's write instead of failing, and every write
+//!   in `BEGIN IMMEDIATE` so the write lock is taken before the revision
+//!   check (no upgrade deadlock between two read-then-write transactions).
+//! - One global revision counter (`meta.revision`), bumped by every write:
+//!   an object's revision is the counter value of its last write, exactly
+//!   like etcd's `mod_revision`.
+//! - Every write also appends to a change log (`changes`); a watch polls it.
+//!   The log is trimmed to the last [`SqliteOptions::log_retention`]
+//!   changes; a watch that asks for a trimmed revision gets
+//!   [`StoreError::Compacted`].
+//! - `synchronous=NORMAL`: a committed write survives the process being
+//!   killed; the last few may be lost on power loss (SQLite's WAL docs).
+//!
+//! rusqlite is blocking: every call runs on tokio's blocking pool. Writes of
+//! one process go through one connection behind a mutex, so the sleeping
+//! busy handler only comes into play between processes.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::mpsc;
+
+use super::{Datastore, Kind, Listing, Object, Revision, StoreError, WatchEvent, WatchStream};
+
+/// Tuning for [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long a write waits for another process holding the lock.
+    pub busy_timeout: Duration,
+    /// Changes kept in the log for watches.
+    pub log_retention: u64,
+    /// How often a watch polls the change log.
+    pub watch_poll: Duration,
+    /// Read connections (reads run in parallel with the writer).
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            busy_timeout: Duration::from_secs(10),
+            log_retention: 100_000,
+            watch_poll: Duration::from_millis(50),
+            readers: 4,
+        }
+    }
+}
+
+/// How often (in revisions) a write trims the change log.
+const TRIM_EVERY: u64 = 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value BLOB NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    revision INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value BLOB
+);
+CREATE INDEX IF NOT EXISTS changes_kind ON changes (kind, revision);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0), ('compacted', 0);
+";
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    options: SqliteOptions,
+}
+
+/// A [`Datastore`] in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)
+        .map_err(|e| unavailable(format!("opening {}: {e}", path.display())))?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(unavailable)?;
+    Ok(conn)
+}
+
+fn kind_key(kind: Kind) -> &'static str {
+    kind.plural()
+}
+
+fn parse_revision(rev: &Revision) -> Result<i64, StoreError> {
+    rev.0
+        .parse::<i64>()
+        .map_err(|_| StoreError::Invalid(format!("{rev:?} is not a sqlite revision")))
+}
+
+fn revision(n: i64) -> Revision {
+    Revision(n.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// Opens the store with explicit options.
+    pub async fn open_with(
+        path: impl Into<PathBuf>,
+        options: SqliteOptions,
+    ) -> Result<Self, StoreError> {
+        let path = path.into();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, options))
+            .await
+            .map_err(unavailable)?
+    }
+
+    fn open_blocking(path: PathBuf, options: SqliteOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| unavailable(format!("creating {}: {e}", dir.display())))?;
+            }
+        }
+        let writer = open_connection(&path, &options)?;
+        writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        let readers = (0..options.readers.max(1))
+            .map(|_| open_connection(&path, &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(readers),
+                options,
+            }),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Trims the change log to its last `keep` entries (normally done by
+    /// writes on their own); watches from before the cut get `Compacted`.
+    pub async fn compact(&self, keep: u64) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            let current: i64 = meta(tx, "revision")?;
+            trim(tx, current, keep)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `f` on a read connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let taken = inner
+                .readers
+                .lock()
+                .map_err(|_| unavailable("reader pool poisoned"))?
+                .pop();
+            let conn = match taken {
+                Some(conn) => conn,
+                None => open_connection(&inner.path, &inner.options)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = inner.readers.lock() {
+                if pool.len() < inner.options.readers.max(1) {
+                    pool.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer; commits
+    /// when it returns `Ok`.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| unavailable("writer poisoned"))?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let value = f(&tx)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(value)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+fn meta(conn: &Connection, key: &str) -> Result<i64, StoreError> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(unavailable)
+}
+
+/// Bumps the global revision and records the change; returns the new
+/// revision.
+fn record_change(
+    tx: &rusqlite::Transaction<'_>,
+    kind: Kind,
+    name: &str,
+    value: Option<&[u8]>,
+    retention: u64,
+) -> Result<i64, StoreError> {
+    let next = meta(tx, "revision")? + 1;
+    tx.execute("UPDATE meta SET value = ?1 WHERE key = 'revision'", [next])
+        .map_err(unavailable)?;
+    tx.execute(
+        "INSERT INTO changes (revision, kind, name, value) VALUES (?1, ?2, ?3, ?4)",
+        params![next, kind_key(kind), name, value],
+    )
+    .map_err(unavailable)?;
+    if u64::try_from(next).is_ok_and(|n| n.is_multiple_of(TRIM_EVERY)) {
+        trim(tx, next, retention)?;
+    }
+    Ok(next)
+}
+
+fn trim(tx: &Connection, current: i64, keep: u64) -> Result<(), StoreError> {
+    let cut = current - i64::try_from(keep).unwrap_or(i64::MAX);
+    if cut <= 0 {
+        return Ok(());
+    }
+    let compacted = meta(tx, "compacted")?;
+    if cut <= compacted {
+        return Ok(());
+    }
+    tx.execute("DELETE FROM changes WHERE revision <= ?1", [cut])
+        .map_err(unavailable)?;
+    tx.execute("UPDATE meta SET value = ?1 WHERE key = 'compacted'", [cut])
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+fn current_revision(conn: &Connection, kind: Kind, name: &str) -> Result<Option<i64>, StoreError> {
+    conn.query_row(
+        "SELECT revision FROM objects WHERE kind = ?1 AND name = ?2",
+        params![kind_key(kind), name],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map_err(unavailable)
+}
+
+fn check_name(kind: Kind, name: &str) -> Result<(), StoreError> {
+    if crate::names::is_valid_object_name(name) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{kind} name {name:?} is not a valid Kubernetes object name"
+        )))
+    }
+}
+
+#[async_trait::async_trait]
+impl Datastore for SqliteStore {
+    async fn get(&self, kind: Kind, name: &str) -> Result<Object, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT value, revision FROM objects WHERE kind = ?1 AND name = ?2",
+                    params![kind_key(kind), name],
+                    |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            match row {
+                Some((value, rev)) => Ok(Object {
+                    kind,
+                    name,
+                    value,
+                    revision: revision(rev),
+                }),
+                None => Err(StoreError::NotFound { kind, name }),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, kind: Kind, name_prefix: &str) -> Result<Listing, StoreError> {
+        let prefix = name_prefix.to_owned();
+        self.read(move |conn| {
+            // One read transaction: the objects and the revision are one
+            // snapshot (WAL), so a watch from it misses nothing.
+            conn.execute_batch("BEGIN").map_err(unavailable)?;
+            let result = (|| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT name, value, revision FROM objects
+                         WHERE kind = ?1 AND substr(name, 1, ?3) = ?2 ORDER BY name",
+                    )
+                    .map_err(unavailable)?;
+                let prefix_len = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+                let rows = stmt
+                    .query_map(params![kind_key(kind), prefix, prefix_len], |r| {
+                        Ok(Object {
+                            kind,
+                            name: r.get(0)?,
+                            value: r.get(1)?,
+                            revision: revision(r.get(2)?),
+                        })
+                    })
+                    .map_err(unavailable)?;
+                let objects = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
+                let rev = meta(conn, "revision")?;
+                Ok(Listing {
+                    objects,
+                    revision: revision(rev),
+                })
+            })();
+            let _ = conn.execute_batch("COMMIT");
+            result
+        })
+        .await
+    }
+
+    async fn create(&self, kind: Kind, name: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
+        check_name(kind, name)?;
+        let name = name.to_owned();
+        let retention = self.inner.options.log_retention;
+        self.write(move |tx| {
+            if current_revision(tx, kind, &name)?.is_some() {
+                return Err(StoreError::AlreadyExists { kind, name });
+            }
+            let rev = record_change(tx, kind, &name, Some(&value), retention)?;
+            tx.execute(
+                "INSERT INTO objects (kind, name, value, revision) VALUES (?1, ?2, ?3, ?4)",
+                params![kind_key(kind), name, value, rev],
+            )
+            .map_err(unavailable)?;
+            Ok(revision(rev))
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: Vec<u8>,
+        expected: &Revision,
+    ) -> Result<Revision, StoreError> {
+        let want = parse_revision(expected)?;
+        let name = name.to_owned();
+        let expected = expected.clone();
+        let retention = self.inner.options.log_retention;
+        self.write(move |tx| {
+            match current_revision(tx, kind, &name)? {
+                None => return Err(StoreError::NotFound { kind, name }),
+                Some(have) if have != want => {
+                    return Err(StoreError::Conflict {
+                        kind,
+                        name,
+                        expected,
+                    })
+                }
+                Some(_) => {}
+            }
+            let rev = record_change(tx, kind, &name, Some(&value), retention)?;
+            tx.execute(
+                "UPDATE objects SET value = ?3, revision = ?4 WHERE kind = ?1 AND name = ?2",
+                params![kind_key(kind), name, value, rev],
+            )
+            .map_err(unavailable)?;
+            Ok(revision(rev))
+        })
+        .await
+    }
+
+    async fn delete(&self, kind: Kind, name: &str, expected: &Revision) -> Result<(), StoreError> {
+        let want = parse_revision(expected)?;
+        let name = name.to_owned();
+        let expected = expected.clone();
+        let retention = self.inner.options.log_retention;
+        self.write(move |tx| {
+            match current_revision(tx, kind, &name)? {
+                None => return Err(StoreError::NotFound { kind, name }),
+                Some(have) if have != want => {
+                    return Err(StoreError::Conflict {
+                        kind,
+                        name,
+                        expected,
+                    })
+                }
+                Some(_) => {}
+            }
+            record_change(tx, kind, &name, None, retention)?;
+            tx.execute(
+                "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
+                params![kind_key(kind), name],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn watch(&self, kind: Kind, after: Option<&Revision>) -> Result<WatchStream, StoreError> {
+        let start = match after {
+            Some(rev) => parse_revision(rev)?,
+            None => self.read(|conn| meta(conn, "revision")).await?,
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let store = self.clone();
+        let poll = self.inner.options.watch_poll;
+        tokio::spawn(async move {
+            let mut last = start;
+            loop {
+                let batch = store
+                    .read(move |conn| {
+                        let compacted = meta(conn, "compacted")?;
+                        if last < compacted {
+                            return Err(StoreError::Compacted(revision(last)));
+                        }
+                        let mut stmt = conn
+                            .prepare_cached(
+                                "SELECT revision, name, value FROM changes
+                                 WHERE kind = ?1 AND revision > ?2 ORDER BY revision LIMIT 512",
+                            )
+                            .map_err(unavailable)?;
+                        let rows = stmt
+                            .query_map(params![kind_key(kind), last], |r| {
+                                Ok((
+                                    r.get::<_, i64>(0)?,
+                                    r.get::<_, String>(1)?,
+                                    r.get::<_, Option<Vec<u8>>>(2)?,
+                                ))
+                            })
+                            .map_err(unavailable)?;
+                        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+                    })
+                    .await;
+                match batch {
+                    Err(e) => {
+                        let end = matches!(e, StoreError::Compacted(_));
+                        if tx.send(Err(e)).await.is_err() || end {
+                            return;
+                        }
+                    }
+                    Ok(rows) => {
+                        let full = rows.len() == 512;
+                        for (rev, name, value) in rows {
+                            last = rev;
+                            let event = match value {
+                                Some(value) => WatchEvent::Put(Object {
+                                    kind,
+                                    name,
+                                    value,
+                                    revision: revision(rev),
+                                }),
+                                None => WatchEvent::Deleted {
+                                    kind,
+                                    name,
+                                    revision: revision(rev),
+                                },
+                            };
+                            if tx.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if full {
+                            continue;
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(poll) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream(rx)))
+    }
+}
+
+/// An mpsc receiver as a `Stream`.
+struct ReceiverStream<T>(mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ReceiverStream<T> {
+    type Item = T;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
