@@ -1,8 +1,22 @@
 //! `ipam` — Calico-style block IPAM for felix-rs: pools, /26 blocks with node
 //! affinity, handles, garbage collection, over a compare-and-swap
-//! [`store::Datastore`] (SQLite embedded, etcd, Kubernetes CRDs).
+//! [`store::Datastore`] (SQLite embedded; etcd and Kubernetes CRDs).
 //!
-//! **Being built** (issue 4): today it holds the datastore contract only.
+//! Entry point: [`allocator::Allocator`]. The model and the write order
+//! that keeps it crash-safe are described in docs/ipam.md.
 
+pub mod affinity;
+pub mod allocator;
+pub mod block;
+pub(crate) mod codec;
+pub mod handle;
 pub mod names;
+pub mod pool;
+pub mod selector;
 pub mod store;
+
+pub use allocator::{
+    Allocator, AllocatorConfig, AssignIpRequest, Assigned, AutoAssignRequest, IpamError,
+    ReleaseOutcome, ReleaseRequest,
+};
+pub use block::{AllocationAttrs, BlockRelease, Lease};

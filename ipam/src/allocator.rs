@@ -1,0 +1,1202 @@
+//! The allocator: hands out addresses from blocks affine to a node, claims
+//! new blocks, borrows, releases, and gives empty blocks back.
+//!
+//! Every write is compare-and-swap on the revision read; a conflict re-reads
+//! and retries with bounded, jittered back-off (ARCHITECTURE.md principle
+//! 3). Within one process, writers of one block also queue on a local lock
+//! so they do not waste round trips conflicting with each other; the CAS is
+//! still what keeps processes and machines apart.
+//!
+//! Write order (crash safety, docs/ipam.md):
+//! - allocate: handle count `+n` -> block allocation. A crash between the
+//!   two leaves a handle that over-counts (harmless; `gc` trims it).
+//! - release: block -> handle count `-n`. Same shape.
+//! - claim: affinity `pending` -> block (affinity `host:NODE`) -> affinity
+//!   `confirmed`. A crash leaves a pending affinity, with or without its
+//!   block; `gc` confirms or deletes it.
+//! - give back: affinity `pendingDeletion` -> delete block (CAS proves it
+//!   is still empty) -> delete affinity. A crash leaves a
+//!   `pendingDeletion` affinity; `gc` finishes or undoes it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::affinity::{AffinityState, BlockAffinity, BlockAffinitySpec};
+use crate::block::{AllocationAttrs, BlockRelease, IpamBlockSpec, Lease, ReleaseCheck};
+use crate::codec::{decode, encode};
+use crate::handle::IpamHandleSpec;
+use crate::names::{affinity_name, cidr_name, handle_name, is_valid_object_name};
+use crate::pool::{IpPool, IpPoolSpec, PoolError};
+use crate::store::{Datastore, Kind, Object, Revision, StoreError, WatchEvent, WatchStream};
+
+/// How the allocator behaves.
+#[derive(Debug, Clone)]
+pub struct AllocatorConfig {
+    /// Never hand out an address from another node's block.
+    pub strict_affinity: bool,
+    /// How long an emptied block stays affine to its node before
+    /// [`Allocator::reclaim_empty_blocks`] gives it back to the pool.
+    pub empty_block_grace: Duration,
+    /// Attempts per compare-and-swap write before giving up.
+    pub max_attempts: u32,
+    /// First back-off after a conflict; doubles up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for AllocatorConfig {
+    fn default() -> Self {
+        AllocatorConfig {
+            strict_affinity: false,
+            empty_block_grace: Duration::from_secs(300),
+            max_attempts: 100,
+            backoff_base: Duration::from_micros(500),
+            backoff_max: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The address families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+/// What can go wrong allocating or releasing.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("no enabled {family} pool selects node {node:?}")]
+    NoPool { family: &'static str, node: String },
+    #[error(
+        "{family} pools are exhausted for node {node:?}: wanted {wanted}, found {found} free{hint}"
+    )]
+    Exhausted {
+        family: &'static str,
+        node: String,
+        wanted: u32,
+        found: u32,
+        hint: &'static str,
+    },
+    #[error("{0} is not in any pool")]
+    NotInPool(IpAddr),
+    #[error("{ip} is already in use (handle {holder:?})")]
+    InUse { ip: IpAddr, holder: Option<String> },
+    #[error("{what}: still conflicting after {attempts} attempts")]
+    TooManyConflicts { what: String, attempts: u32 },
+    #[error("handle name {name:?} of {handle:?} is taken by handle {other:?}")]
+    HandleCollision {
+        handle: String,
+        name: String,
+        other: String,
+    },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// A request for addresses for one owner on one node.
+#[derive(Debug, Clone, Default)]
+pub struct AutoAssignRequest {
+    /// The owner (e.g. `k8s-pod-network.<container id>.eth0`).
+    pub handle: String,
+    pub node: String,
+    pub num_v4: u32,
+    pub num_v6: u32,
+    pub attrs: AllocationAttrs,
+    /// Only these pools (by name); all when empty.
+    pub pools: Vec<String>,
+    /// The node's labels for pool `nodeSelector`s; when `None`, read from
+    /// the node's `FelixNode` object (`labels`), empty if there is none.
+    pub node_labels: Option<BTreeMap<String, String>>,
+}
+
+/// Addresses given to one request. Addresses carry the host prefix length
+/// (/32, /128), which is what a pod gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Assigned {
+    pub v4: Vec<IpNet>,
+    pub v6: Vec<IpNet>,
+    /// Every address with its block and sequence number.
+    pub leases: Vec<Lease>,
+}
+
+/// A request for one specific address.
+#[derive(Debug, Clone, Default)]
+pub struct AssignIpRequest {
+    pub ip: Option<IpAddr>,
+    pub handle: String,
+    pub node: String,
+    pub attrs: AllocationAttrs,
+}
+
+/// A release of one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRequest {
+    pub ip: IpAddr,
+    /// Release only if this handle holds it.
+    pub handle: Option<String>,
+    /// Release only if it still carries this sequence number.
+    pub sequence: Option<u64>,
+}
+
+impl ReleaseRequest {
+    pub fn ip(ip: IpAddr) -> ReleaseRequest {
+        ReleaseRequest {
+            ip,
+            handle: None,
+            sequence: None,
+        }
+    }
+}
+
+/// What happened to one released address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseOutcome {
+    pub ip: IpAddr,
+    #[serde(flatten)]
+    pub outcome: BlockRelease,
+}
+
+/// A change to block affinities, for the node agent (BGP origination).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AffinityEvent {
+    Put(BlockAffinity),
+    Deleted { name: String, revision: Revision },
+}
+
+/// A stream of [`AffinityEvent`]s; ends with `Compacted` like the store's.
+pub struct AffinityStream(WatchStream);
+
+impl futures_core::Stream for AffinityStream {
+    type Item = Result<AffinityEvent, StoreError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.as_mut().poll_next(cx).map(|item| {
+            item.map(|r| {
+                r.and_then(|event| match event {
+                    WatchEvent::Put(obj) => Ok(AffinityEvent::Put(BlockAffinity {
+                        spec: decode(&obj)?,
+                        name: obj.name,
+                    })),
+                    WatchEvent::Deleted { name, revision, .. } => {
+                        Ok(AffinityEvent::Deleted { name, revision })
+                    }
+                })
+            })
+        })
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+/// The block allocator over a [`Datastore`].
+pub struct Allocator {
+    store: Arc<dyn Datastore>,
+    config: AllocatorConfig,
+    block_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Allocator {
+    pub fn new(store: Arc<dyn Datastore>, config: AllocatorConfig) -> Allocator {
+        Allocator {
+            store,
+            config,
+            block_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Datastore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &AllocatorConfig {
+        &self.config
+    }
+
+    pub(crate) async fn backoff(&self, attempt: u32) {
+        let base = self.config.backoff_base.as_secs_f64() * f64::from(1u32 << attempt.min(8));
+        let capped = base.min(self.config.backoff_max.as_secs_f64());
+        let jittered = capped * (0.5 + fastrand::f64());
+        tokio::time::sleep(Duration::from_secs_f64(jittered)).await;
+    }
+
+    pub(crate) fn too_many(&self, what: impl Into<String>) -> IpamError {
+        IpamError::TooManyConflicts {
+            what: what.into(),
+            attempts: self.config.max_attempts,
+        }
+    }
+
+    async fn block_lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self
+                .block_locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(map.entry(name.to_owned()).or_default())
+        };
+        lock.lock_owned().await
+    }
+
+    // ----- pools --------------------------------------------------------
+
+    /// Every pool, by name.
+    pub async fn pools(&self) -> Result<Vec<IpPool>, IpamError> {
+        let listing = self.store.list(Kind::IpPool, "").await?;
+        let mut pools = Vec::with_capacity(listing.objects.len());
+        for obj in &listing.objects {
+            let spec: IpPoolSpec = decode(obj)?;
+            spec.validate().map_err(|e| StoreError::Corrupt {
+                kind: obj.kind,
+                name: obj.name.clone(),
+                reason: e.to_string(),
+            })?;
+            pools.push(IpPool {
+                name: obj.name.clone(),
+                spec,
+            });
+        }
+        Ok(pools)
+    }
+
+    /// Creates a pool after checking it and that it overlaps no other.
+    pub async fn create_pool(&self, name: &str, spec: IpPoolSpec) -> Result<(), IpamError> {
+        if !is_valid_object_name(name) {
+            return Err(PoolError::BadName(name.to_owned()).into());
+        }
+        spec.validate()?;
+        let pools = self.pools().await?;
+        crate::pool::check_overlap(
+            spec.cidr,
+            pools.iter().map(|p| (p.name.as_str(), p.spec.cidr)),
+        )?;
+        let value = encode(Kind::IpPool, name, &spec)?;
+        self.store.create(Kind::IpPool, name, value).await?;
+        Ok(())
+    }
+
+    /// Deletes a pool: refused while any of its blocks holds an address;
+    /// its empty blocks and their affinities go with it.
+    pub async fn delete_pool(&self, name: &str) -> Result<Vec<IpNet>, IpamError> {
+        let obj = self.store.get(Kind::IpPool, name).await?;
+        let spec: IpPoolSpec = decode(&obj)?;
+        let blocks = self.blocks().await?;
+        let mine: Vec<_> = blocks
+            .into_iter()
+            .filter(|(_, b)| spec.cidr.contains(&b.cidr))
+            .collect();
+        let used: usize = mine.iter().map(|(_, b)| b.in_use_count()).sum();
+        if used > 0 {
+            return Err(IpamError::Invalid(format!(
+                "pool {name:?} ({}) still has {used} addresses in use; release them first",
+                spec.cidr
+            )));
+        }
+        let mut removed = Vec::new();
+        for (_, block) in &mine {
+            if self.give_back_block(block.cidr, true).await? {
+                removed.push(block.cidr);
+            }
+        }
+        self.store.delete(Kind::IpPool, name, &obj.revision).await?;
+        Ok(removed)
+    }
+
+    async fn node_labels(
+        &self,
+        node: &str,
+        given: &Option<BTreeMap<String, String>>,
+    ) -> Result<BTreeMap<String, String>, IpamError> {
+        if let Some(labels) = given {
+            return Ok(labels.clone());
+        }
+        #[derive(serde::Deserialize)]
+        struct NodeLabels {
+            #[serde(default)]
+            labels: BTreeMap<String, String>,
+        }
+        match self.store.get(Kind::FelixNode, node).await {
+            Ok(obj) => Ok(decode::<NodeLabels>(&obj)?.labels),
+            Err(StoreError::NotFound { .. }) => Ok(BTreeMap::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // ----- reading blocks and affinities --------------------------------
+
+    /// Every block, decoded (a corrupt one is an error naming it).
+    pub async fn blocks(&self) -> Result<Vec<(Object, IpamBlockSpec)>, IpamError> {
+        let listing = self.store.list(Kind::IpamBlock, "").await?;
+        listing
+            .objects
+            .into_iter()
+            .map(|o| {
+                let spec = IpamBlockSpec::from_object(&o)?;
+                Ok((o, spec))
+            })
+            .collect()
+    }
+
+    fn affinity_prefix(node: &str) -> String {
+        // Long node names are hashed into the affinity name; list all then.
+        if node.len() + 48 > crate::names::MAX_NAME_LEN {
+            String::new()
+        } else {
+            format!("{node}-")
+        }
+    }
+
+    /// The affinities of `node` (any state) and the store revision they
+    /// were read at, to watch from with [`Allocator::watch_affinities`].
+    pub async fn affinities_of(
+        &self,
+        node: &str,
+    ) -> Result<(Vec<BlockAffinity>, Revision), IpamError> {
+        let listing = self
+            .store
+            .list(Kind::BlockAffinity, &Self::affinity_prefix(node))
+            .await?;
+        let mut out = Vec::new();
+        for obj in &listing.objects {
+            let spec: BlockAffinitySpec = decode(obj)?;
+            if spec.node == node {
+                out.push(BlockAffinity {
+                    name: obj.name.clone(),
+                    spec,
+                });
+            }
+        }
+        Ok((out, listing.revision))
+    }
+
+    /// The blocks confirmed affine to `node`: what its agent originates.
+    pub async fn blocks_affine_to(&self, node: &str) -> Result<Vec<IpNet>, IpamError> {
+        Ok(self
+            .affinities_of(node)
+            .await?
+            .0
+            .into_iter()
+            .filter(|a| a.spec.state == AffinityState::Confirmed)
+            .map(|a| a.spec.cidr)
+            .collect())
+    }
+
+    /// Affinity changes (all nodes) after `after` (from
+    /// [`Allocator::affinities_of`]); filter by `spec.node`.
+    pub async fn watch_affinities(
+        &self,
+        after: Option<&Revision>,
+    ) -> Result<AffinityStream, IpamError> {
+        Ok(AffinityStream(
+            self.store.watch(Kind::BlockAffinity, after).await?,
+        ))
+    }
+
+    // ----- handles ------------------------------------------------------
+
+    fn decode_handle(obj: &Object, handle: &str) -> Result<IpamHandleSpec, IpamError> {
+        let spec: IpamHandleSpec = decode(obj)?;
+        if spec.handle_id != handle {
+            return Err(IpamError::HandleCollision {
+                handle: handle.to_owned(),
+                name: obj.name.clone(),
+                other: spec.handle_id,
+            });
+        }
+        Ok(spec)
+    }
+
+    /// Counts `n` more addresses of `handle` in `block` (written before the
+    /// block itself).
+    async fn handle_add(&self, handle: &str, block: &IpNet, n: u64) -> Result<(), IpamError> {
+        let name = handle_name(handle);
+        let cidr = block.to_string();
+        for attempt in 0..self.config.max_attempts {
+            match self.store.get(Kind::IpamHandle, &name).await {
+                Err(StoreError::NotFound { .. }) => {
+                    let mut spec = IpamHandleSpec {
+                        handle_id: handle.to_owned(),
+                        ..Default::default()
+                    };
+                    spec.add(&cidr, n);
+                    let value = encode(Kind::IpamHandle, &name, &spec)?;
+                    match self.store.create(Kind::IpamHandle, &name, value).await {
+                        Ok(_) => return Ok(()),
+                        Err(StoreError::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+                Ok(obj) => {
+                    let mut spec = Self::decode_handle(&obj, handle)?;
+                    spec.add(&cidr, n);
+                    let value = encode(Kind::IpamHandle, &name, &spec)?;
+                    match self
+                        .store
+                        .update(Kind::IpamHandle, &name, value, &obj.revision)
+                        .await
+                    {
+                        Ok(_) => return Ok(()),
+                        Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            self.backoff(attempt).await;
+        }
+        Err(self.too_many(format!("handle {handle:?}")))
+    }
+
+    /// Uncounts `n` addresses of `handle` in `block` (written after the
+    /// block); deletes the handle at zero.
+    async fn handle_remove(&self, handle: &str, block: &IpNet, n: u64) -> Result<(), IpamError> {
+        let name = handle_name(handle);
+        let cidr = block.to_string();
+        for attempt in 0..self.config.max_attempts {
+            let obj = match self.store.get(Kind::IpamHandle, &name).await {
+                Ok(obj) => obj,
+                Err(StoreError::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut spec = Self::decode_handle(&obj, handle)?;
+            spec.remove(&cidr, n);
+            let result = if spec.total() == 0 {
+                self.store
+                    .delete(Kind::IpamHandle, &name, &obj.revision)
+                    .await
+            } else {
+                let value = encode(Kind::IpamHandle, &name, &spec)?;
+                self.store
+                    .update(Kind::IpamHandle, &name, value, &obj.revision)
+                    .await
+                    .map(|_| ())
+            };
+            match result {
+                Ok(()) | Err(StoreError::NotFound { .. }) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.backoff(attempt).await;
+        }
+        Err(self.too_many(format!("handle {handle:?}")))
+    }
+
+    // ----- allocation ---------------------------------------------------
+
+    /// Allocates up to `n` addresses in one block for `handle`; with
+    /// `node`, only while the block is still affine to it.
+    async fn allocate_in_block(
+        &self,
+        cidr: IpNet,
+        n: u32,
+        handle: &str,
+        attrs: &AllocationAttrs,
+        node: Option<&str>,
+    ) -> Result<Vec<Lease>, IpamError> {
+        let name = cidr_name(&cidr);
+        let _guard = self.block_lock(&name).await;
+        for attempt in 0..self.config.max_attempts {
+            let obj = match self.store.get(Kind::IpamBlock, &name).await {
+                Ok(obj) => obj,
+                Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut spec = IpamBlockSpec::from_object(&obj)?;
+            if node.is_some() && spec.affine_node() != node {
+                return Ok(Vec::new());
+            }
+            let k = (n as usize).min(spec.free());
+            if k == 0 {
+                return Ok(Vec::new());
+            }
+            self.handle_add(handle, &cidr, k as u64).await?;
+            let leases = spec.allocate(k, handle, attrs);
+            let value = encode(Kind::IpamBlock, &name, &spec)?;
+            match self
+                .store
+                .update(Kind::IpamBlock, &name, value, &obj.revision)
+                .await
+            {
+                Ok(_) => return Ok(leases),
+                Err(StoreError::Conflict { .. }) => {
+                    self.handle_remove(handle, &cidr, k as u64).await?;
+                }
+                Err(StoreError::NotFound { .. }) => {
+                    self.handle_remove(handle, &cidr, k as u64).await?;
+                    return Ok(Vec::new());
+                }
+                // Unknown outcome: keep the handle's count (over-counting
+                // is harmless, under-counting would leak).
+                Err(e) => return Err(e.into()),
+            }
+            debug!(block = %cidr, attempt, "block write conflicted; retrying");
+            self.backoff(attempt).await;
+        }
+        Err(self.too_many(format!("block {cidr}")))
+    }
+
+    /// Allocates `num_v4` IPv4 and `num_v6` IPv6 addresses for a handle on
+    /// a node; all or nothing.
+    pub async fn auto_assign(&self, req: &AutoAssignRequest) -> Result<Assigned, IpamError> {
+        if req.handle.is_empty() {
+            return Err(IpamError::Invalid("empty handle id".into()));
+        }
+        if !is_valid_object_name(&req.node) {
+            return Err(IpamError::Invalid(format!(
+                "node {:?} is not a valid Kubernetes node name",
+                req.node
+            )));
+        }
+        let mut attrs = req.attrs.clone();
+        if attrs.node.is_none() {
+            attrs.node = Some(req.node.clone());
+        }
+        let labels = self.node_labels(&req.node, &req.node_labels).await?;
+        let pools: Vec<IpPool> = self
+            .pools()
+            .await?
+            .into_iter()
+            .filter(|p| req.pools.is_empty() || req.pools.contains(&p.name))
+            .collect();
+        let mut assigned = Assigned::default();
+        for (family, n) in [(Family::V4, req.num_v4), (Family::V6, req.num_v6)] {
+            if n == 0 {
+                continue;
+            }
+            let eligible: Vec<&IpPool> = pools
+                .iter()
+                .filter(|p| {
+                    Family::of(&p.spec.cidr) == family
+                        && !p.spec.disabled
+                        && p.spec
+                            .allowed_uses
+                            .contains(&crate::pool::AllowedUse::Workload)
+                        && p.spec.selects(&labels)
+                })
+                .collect();
+            let result = if eligible.is_empty() {
+                Err(IpamError::NoPool {
+                    family: family.name(),
+                    node: req.node.clone(),
+                })
+            } else {
+                self.assign_family(family, n, &req.handle, &req.node, &attrs, &eligible)
+                    .await
+            };
+            match result {
+                Ok(leases) => {
+                    for lease in leases {
+                        match family {
+                            Family::V4 => assigned.v4.push(host_net(lease.ip)),
+                            Family::V6 => assigned.v6.push(host_net(lease.ip)),
+                        }
+                        assigned.leases.push(lease);
+                    }
+                }
+                Err(e) => {
+                    self.roll_back(&req.handle, &assigned.leases).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(assigned)
+    }
+
+    /// Gives back what a failed request took (best effort; what cannot be
+    /// released here is found by `check` as an address of a dead owner).
+    async fn roll_back(&self, handle: &str, leases: &[Lease]) {
+        if leases.is_empty() {
+            return;
+        }
+        let reqs: Vec<ReleaseRequest> = leases
+            .iter()
+            .map(|l| ReleaseRequest {
+                ip: l.ip,
+                handle: Some(handle.to_owned()),
+                sequence: Some(l.sequence),
+            })
+            .collect();
+        if let Err(e) = self.release_ips(&reqs).await {
+            warn!(handle, error = %e, "rolling back a failed allocation failed");
+        }
+    }
+
+    async fn assign_family(
+        &self,
+        family: Family,
+        n: u32,
+        handle: &str,
+        node: &str,
+        attrs: &AllocationAttrs,
+        pools: &[&IpPool],
+    ) -> Result<Vec<Lease>, IpamError> {
+        let in_pools = |cidr: &IpNet| pools.iter().any(|p| p.spec.cidr.contains(cidr));
+        let mut got: Vec<Lease> = Vec::new();
+        let remaining = |got: &Vec<Lease>| n - got.len() as u32;
+
+        // 1. Blocks already affine to the node.
+        let (affinities, _) = self.affinities_of(node).await?;
+        for aff in affinities {
+            if remaining(&got) == 0 {
+                break;
+            }
+            if aff.spec.state != AffinityState::Confirmed
+                || Family::of(&aff.spec.cidr) != family
+                || !in_pools(&aff.spec.cidr)
+            {
+                continue;
+            }
+            let leases = self
+                .allocate_in_block(aff.spec.cidr, remaining(&got), handle, attrs, Some(node))
+                .await?;
+            got.extend(leases);
+        }
+
+        // 2. Claim new blocks.
+        let mut claims = 0u32;
+        while remaining(&got) > 0 && claims < self.config.max_attempts {
+            claims += 1;
+            let Some(cidr) = self.claim_free_block(node, pools).await? else {
+                break;
+            };
+            let leases = self
+                .allocate_in_block(cidr, remaining(&got), handle, attrs, Some(node))
+                .await?;
+            got.extend(leases);
+        }
+
+        // 3. Borrow from other nodes' blocks.
+        if remaining(&got) > 0 && !self.config.strict_affinity {
+            for (_, block) in self.blocks().await? {
+                if remaining(&got) == 0 {
+                    break;
+                }
+                if Family::of(&block.cidr) != family
+                    || !in_pools(&block.cidr)
+                    || block.free() == 0
+                    || block.affine_node() == Some(node)
+                {
+                    continue;
+                }
+                let leases = self
+                    .allocate_in_block(block.cidr, remaining(&got), handle, attrs, None)
+                    .await?;
+                if !leases.is_empty() {
+                    debug!(block = %block.cidr, node, "borrowed from another node's block");
+                }
+                got.extend(leases);
+            }
+        }
+
+        if remaining(&got) > 0 {
+            let found = got.len() as u32;
+            self.roll_back(handle, &got).await;
+            return Err(IpamError::Exhausted {
+                family: family.name(),
+                node: node.to_owned(),
+                wanted: n,
+                found,
+                hint: if self.config.strict_affinity {
+                    " (strict affinity: no borrowing)"
+                } else {
+                    ""
+                },
+            });
+        }
+        Ok(got)
+    }
+
+    /// Claims the first block of `pools` that does not exist yet for
+    /// `node`; `None` when every block is taken.
+    async fn claim_free_block(
+        &self,
+        node: &str,
+        pools: &[&IpPool],
+    ) -> Result<Option<IpNet>, IpamError> {
+        let existing: HashSet<String> = self
+            .store
+            .list(Kind::IpamBlock, "")
+            .await?
+            .objects
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        for pool in pools {
+            let Ok(subnets) = pool.spec.cidr.subnets(pool.spec.block_size) else {
+                continue;
+            };
+            let mut tried = 0usize;
+            for cidr in subnets {
+                if existing.contains(&cidr_name(&cidr)) {
+                    continue;
+                }
+                if self.claim_block(node, cidr).await? {
+                    return Ok(Some(cidr));
+                }
+                // Lost a race for it: try the next one, a bounded number
+                // of times per call.
+                tried += 1;
+                if tried > 16 {
+                    break;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Claims `cidr` for `node`: affinity pending -> block -> confirmed.
+    /// `false` when another node's block is already there.
+    async fn claim_block(&self, node: &str, cidr: IpNet) -> Result<bool, IpamError> {
+        let aff_name = affinity_name(node, &cidr);
+        let pending = BlockAffinitySpec {
+            state: AffinityState::Pending,
+            node: node.to_owned(),
+            cidr,
+        };
+        match self
+            .store
+            .create(
+                Kind::BlockAffinity,
+                &aff_name,
+                encode(Kind::BlockAffinity, &aff_name, &pending)?,
+            )
+            .await
+        {
+            // Already there: left by a crashed claim of ours; go on.
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let block_name = cidr_name(&cidr);
+        let block = IpamBlockSpec::new(cidr, Some(node), now());
+        match self
+            .store
+            .create(
+                Kind::IpamBlock,
+                &block_name,
+                encode(Kind::IpamBlock, &block_name, &block)?,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::AlreadyExists { .. }) => {
+                let theirs = self.store.get(Kind::IpamBlock, &block_name).await;
+                let ours = match &theirs {
+                    Ok(obj) => IpamBlockSpec::from_object(obj)?.affine_node() == Some(node),
+                    Err(_) => false,
+                };
+                if !ours {
+                    self.delete_affinity_if(&aff_name, |s| s.state == AffinityState::Pending)
+                        .await?;
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.set_affinity_state(&aff_name, node, cidr, AffinityState::Confirmed)
+            .await?;
+        Ok(true)
+    }
+
+    /// Writes an affinity's state, creating it if it is gone.
+    pub(crate) async fn set_affinity_state(
+        &self,
+        name: &str,
+        node: &str,
+        cidr: IpNet,
+        state: AffinityState,
+    ) -> Result<(), IpamError> {
+        let spec = BlockAffinitySpec {
+            state,
+            node: node.to_owned(),
+            cidr,
+        };
+        let value = encode(Kind::BlockAffinity, name, &spec)?;
+        for attempt in 0..self.config.max_attempts {
+            let result = match self.store.get(Kind::BlockAffinity, name).await {
+                Ok(obj) => self
+                    .store
+                    .update(Kind::BlockAffinity, name, value.clone(), &obj.revision)
+                    .await
+                    .map(|_| ()),
+                Err(StoreError::NotFound { .. }) => self
+                    .store
+                    .create(Kind::BlockAffinity, name, value.clone())
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(
+                    StoreError::Conflict { .. }
+                    | StoreError::NotFound { .. }
+                    | StoreError::AlreadyExists { .. },
+                ) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.backoff(attempt).await;
+        }
+        Err(self.too_many(format!("affinity {name:?}")))
+    }
+
+    /// Deletes an affinity if `pred` holds for its current spec.
+    pub(crate) async fn delete_affinity_if(
+        &self,
+        name: &str,
+        pred: impl Fn(&BlockAffinitySpec) -> bool,
+    ) -> Result<bool, IpamError> {
+        for attempt in 0..self.config.max_attempts {
+            let obj = match self.store.get(Kind::BlockAffinity, name).await {
+                Ok(obj) => obj,
+                Err(StoreError::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            // A corrupt affinity is deleted too: it is only an index.
+            let keep = decode::<BlockAffinitySpec>(&obj).is_ok_and(|s| !pred(&s));
+            if keep {
+                return Ok(false);
+            }
+            match self
+                .store
+                .delete(Kind::BlockAffinity, name, &obj.revision)
+                .await
+            {
+                Ok(()) => return Ok(true),
+                Err(StoreError::NotFound { .. }) => return Ok(false),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.backoff(attempt).await;
+        }
+        Err(self.too_many(format!("affinity {name:?}")))
+    }
+
+    /// Assigns one specific address (claiming its block for the node when
+    /// no one has it yet).
+    pub async fn assign_ip(&self, req: &AssignIpRequest) -> Result<Lease, IpamError> {
+        let Some(ip) = req.ip else {
+            return Err(IpamError::Invalid("no address given".into()));
+        };
+        if req.handle.is_empty() {
+            return Err(IpamError::Invalid("empty handle id".into()));
+        }
+        if !is_valid_object_name(&req.node) {
+            return Err(IpamError::Invalid(format!(
+                "node {:?} is not a valid Kubernetes node name",
+                req.node
+            )));
+        }
+        let mut attrs = req.attrs.clone();
+        if attrs.node.is_none() {
+            attrs.node = Some(req.node.clone());
+        }
+        let pools = self.pools().await?;
+        let cidr = pools
+            .iter()
+            .find_map(|p| p.spec.block_of(ip))
+            .ok_or(IpamError::NotInPool(ip))?;
+        let name = cidr_name(&cidr);
+        for attempt in 0..self.config.max_attempts {
+            let guard = self.block_lock(&name).await;
+            let obj = match self.store.get(Kind::IpamBlock, &name).await {
+                Ok(obj) => obj,
+                Err(StoreError::NotFound { .. }) => {
+                    drop(guard);
+                    self.claim_block(&req.node, cidr).await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut spec = IpamBlockSpec::from_object(&obj)?;
+            if let Some(holder) = spec.in_use_at(ip) {
+                return Err(IpamError::InUse {
+                    ip,
+                    holder: holder.handle_id,
+                });
+            }
+            self.handle_add(&req.handle, &cidr, 1).await?;
+            let lease = spec
+                .assign(ip, &req.handle, &attrs)
+                .map_err(|holder| IpamError::InUse { ip, holder })?;
+            let value = encode(Kind::IpamBlock, &name, &spec)?;
+            match self
+                .store
+                .update(Kind::IpamBlock, &name, value, &obj.revision)
+                .await
+            {
+                Ok(_) => return Ok(lease),
+                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {
+                    self.handle_remove(&req.handle, &cidr, 1).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            drop(guard);
+            self.backoff(attempt).await;
+        }
+        Err(self.too_many(format!("block {cidr}")))
+    }
+
+    // ----- release ------------------------------------------------------
+
+    /// The block holding `ip`: from the pools, or by scanning the blocks
+    /// when its pool is gone.
+    async fn block_of(&self, ip: IpAddr, pools: &[IpPool]) -> Result<Option<IpNet>, IpamError> {
+        if let Some(cidr) = pools.iter().find_map(|p| p.spec.block_of(ip)) {
+            return Ok(Some(cidr));
+        }
+        let listing = self.store.list(Kind::IpamBlock, "").await?;
+        for obj in &listing.objects {
+            let spec = IpamBlockSpec::from_object(obj)?;
+            if spec.cidr.contains(&ip) {
+                return Ok(Some(spec.cidr));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Releases addresses. An address that is not allocated is a no-op
+    /// (`NotAllocated`); one that is held by another allocation than the
+    /// request names is `Refused` and left alone.
+    pub async fn release_ips(
+        &self,
+        reqs: &[ReleaseRequest],
+    ) -> Result<Vec<ReleaseOutcome>, IpamError> {
+        let pools = self.pools().await?;
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let outcome = match self.block_of(req.ip, &pools).await? {
+                None => BlockRelease::NotAllocated,
+                Some(cidr) => self.release_in_block(cidr, req).await?,
+            };
+            out.push(ReleaseOutcome {
+                ip: req.ip,
+                outcome,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn release_in_block(
+        &self,
+        cidr: IpNet,
+        req: &ReleaseRequest,
+    ) -> Result<BlockRelease, IpamError> {
+        let name = cidr_name(&cidr);
+        let check = ReleaseCheck {
+            handle: req.handle.clone(),
+            sequence: req.sequence,
+        };
+        let _guard = self.block_lock(&name).await;
+        for attempt in 0..self.config.max_attempts {
+            let obj = match self.store.get(Kind::IpamBlock, &name).await {
+                Ok(obj) => obj,
+                Err(StoreError::NotFound { .. }) => return Ok(BlockRelease::NotAllocated),
+                Err(e) => return Err(e.into()),
+            };
+            let mut spec = IpamBlockSpec::from_object(&obj)?;
+            let outcome = spec.release(req.ip, &check, now());
+            let BlockRelease::Released { handle_id } = &outcome else {
+                return Ok(outcome);
+            };
+            let value = encode(Kind::IpamBlock, &name, &spec)?;
+            match self
+                .store
+                .update(Kind::IpamBlock, &name, value, &obj.revision)
+                .await
+            {
+                Ok(_) => {
+                    if let Some(h) = handle_id {
+                        self.handle_remove(h, &cidr, 1).await?;
+                    }
+                    return Ok(outcome);
+                }
+                Err(StoreError::Conflict { .. }) => {}
+                Err(StoreError::NotFound { .. }) => return Ok(BlockRelease::NotAllocated),
+                Err(e) => return Err(e.into()),
+            }
+            self.backoff(attempt).await;
+        }
+        Err(self.too_many(format!("block {cidr}")))
+    }
+
+    /// Releases every address of `handle` and deletes the handle; returns
+    /// the addresses released (empty when the handle held nothing).
+    pub async fn release_by_handle(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let name = handle_name(handle);
+        let mut released = Vec::new();
+        for attempt in 0..self.config.max_attempts {
+            let obj = match self.store.get(Kind::IpamHandle, &name).await {
+                Ok(obj) => obj,
+                Err(StoreError::NotFound { .. }) => return Ok(released),
+                Err(e) => return Err(e.into()),
+            };
+            let spec = Self::decode_handle(&obj, handle)?;
+            for cidr_text in spec.block.keys() {
+                let cidr: IpNet = cidr_text.parse().map_err(|_| StoreError::Corrupt {
+                    kind: Kind::IpamHandle,
+                    name: name.clone(),
+                    reason: format!("block key {cidr_text:?} is not a CIDR"),
+                })?;
+                released.extend(self.release_handle_in_block(cidr, handle).await?);
+            }
+            match self
+                .store
+                .delete(Kind::IpamHandle, &name, &obj.revision)
+                .await
+            {
+                Ok(()) | Err(StoreError::NotFound { .. }) => return Ok(released),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.backoff(attempt).await;
+        }
+        Err(self.too_many(format!("handle {handle:?}")))
+    }
+
+    pub(crate) async fn release_handle_in_block(
+        &self,
+        cidr: IpNet,
+        handle: &str,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        let name = cidr_name(&cidr);
+        let _guard = self.block_lock(&name).await;
+        for attempt in 0..self.config.max_attempts {
+            let obj = match self.store.get(Kind::IpamBlock, &name).await {
+                Ok(obj) => obj,
+                Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut spec = IpamBlockSpec::from_object(&obj)?;
+            let ips = spec.release_handle(handle, now());
+            if ips.is_empty() {
+                return Ok(ips);
+            }
+            let value = encode(Kind::IpamBlock, &name, &spec)?;
+            match self
+                .store
+                .update(Kind::IpamBlock, &name, value, &obj.revision)
+                .await
+            {
+                Ok(_) => return Ok(ips),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            }
+            self.backoff(attempt).await;
+        }
+        Err(self.too_many(format!("block {cidr}")))
+    }
+
+    // ----- giving blocks back -------------------------------------------
+
+    /// Gives back every block that has been empty for longer than the
+    /// grace period; returns their CIDRs.
+    pub async fn reclaim_empty_blocks(&self) -> Result<Vec<IpNet>, IpamError> {
+        let grace = self.config.empty_block_grace.as_secs();
+        let now = now();
+        let mut out = Vec::new();
+        for (_, block) in self.blocks().await? {
+            let expired = block
+                .empty_since
+                .is_some_and(|t| now.saturating_sub(t) >= grace);
+            if block.is_empty() && expired && self.give_back_block(block.cidr, false).await? {
+                out.push(block.cidr);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gives an empty block back to its pool: affinity `pendingDeletion`
+    /// -> delete the block (the CAS proves it is still empty) -> delete the
+    /// affinity. `false` when it was in use after all. With `force`, the
+    /// grace period is ignored.
+    pub(crate) async fn give_back_block(
+        &self,
+        cidr: IpNet,
+        force: bool,
+    ) -> Result<bool, IpamError> {
+        let name = cidr_name(&cidr);
+        let _guard = self.block_lock(&name).await;
+        let grace = self.config.empty_block_grace.as_secs();
+        for attempt in 0..self.config.max_attempts {
+            let obj = match self.store.get(Kind::IpamBlock, &name).await {
+                Ok(obj) => obj,
+                Err(StoreError::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            let spec = IpamBlockSpec::from_object(&obj)?;
+            let expired = spec
+                .empty_since
+                .is_some_and(|t| now().saturating_sub(t) >= grace);
+            if !spec.is_empty() || !(force || expired) {
+                return Ok(false);
+            }
+            let node = spec.affine_node().map(str::to_owned);
+            let aff_name = node.as_deref().map(|n| affinity_name(n, &cidr));
+            if let (Some(aff), Some(n)) = (&aff_name, &node) {
+                self.set_affinity_state(aff, n, cidr, AffinityState::PendingDeletion)
+                    .await?;
+            }
+            match self
+                .store
+                .delete(Kind::IpamBlock, &name, &obj.revision)
+                .await
+            {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {
+                    if let Some(aff) = &aff_name {
+                        self.delete_affinity_if(aff, |_| true).await?;
+                    }
+                    return Ok(true);
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    // Someone allocated meanwhile: the block stays theirs.
+                    if let (Some(aff), Some(n)) = (&aff_name, &node) {
+                        self.set_affinity_state(aff, n, cidr, AffinityState::Confirmed)
+                            .await?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.backoff(attempt).await;
+        }
+        Err(self.too_many(format!("block {cidr}")))
+    }
+}

@@ -1,0 +1,567 @@
+//! The allocator suite, run against any `Arc<dyn Datastore>`.
+//!
+//! A backend's test file does
+//! `#[macro_use] mod allocator_suite; allocator_suite!(make_store().await);`
+//! where the expression yields `(Arc<dyn Datastore>, guard)`: a fresh, empty
+//! store and whatever must live as long as it (a temp dir, a server).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipam::affinity::AffinityState;
+use ipam::block::BlockRelease;
+use ipam::pool::{parse_cidr, IpPoolSpec, PoolError};
+use ipam::store::{Datastore, Kind, StoreError};
+use ipam::{
+    Allocator, AllocatorConfig, AssignIpRequest, AutoAssignRequest, IpamError, ReleaseRequest,
+};
+
+/// Generates one `#[tokio::test]` per suite case for a store expression.
+#[macro_export]
+macro_rules! allocator_suite {
+    ($make:expr) => {
+        $crate::allocator_suite::cases! { $make;
+            pool_exhaustion_is_all_or_nothing,
+            borrowing_when_allowed,
+            strict_affinity_refuses_to_borrow,
+            ipv4_and_ipv6_together,
+            specific_address,
+            release_by_handle,
+            empty_block_reclaimed_after_grace,
+            stale_sequence_release_refused,
+            releasing_a_free_address_is_a_noop,
+            node_selector_limits_pools,
+            corrupt_objects_name_the_key,
+            bad_pools_refused,
+            affinities_follow_claims,
+        }
+    };
+}
+
+#[macro_export]
+macro_rules! cases {
+    ($make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _guard): (std::sync::Arc<dyn ipam::store::Datastore>, _) = $make;
+                $crate::allocator_suite::$case(store).await;
+            }
+        )*
+    };
+}
+pub(crate) use cases;
+
+pub fn config() -> AllocatorConfig {
+    AllocatorConfig {
+        backoff_base: Duration::from_micros(200),
+        backoff_max: Duration::from_millis(10),
+        ..AllocatorConfig::default()
+    }
+}
+
+pub async fn pool(alloc: &Allocator, name: &str, cidr: &str, block_size: u8) {
+    let mut spec = IpPoolSpec::new(parse_cidr(cidr).unwrap());
+    spec.block_size = block_size;
+    alloc.create_pool(name, spec).await.unwrap();
+}
+
+pub fn req(handle: &str, node: &str, v4: u32, v6: u32) -> AutoAssignRequest {
+    AutoAssignRequest {
+        handle: handle.into(),
+        node: node.into(),
+        num_v4: v4,
+        num_v6: v6,
+        ..AutoAssignRequest::default()
+    }
+}
+
+async fn held(alloc: &Allocator) -> usize {
+    alloc
+        .blocks()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.in_use_count())
+        .sum()
+}
+
+pub async fn pool_exhaustion_is_all_or_nothing(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    pool(&alloc, "small", "10.9.0.0/28", 28).await;
+    let mut seen = HashSet::new();
+    for i in 0..15 {
+        let a = alloc
+            .auto_assign(&req(&format!("h{i}"), "node1", 1, 0))
+            .await
+            .unwrap();
+        assert_eq!(a.v4.len(), 1);
+        assert_eq!(a.v4[0].prefix_len(), 32);
+        assert!(seen.insert(a.v4[0].addr()));
+    }
+    // One left; two asked: refused, and the last one is not taken.
+    let err = alloc.auto_assign(&req("two", "node1", 2, 0)).await;
+    assert!(
+        matches!(
+            err,
+            Err(IpamError::Exhausted {
+                wanted: 2,
+                found: 1,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(held(&alloc).await, 15);
+    assert!(matches!(
+        store.get(Kind::IpamHandle, "two").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let last = alloc.auto_assign(&req("h15", "node1", 1, 0)).await.unwrap();
+    assert!(seen.insert(last.v4[0].addr()));
+    let err = alloc.auto_assign(&req("h16", "node1", 1, 0)).await;
+    assert!(matches!(err, Err(IpamError::Exhausted { .. })), "{err:?}");
+    assert_eq!(seen.len(), 16);
+}
+
+pub async fn borrowing_when_allowed(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store, config());
+    pool(&alloc, "two-blocks", "10.8.0.0/27", 28).await;
+    let a = alloc.auto_assign(&req("a", "node1", 4, 0)).await.unwrap();
+    let b = alloc.auto_assign(&req("b", "node2", 16, 0)).await.unwrap();
+    let block_a = a.leases[0].block;
+    let block_b = b.leases[0].block;
+    assert_ne!(block_a, block_b);
+    assert!(b.leases.iter().all(|l| l.block == block_b));
+    // node2's block is full and no block is left: borrow from node1's.
+    let c = alloc.auto_assign(&req("c", "node2", 2, 0)).await.unwrap();
+    assert!(c.leases.iter().all(|l| l.block == block_a), "{c:?}");
+    // The block stays node1's.
+    assert_eq!(alloc.blocks_affine_to("node1").await.unwrap(), [block_a]);
+    assert_eq!(alloc.blocks_affine_to("node2").await.unwrap(), [block_b]);
+}
+
+pub async fn strict_affinity_refuses_to_borrow(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(
+        store,
+        AllocatorConfig {
+            strict_affinity: true,
+            ..config()
+        },
+    );
+    pool(&alloc, "two-blocks", "10.8.0.0/27", 28).await;
+    alloc.auto_assign(&req("a", "node1", 4, 0)).await.unwrap();
+    alloc.auto_assign(&req("b", "node2", 16, 0)).await.unwrap();
+    let err = alloc.auto_assign(&req("c", "node2", 1, 0)).await;
+    assert!(matches!(err, Err(IpamError::Exhausted { .. })), "{err:?}");
+    assert_eq!(held(&alloc).await, 20);
+}
+
+pub async fn ipv4_and_ipv6_together(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    pool(&alloc, "v4", "10.244.0.0/16", 26).await;
+    // No IPv6 pool yet: refused as a whole, the IPv4 address is given back.
+    let err = alloc.auto_assign(&req("early", "node1", 1, 1)).await;
+    assert!(matches!(err, Err(IpamError::NoPool { .. })), "{err:?}");
+    assert_eq!(held(&alloc).await, 0);
+    pool(&alloc, "v6", "fd00:10:244::/56", 122).await;
+    let a = alloc
+        .auto_assign(&req("pod-a", "node1", 1, 1))
+        .await
+        .unwrap();
+    assert_eq!(a.v4.len(), 1);
+    assert_eq!(a.v6.len(), 1);
+    assert!(parse_cidr("10.244.0.0/16")
+        .unwrap()
+        .contains(&a.v4[0].addr()));
+    assert!(parse_cidr("fd00:10:244::/56")
+        .unwrap()
+        .contains(&a.v6[0].addr()));
+    assert_eq!(a.v6[0].prefix_len(), 128);
+    let mut affine = alloc.blocks_affine_to("node1").await.unwrap();
+    affine.sort();
+    assert_eq!(affine.len(), 2);
+    // The handle counts one address in each block.
+    let h = store.get(Kind::IpamHandle, "pod-a").await.unwrap();
+    let spec: serde_json::Value = serde_json::from_slice(&h.value).unwrap();
+    assert_eq!(spec["handleID"], "pod-a");
+    assert_eq!(spec["block"].as_object().unwrap().len(), 2);
+    let both = alloc
+        .auto_assign(&req("pod-b", "node2", 2, 3))
+        .await
+        .unwrap();
+    assert_eq!((both.v4.len(), both.v6.len()), (2, 3));
+}
+
+pub async fn specific_address(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store, config());
+    pool(&alloc, "p", "10.7.0.0/24", 26).await;
+    let ip: IpAddr = "10.7.0.70".parse().unwrap();
+    let assign = |handle: &str, ip: IpAddr| AssignIpRequest {
+        ip: Some(ip),
+        handle: handle.into(),
+        node: "node1".into(),
+        ..AssignIpRequest::default()
+    };
+    let lease = alloc.assign_ip(&assign("static", ip)).await.unwrap();
+    assert_eq!(lease.ip, ip);
+    assert_eq!(lease.block, parse_cidr("10.7.0.64/26").unwrap());
+    assert_eq!(
+        alloc.blocks_affine_to("node1").await.unwrap(),
+        [lease.block]
+    );
+    let again = alloc.assign_ip(&assign("other", ip)).await;
+    assert!(
+        matches!(again, Err(IpamError::InUse { holder: Some(ref h), .. }) if h == "static"),
+        "{again:?}"
+    );
+    let outside = alloc
+        .assign_ip(&assign("x", "10.99.0.1".parse().unwrap()))
+        .await;
+    assert!(
+        matches!(outside, Err(IpamError::NotInPool(_))),
+        "{outside:?}"
+    );
+    // Auto-assignment on the same node never hands it out again.
+    for i in 0..63 {
+        let a = alloc
+            .auto_assign(&req(&format!("p{i}"), "node1", 1, 0))
+            .await
+            .unwrap();
+        assert_ne!(a.v4[0].addr(), ip);
+    }
+}
+
+pub async fn release_by_handle(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    pool(&alloc, "v4", "10.6.0.0/24", 26).await;
+    pool(&alloc, "v6", "fd00:6::/64", 122).await;
+    let a = alloc
+        .auto_assign(&req("k8s-pod-network.ABC/eth0", "node1", 2, 1))
+        .await
+        .unwrap();
+    alloc
+        .auto_assign(&req("keep", "node1", 1, 0))
+        .await
+        .unwrap();
+    let mut released = alloc
+        .release_by_handle("k8s-pod-network.ABC/eth0")
+        .await
+        .unwrap();
+    released.sort();
+    let mut expected: Vec<IpAddr> = a.leases.iter().map(|l| l.ip).collect();
+    expected.sort();
+    assert_eq!(released, expected);
+    assert_eq!(held(&alloc).await, 1);
+    assert_eq!(
+        store
+            .list(Kind::IpamHandle, "")
+            .await
+            .unwrap()
+            .objects
+            .len(),
+        1
+    );
+    // Again: nothing to do, not an error.
+    assert!(alloc
+        .release_by_handle("k8s-pod-network.ABC/eth0")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn empty_block_reclaimed_after_grace(store: Arc<dyn Datastore>) {
+    let patient = Allocator::new(
+        store.clone(),
+        AllocatorConfig {
+            empty_block_grace: Duration::from_secs(3600),
+            ..config()
+        },
+    );
+    pool(&patient, "p", "10.5.0.0/24", 26).await;
+    let a = patient.auto_assign(&req("a", "node1", 1, 0)).await.unwrap();
+    patient.release_by_handle("a").await.unwrap();
+    assert!(patient.reclaim_empty_blocks().await.unwrap().is_empty());
+    assert_eq!(
+        patient.blocks_affine_to("node1").await.unwrap(),
+        [a.leases[0].block]
+    );
+    let eager = Allocator::new(
+        store.clone(),
+        AllocatorConfig {
+            empty_block_grace: Duration::ZERO,
+            ..config()
+        },
+    );
+    // A block in use is never reclaimed.
+    eager.auto_assign(&req("b", "node2", 1, 0)).await.unwrap();
+    let reclaimed = eager.reclaim_empty_blocks().await.unwrap();
+    assert_eq!(reclaimed, [a.leases[0].block]);
+    assert!(eager.blocks_affine_to("node1").await.unwrap().is_empty());
+    assert!(store
+        .list(Kind::BlockAffinity, "node1-")
+        .await
+        .unwrap()
+        .objects
+        .is_empty());
+    assert_eq!(eager.blocks().await.unwrap().len(), 1);
+    // The block is free again for another node.
+    let c = eager.auto_assign(&req("c", "node3", 1, 0)).await.unwrap();
+    assert_eq!(c.leases[0].block, a.leases[0].block);
+}
+
+pub async fn stale_sequence_release_refused(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store, config());
+    pool(&alloc, "tiny", "10.4.0.0/30", 30).await;
+    let mut leases = Vec::new();
+    for i in 0..4 {
+        leases.push(
+            alloc
+                .auto_assign(&req(&format!("h{i}"), "node1", 1, 0))
+                .await
+                .unwrap()
+                .leases[0]
+                .clone(),
+        );
+    }
+    let old = leases[0].clone();
+    let out = alloc
+        .release_ips(&[ReleaseRequest {
+            ip: old.ip,
+            handle: Some("h0".into()),
+            sequence: Some(old.sequence),
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(out[0].outcome, BlockRelease::Released { .. }));
+    // The only free address goes to a new pod…
+    let new = alloc.auto_assign(&req("h4", "node1", 1, 0)).await.unwrap();
+    assert_eq!(new.leases[0].ip, old.ip);
+    assert_ne!(new.leases[0].sequence, old.sequence);
+    // …and a late release carrying the old sequence is refused.
+    let late = alloc
+        .release_ips(&[ReleaseRequest {
+            ip: old.ip,
+            handle: None,
+            sequence: Some(old.sequence),
+        }])
+        .await
+        .unwrap();
+    assert!(
+        matches!(late[0].outcome, BlockRelease::Refused { .. }),
+        "{late:?}"
+    );
+    let late_by_handle = alloc
+        .release_ips(&[ReleaseRequest {
+            ip: old.ip,
+            handle: Some("h0".into()),
+            sequence: None,
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(
+        late_by_handle[0].outcome,
+        BlockRelease::Refused { .. }
+    ));
+    assert_eq!(alloc.release_by_handle("h4").await.unwrap(), [old.ip]);
+}
+
+pub async fn releasing_a_free_address_is_a_noop(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store, config());
+    pool(&alloc, "p", "10.3.0.0/24", 26).await;
+    let a = alloc.auto_assign(&req("a", "node1", 1, 0)).await.unwrap();
+    let out = alloc
+        .release_ips(&[
+            ReleaseRequest::ip("10.3.0.200".parse().unwrap()),
+            ReleaseRequest::ip("192.0.2.1".parse().unwrap()),
+            ReleaseRequest::ip(a.leases[0].ip),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0].outcome, BlockRelease::NotAllocated);
+    assert_eq!(out[1].outcome, BlockRelease::NotAllocated);
+    assert_eq!(
+        out[2].outcome,
+        BlockRelease::Released {
+            handle_id: Some("a".into())
+        }
+    );
+    assert_eq!(held(&alloc).await, 0);
+    let again = alloc
+        .release_ips(&[ReleaseRequest::ip(a.leases[0].ip)])
+        .await
+        .unwrap();
+    assert_eq!(again[0].outcome, BlockRelease::NotAllocated);
+}
+
+pub async fn node_selector_limits_pools(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    let mut a = IpPoolSpec::new(parse_cidr("10.20.0.0/24").unwrap());
+    a.node_selector = "zone == 'a'".into();
+    alloc.create_pool("zone-a", a).await.unwrap();
+    let mut labels = BTreeMap::new();
+    labels.insert("zone".to_owned(), "b".to_owned());
+    let mut r = req("x", "node-b", 1, 0);
+    r.node_labels = Some(labels.clone());
+    let err = alloc.auto_assign(&r).await;
+    assert!(matches!(err, Err(IpamError::NoPool { .. })), "{err:?}");
+    // Labels from the node's FelixNode object.
+    store
+        .create(
+            Kind::FelixNode,
+            "node-a",
+            br#"{"labels":{"zone":"a"}}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let ok = alloc.auto_assign(&req("y", "node-a", 1, 0)).await.unwrap();
+    assert!(parse_cidr("10.20.0.0/24")
+        .unwrap()
+        .contains(&ok.v4[0].addr()));
+    labels.insert("zone".to_owned(), "a".to_owned());
+    r.node_labels = Some(labels);
+    alloc.auto_assign(&r).await.unwrap();
+}
+
+pub async fn corrupt_objects_name_the_key(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    pool(&alloc, "p", "10.2.0.0/24", 26).await;
+    let a = alloc.auto_assign(&req("a", "node1", 1, 0)).await.unwrap();
+    let name = ipam::names::cidr_name(&a.leases[0].block);
+    let obj = store.get(Kind::IpamBlock, &name).await.unwrap();
+    store
+        .update(Kind::IpamBlock, &name, b"{not json".to_vec(), &obj.revision)
+        .await
+        .unwrap();
+    let err = alloc.auto_assign(&req("b", "node1", 1, 0)).await;
+    match err {
+        Err(IpamError::Store(StoreError::Corrupt { kind, name: n, .. })) => {
+            assert_eq!(kind, Kind::IpamBlock);
+            assert_eq!(n, name);
+        }
+        other => panic!("expected a corrupt-block error, got {other:?}"),
+    }
+    let msg = alloc.blocks().await.unwrap_err().to_string();
+    assert!(msg.contains(&name), "{msg}");
+    // Well-formed JSON that breaks the block's invariants is corrupt too.
+    let obj = store.get(Kind::IpamBlock, &name).await.unwrap();
+    let bad = serde_json::json!({
+        "cidr": a.leases[0].block.to_string(), "allocations": [null], "unallocated": []
+    });
+    store
+        .update(
+            Kind::IpamBlock,
+            &name,
+            serde_json::to_vec(&bad).unwrap(),
+            &obj.revision,
+        )
+        .await
+        .unwrap();
+    let err = alloc.blocks().await.unwrap_err().to_string();
+    assert!(err.contains(&name) && err.contains("corrupt"), "{err}");
+    // A garbage pool.
+    store
+        .create(Kind::IpPool, "junk", b"[1,2".to_vec())
+        .await
+        .unwrap();
+    let err = alloc.pools().await.unwrap_err().to_string();
+    assert!(err.contains("junk"), "{err}");
+}
+
+pub async fn bad_pools_refused(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    assert!(matches!(
+        parse_cidr("10.1.0.0/40"),
+        Err(PoolError::MalformedCidr(_))
+    ));
+    assert!(matches!(
+        parse_cidr("banana"),
+        Err(PoolError::MalformedCidr(_))
+    ));
+    pool(&alloc, "p", "10.1.0.0/16", 26).await;
+    let overlap = alloc
+        .create_pool("q", IpPoolSpec::new(parse_cidr("10.1.128.0/17").unwrap()))
+        .await;
+    assert!(
+        matches!(overlap, Err(IpamError::Pool(PoolError::Overlaps { .. }))),
+        "{overlap:?}"
+    );
+    let mut big_block = IpPoolSpec::new(parse_cidr("10.2.0.0/16").unwrap());
+    big_block.block_size = 16;
+    assert!(matches!(
+        alloc.create_pool("r", big_block).await,
+        Err(IpamError::Pool(PoolError::BlockSizeOutOfRange { .. }))
+    ));
+    let mut small = IpPoolSpec::new(parse_cidr("10.3.0.0/27").unwrap());
+    small.block_size = 26;
+    assert!(matches!(
+        alloc.create_pool("s", small).await,
+        Err(IpamError::Pool(PoolError::SmallerThanBlock { .. }))
+    ));
+    assert!(matches!(
+        alloc
+            .create_pool(
+                "Bad_Name",
+                IpPoolSpec::new(parse_cidr("10.4.0.0/16").unwrap())
+            )
+            .await,
+        Err(IpamError::Pool(PoolError::BadName(_)))
+    ));
+    // Nothing was stored by the refused creates.
+    assert_eq!(store.list(Kind::IpPool, "").await.unwrap().objects.len(), 1);
+    // A pool in use cannot be deleted; an empty one can, with its blocks.
+    alloc.auto_assign(&req("a", "node1", 1, 0)).await.unwrap();
+    assert!(alloc.delete_pool("p").await.is_err());
+    alloc.release_by_handle("a").await.unwrap();
+    assert_eq!(alloc.delete_pool("p").await.unwrap().len(), 1);
+    assert!(store
+        .list(Kind::IpamBlock, "")
+        .await
+        .unwrap()
+        .objects
+        .is_empty());
+    assert!(store
+        .list(Kind::BlockAffinity, "")
+        .await
+        .unwrap()
+        .objects
+        .is_empty());
+}
+
+pub async fn affinities_follow_claims(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store, config());
+    pool(&alloc, "p", "10.10.0.0/24", 26).await;
+    let (before, rev) = alloc.affinities_of("node1").await.unwrap();
+    assert!(before.is_empty());
+    let a = alloc.auto_assign(&req("a", "node1", 65, 0)).await.unwrap();
+    let (after, _) = alloc.affinities_of("node1").await.unwrap();
+    assert_eq!(after.len(), 2);
+    assert!(after
+        .iter()
+        .all(|a| a.spec.state == AffinityState::Confirmed));
+    assert!(after.iter().any(|x| x.name == "node1-10-10-0-0-26"));
+    let mut watch = alloc.watch_affinities(Some(&rev)).await.unwrap();
+    let mut confirmed = HashSet::new();
+    while confirmed.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), next(&mut watch))
+            .await
+            .expect("affinity event")
+            .unwrap()
+            .unwrap();
+        if let ipam::allocator::AffinityEvent::Put(aff) = ev {
+            if aff.spec.state == AffinityState::Confirmed {
+                confirmed.insert(aff.spec.cidr);
+            }
+        }
+    }
+    let leases: HashSet<_> = a.leases.iter().map(|l| l.block).collect();
+    assert_eq!(confirmed, leases);
+}
+
+pub async fn next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *s).poll_next(cx)).await
+}
