@@ -20,3 +20,5 @@ pub use allocator::{
     ReleaseOutcome, ReleaseRequest,
 };
 pub use block::{AllocationAttrs, BlockRelease, Lease};
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -15,6 +15,8 @@ use std::pin::Pin;
 
 use futures_core::Stream;
 
+pub mod checks;
+pub mod etcd;
 pub mod sqlite;
 mod url;
 
@@ -98,7 +100,10 @@ pub struct Object {
     /// Unique within its kind; a valid Kubernetes object name (DNS-1123
     /// subdomain: lower-case alphanumerics, `-` and `.`, at most 253 bytes).
     pub name: String,
-    /// JSON of the object's spec.
+    /// JSON object of the object's spec. sqlite and etcd store the bytes as
+    /// given (undecodable values are reported as `Corrupt` by the decoder
+    /// above the store); the Kubernetes backend can only store a JSON object
+    /// and hands back an equal JSON value re-encoded, not the same bytes.
     pub value: Vec<u8>,
     pub revision: Revision,
 }
@@ -172,7 +177,9 @@ pub trait Datastore: Send + Sync {
     /// (empty: all), sorted by name, with the store revision of the read.
     async fn list(&self, kind: Kind, name_prefix: &str) -> Result<Listing, StoreError>;
 
-    /// Creates an object; `AlreadyExists` when the name is taken.
+    /// Creates an object; `AlreadyExists` when the name is taken. A name
+    /// that is not a Kubernetes object name is refused with `Invalid` before
+    /// anything is written ([`checks::name`]).
     async fn create(&self, kind: Kind, name: &str, value: Vec<u8>) -> Result<Revision, StoreError>;
 
     /// Replaces an object if its revision is still `expected`; `Conflict`

@@ -295,16 +295,6 @@ fn current_revision(conn: &Connection, kind: Kind, name: &str) -> Result<Option<
     .map_err(unavailable)
 }
 
-fn check_name(kind: Kind, name: &str) -> Result<(), StoreError> {
-    if crate::names::is_valid_object_name(name) {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "{kind} name {name:?} is not a valid Kubernetes object name"
-        )))
-    }
-}
-
 #[async_trait::async_trait]
 impl Datastore for SqliteStore {
     async fn get(&self, kind: Kind, name: &str) -> Result<Object, StoreError> {
@@ -369,7 +359,7 @@ impl Datastore for SqliteStore {
     }
 
     async fn create(&self, kind: Kind, name: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
-        check_name(kind, name)?;
+        super::checks::name(kind, name)?;
         let name = name.to_owned();
         let retention = self.inner.options.log_retention;
         self.write(move |tx| {

@@ -1,13 +1,15 @@
 //! `--datastore URL`: which backend to open.
 //!
 //! - `sqlite:PATH` (also `sqlite://PATH`) — the embedded default;
-//! - `etcd://HOST:PORT[,HOST:PORT…]` — etcd v3;
+//! - `etcd://HOST:PORT[,HOST:PORT…][?ca=…&cert=…&key=…&username=…&password-file=…]`
+//!   — etcd v3 ([`EtcdConfig::from_url`] lists the options);
 //! - `kubernetes` — CRDs through the API server of the current kubeconfig
 //!   or in-cluster account.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::etcd::{EtcdConfig, EtcdStore};
 use super::sqlite::SqliteStore;
 use super::{Datastore, StoreError};
 
@@ -18,7 +20,7 @@ pub const DEFAULT_DATASTORE: &str = "sqlite:/var/lib/felix/ipam.db";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatastoreUrl {
     Sqlite(PathBuf),
-    Etcd(Vec<String>),
+    Etcd(EtcdConfig),
     Kubernetes,
 }
 
@@ -35,19 +37,8 @@ impl std::str::FromStr for DatastoreUrl {
             }
             return Ok(DatastoreUrl::Sqlite(PathBuf::from(path)));
         }
-        if let Some(rest) = url.strip_prefix("etcd://") {
-            let endpoints: Vec<String> = rest
-                .trim_end_matches('/')
-                .split(',')
-                .filter(|e| !e.is_empty())
-                .map(str::to_owned)
-                .collect();
-            if endpoints.is_empty() {
-                return Err(StoreError::Invalid(format!(
-                    "datastore {url:?}: etcd needs at least one HOST:PORT"
-                )));
-            }
-            return Ok(DatastoreUrl::Etcd(endpoints));
+        if url.starts_with("etcd://") {
+            return Ok(DatastoreUrl::Etcd(EtcdConfig::from_url(url)?));
         }
         if url == "kubernetes" || url == "kubernetes:" {
             return Ok(DatastoreUrl::Kubernetes);
@@ -62,9 +53,7 @@ impl std::str::FromStr for DatastoreUrl {
 pub async fn open(url: &str) -> Result<Arc<dyn Datastore>, StoreError> {
     match url.parse::<DatastoreUrl>()? {
         DatastoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
-        DatastoreUrl::Etcd(_) => Err(StoreError::Invalid(
-            "the etcd backend is not built yet (issue 4)".into(),
-        )),
+        DatastoreUrl::Etcd(config) => Ok(Arc::new(EtcdStore::connect(config).await?)),
         DatastoreUrl::Kubernetes => Err(StoreError::Invalid(
             "the kubernetes backend is not built yet (issue 4)".into(),
         )),
@@ -89,10 +78,10 @@ mod tests {
             "etcd://127.0.0.1:2379,127.0.0.2:2379"
                 .parse::<DatastoreUrl>()
                 .ok(),
-            Some(DatastoreUrl::Etcd(vec![
+            Some(DatastoreUrl::Etcd(EtcdConfig::new(vec![
                 "127.0.0.1:2379".into(),
                 "127.0.0.2:2379".into()
-            ]))
+            ])))
         );
         assert_eq!(
             "kubernetes".parse::<DatastoreUrl>().ok(),
