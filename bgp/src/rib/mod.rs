@@ -14,6 +14,7 @@
 mod attrs;
 pub mod decision;
 mod export;
+pub mod hash;
 pub mod pack;
 pub mod prefix_list;
 mod table;

@@ -5,13 +5,16 @@
 use super::attrs::PathAttributes;
 use super::decision::{self, AllReachable, DecisionSettings, NextHopResolver, SourceFacts};
 use super::export::{self, ExportSettings};
+use super::hash::{BuildPrefixHasher, PrefixHashMap, PrefixHashSet};
 use super::prefix_list::PrefixList;
 use crate::wire::error::{cease_subcode, code};
 use crate::wire::{
     Afi, Community, Family, LargeCommunity, Nlri, Notification, Safi, SessionParams, Update,
 };
+use indexmap::IndexMap;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use smallvec::SmallVec;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use thiserror::Error;
@@ -238,13 +241,13 @@ struct PeerState {
     info: PeerInfo,
     /// Families of the established session; `None` while down.
     up: Option<Vec<Family>>,
-    /// Keys of this peer's paths in the Loc-RIB table (post-import-policy
-    /// Adj-RIB-In).
-    adj_in: BTreeSet<Nlri>,
-    /// Paths per family: [IPv4 unicast, IPv6 unicast].
+    /// The peer's paths in the table (its post-import-policy Adj-RIB-In)
+    /// per family: [IPv4 unicast, IPv6 unicast]. The paths themselves live
+    /// only in the table.
     counts: [usize; 2],
-    /// What the peer has been told (RFC 4271 §3.2).
-    adj_out: BTreeMap<Nlri, Arc<PathAttributes>>,
+    /// Prefixes the peer announces that import policy or the loop checks
+    /// refused: with `counts`, what it announces in all.
+    filtered: PrefixHashSet<Nlri>,
 }
 
 impl PeerState {
@@ -253,12 +256,39 @@ impl PeerState {
     }
 }
 
-/// All paths of one prefix and the current best set.
+/// All paths of one prefix, the best-path set first.
+///
+/// The best path and the other ECMP members are `routes[..best_len]`, in
+/// order; the decision process reorders `routes` to keep them there. One
+/// path (the common case) is stored inline.
 #[derive(Default)]
 struct PrefixEntry {
-    routes: Vec<Route>,
-    best: Vec<Route>,
+    routes: SmallVec<[Route; 1]>,
+    best_len: u32,
 }
+
+impl PrefixEntry {
+    fn best(&self) -> &[Route] {
+        self.routes.get(..self.best_len as usize).unwrap_or(&[])
+    }
+
+    fn best_snapshot(&self) -> BestSnapshot {
+        self.best().iter().cloned().collect()
+    }
+
+    fn position(&self, source: RouteSource, nlri: &Nlri) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.source == source && r.nlri == *nlri)
+    }
+
+    fn has_path_from(&self, source: RouteSource) -> bool {
+        self.routes.iter().any(|r| r.source == source)
+    }
+}
+
+/// A prefix's best-path set before an operation changed its paths.
+type BestSnapshot = SmallVec<[Route; 1]>;
 
 /// The unicast family of a prefix.
 pub fn family_of(prefix: &IpNet) -> Family {
@@ -276,21 +306,212 @@ fn family_slot(prefix: &IpNet) -> usize {
 }
 
 /// Export results within one operation, so that prefixes sharing source
-/// attributes share exported ones too. Holding the source `Arc` keeps its
-/// address (the key) from being reused while the cache lives.
+/// attributes share exported ones too, and peers that get equal exported
+/// attributes share one `Arc` (the speaker then builds one wire attribute
+/// set for all of them). Holding the source `Arc` keeps its address (the
+/// key) from being reused while the cache lives.
 #[derive(Default)]
 struct ExportCache {
-    map: HashMap<ExportKey, (Arc<PathAttributes>, Arc<PathAttributes>)>,
+    map: PrefixHashMap<ExportKey, (Arc<PathAttributes>, Option<Arc<PathAttributes>>)>,
+    /// Exported attributes by source address and family slot, for sharing
+    /// between peers.
+    shared: PrefixHashMap<(usize, usize), SmallVec<[Arc<PathAttributes>; 2]>>,
 }
 
-/// Source attributes' address, target peer, family slot.
-type ExportKey = (usize, PeerId, usize);
+/// Source attributes' address, target peer, family slot, and whether the
+/// export used a peer's former facts (see [`FormerSource`]).
+type ExportKey = (usize, PeerId, usize, bool);
+
+/// A source peer's facts before the operation changed them (its router id
+/// on [`Rib::peer_up`]): what its paths were exported with until now.
+#[derive(Clone, Copy)]
+struct FormerSource<'a> {
+    peer: PeerId,
+    info: &'a PeerInfo,
+}
+
+/// What the decision process and export read, borrowed apart from the
+/// table so that a table entry can be changed in place meanwhile.
+struct Context<'a> {
+    config: &'a RibConfig,
+    peers: &'a [Option<PeerState>],
+    resolver: &'a (dyn NextHopResolver + Send + Sync),
+}
+
+impl Context<'_> {
+    fn peer(&self, peer: PeerId) -> Option<&PeerState> {
+        self.peers.get(peer.index()).and_then(Option::as_ref)
+    }
+
+    fn decision_settings(&self) -> DecisionSettings {
+        DecisionSettings {
+            local_asn: self.config.local_asn,
+            router_id: self.config.router_id,
+            default_local_pref: self.config.default_local_pref,
+            always_compare_med: self.config.always_compare_med,
+            max_paths: self.config.max_paths,
+        }
+    }
+
+    /// Runs the decision process over `entry` and puts the chosen paths
+    /// first, in order.
+    fn decide(&self, entry: &mut PrefixEntry) {
+        let settings = self.decision_settings();
+        let chosen = decision::select(&entry.routes, &settings, self.resolver, |p| {
+            self.peer(p).map(|s| SourceFacts {
+                internal: s.info.internal,
+                router_id: s.info.router_id,
+                address: s.info.address,
+            })
+        });
+        let in_place = chosen.iter().enumerate().all(|(i, &c)| i == c);
+        if !in_place {
+            let mut slots: SmallVec<[Option<Route>; 4]> = std::mem::take(&mut entry.routes)
+                .into_iter()
+                .map(Some)
+                .collect();
+            let mut ordered: SmallVec<[Route; 1]> = SmallVec::with_capacity(slots.len());
+            for &i in &chosen {
+                if let Some(route) = slots.get_mut(i).and_then(Option::take) {
+                    ordered.push(route);
+                }
+            }
+            ordered.extend(slots.into_iter().flatten());
+            entry.routes = ordered;
+        }
+        entry.best_len = chosen.len() as u32;
+    }
+
+    /// The attributes `best` goes to `target` with, or `None`. `former`
+    /// stands in for a source peer's current facts.
+    fn export(
+        &self,
+        best: Option<&Route>,
+        target: PeerId,
+        target_info: &PeerInfo,
+        former: Option<FormerSource<'_>>,
+        cache: &mut ExportCache,
+    ) -> Option<Arc<PathAttributes>> {
+        let best = best?;
+        let prefix = best.nlri.prefix;
+        let (source, used_former) = match best.source {
+            RouteSource::Peer(p) if p == target => return None,
+            RouteSource::Peer(p) => match former.filter(|f| f.peer == p) {
+                Some(f) => (Some(f.info), true),
+                None => (Some(&self.peer(p)?.info), false),
+            },
+            RouteSource::Local => (None, false),
+        };
+        // Per-prefix policy (export list) is checked outside the cache.
+        if !target_info.policy.export.permits(&prefix) {
+            return None;
+        }
+        let address = Arc::as_ptr(&best.attrs) as usize;
+        let slot = family_slot(&prefix);
+        let key = (address, target, slot, used_former);
+        if let Some((_, out)) = cache.map.get(&key) {
+            return out.clone();
+        }
+        let settings = ExportSettings {
+            local_asn: self.config.local_asn,
+            cluster_id: self.config.cluster_id(),
+            default_local_pref: self.config.default_local_pref,
+        };
+        let out = export::export_attributes(best, source, target_info, &settings).map(|attrs| {
+            let shared = cache.shared.entry((address, slot)).or_default();
+            match shared.iter().find(|a| ***a == attrs) {
+                Some(same) => same.clone(),
+                None => {
+                    let attrs = Arc::new(attrs);
+                    shared.push(attrs.clone());
+                    attrs
+                }
+            }
+        });
+        cache.map.insert(key, (best.attrs.clone(), out.clone()));
+        out
+    }
+
+    /// Records the Adj-RIB-Out changes for `prefix` whose best path went
+    /// from `old` to `new`: per established peer, the difference between
+    /// what the old best exported to it and what the new one does.
+    fn export_change(
+        &self,
+        prefix: IpNet,
+        old: Option<&Route>,
+        new: Option<&Route>,
+        former: Option<FormerSource<'_>>,
+        changes: &mut Changes,
+        cache: &mut ExportCache,
+    ) {
+        let family = family_of(&prefix);
+        for (i, state) in self.peers.iter().enumerate() {
+            let Some(state) = state.as_ref().filter(|s| s.exports(family)) else {
+                continue;
+            };
+            let target = PeerId(i as u32);
+            let before = self.export(old, target, &state.info, former, cache);
+            let after = self.export(new, target, &state.info, None, cache);
+            if before == after {
+                continue;
+            }
+            let nlri = Nlri::new(prefix);
+            let out = changes.out.entry(target).or_default();
+            match after {
+                Some(attrs) => out.announce.push(OutRoute { nlri, attrs }),
+                None => out.withdraw.push(nlri),
+            }
+        }
+    }
+
+    /// Re-runs the decision process for `entry` (whose best-path set was
+    /// `old_best` before the operation changed its paths), records a
+    /// best-path change and the peers' Adj-RIB-Out changes.
+    fn settle(
+        &self,
+        prefix: IpNet,
+        entry: &mut PrefixEntry,
+        old_best: &[Route],
+        former: Option<FormerSource<'_>>,
+        changes: &mut Changes,
+        cache: &mut ExportCache,
+    ) {
+        self.decide(entry);
+        let new_best = entry.best();
+        let same = old_best.len() == new_best.len()
+            && old_best.iter().zip(new_best).all(|(a, b)| a.same_path(b));
+        if same && former.is_none() {
+            // Same paths, same sources: the same exports.
+            return;
+        }
+        if !same {
+            changes.best.push(BestPathChange {
+                prefix,
+                paths: new_best.to_vec(),
+            });
+        }
+        self.export_change(
+            prefix,
+            old_best.first(),
+            new_best.first(),
+            former,
+            changes,
+            cache,
+        );
+    }
+}
 
 /// Adj-RIBs-In, Loc-RIB and Adj-RIBs-Out, with the decision process.
+///
+/// Data layout (docs/bgp-rib.md): one hash table from prefix to its paths
+/// (the Adj-RIBs-In and, as the leading paths, the Loc-RIB). Adj-RIBs-Out
+/// are not stored: what a peer has is what the export policy makes of the
+/// current best path, so every change is exported as the difference
+/// between the export of the best path before and after it.
 pub struct Rib {
     config: RibConfig,
     peers: Vec<Option<PeerState>>,
-    table: BTreeMap<IpNet, PrefixEntry>,
+    table: IndexMap<IpNet, PrefixEntry, BuildPrefixHasher>,
     resolver: Box<dyn NextHopResolver + Send + Sync>,
 }
 
@@ -300,7 +521,7 @@ impl Rib {
         Rib {
             config,
             peers: Vec::new(),
-            table: BTreeMap::new(),
+            table: IndexMap::default(),
             resolver: Box::new(AllReachable),
         }
     }
@@ -319,8 +540,12 @@ impl Rib {
     /// Re-runs the decision process for every prefix (e.g. after the
     /// resolver's answers changed).
     pub fn reevaluate_all(&mut self) -> Changes {
-        let prefixes: Vec<IpNet> = self.table.keys().copied().collect();
-        self.recompute_all(prefixes)
+        let snapshots: Vec<(IpNet, BestSnapshot)> = self
+            .sorted_prefixes(|_| true)
+            .into_iter()
+            .filter_map(|p| Some((p, self.table.get(&p)?.best_snapshot())))
+            .collect();
+        self.settle_all(snapshots, None)
     }
 
     /// Registers a peer; it exchanges no routes until [`Rib::peer_up`].
@@ -328,9 +553,8 @@ impl Rib {
         let state = PeerState {
             info,
             up: None,
-            adj_in: BTreeSet::new(),
             counts: [0; 2],
-            adj_out: BTreeMap::new(),
+            filtered: PrefixHashSet::default(),
         };
         match self.peers.iter().position(Option::is_none) {
             Some(i) => {
@@ -366,12 +590,31 @@ impl Rib {
         peer: PeerId,
         policy: PeerPolicy,
     ) -> Result<Changes, RibError> {
-        self.peer_mut(peer)?.info.policy = policy;
+        let state = self.peer_mut(peer)?;
+        let old_info = state.info.clone();
+        state.info.policy = policy;
         let mut changes = Changes::default();
-        let mut cache = ExportCache::default();
-        let prefixes: Vec<IpNet> = self.table.keys().copied().collect();
-        for prefix in prefixes {
-            self.export_prefix_to(prefix, peer, &mut changes, &mut cache);
+        let Some(state) = self.peer(peer) else {
+            return Ok(changes);
+        };
+        let (mut old_cache, mut new_cache) = (ExportCache::default(), ExportCache::default());
+        let ctx = self.context();
+        for prefix in self.sorted_prefixes(|e| e.best_len > 0) {
+            if !state.exports(family_of(&prefix)) {
+                continue;
+            }
+            let best = self.table.get(&prefix).and_then(|e| e.best().first());
+            let before = ctx.export(best, peer, &old_info, None, &mut old_cache);
+            let after = ctx.export(best, peer, &state.info, None, &mut new_cache);
+            if before == after {
+                continue;
+            }
+            let nlri = Nlri::new(prefix);
+            let out = changes.out.entry(peer).or_default();
+            match after {
+                Some(attrs) => out.announce.push(OutRoute { nlri, attrs }),
+                None => out.withdraw.push(nlri),
+            }
         }
         Ok(changes)
     }
@@ -386,18 +629,27 @@ impl Rib {
         families: &[Family],
     ) -> Result<Changes, RibError> {
         let state = self.peer_mut(peer)?;
+        state.up = None;
+        state.filtered.clear();
+        let old_info = state.info.clone();
         state.info.router_id = router_id;
-        state.up = Some(families.to_vec());
-        state.adj_out.clear();
-        // Stale paths kept from before a graceful restart now compare with
-        // the new router id.
-        let mut prefixes: Vec<IpNet> = state.adj_in.iter().map(|n| n.prefix).collect();
-        prefixes.dedup();
-        let mut changes = self.recompute_all(prefixes);
-        let mut cache = ExportCache::default();
-        let all: Vec<IpNet> = self.table.keys().copied().collect();
-        for prefix in all {
-            self.export_prefix_to(prefix, peer, &mut changes, &mut cache);
+        // Stale paths kept from before a graceful restart now compare, and
+        // are reflected, with the new router id.
+        let source = RouteSource::Peer(peer);
+        let snapshots: Vec<(IpNet, BestSnapshot)> = self
+            .sorted_prefixes(|e| e.has_path_from(source))
+            .into_iter()
+            .filter_map(|p| Some((p, self.table.get(&p)?.best_snapshot())))
+            .collect();
+        let former = FormerSource {
+            peer,
+            info: &old_info,
+        };
+        let mut changes = self.settle_all(snapshots, Some(former));
+        self.peer_mut(peer)?.up = Some(families.to_vec());
+        let dump = self.adj_rib_out(peer);
+        if !dump.is_empty() {
+            changes.out.entry(peer).or_default().announce = dump;
         }
         Ok(changes)
     }
@@ -407,15 +659,11 @@ impl Rib {
     pub fn peer_down(&mut self, peer: PeerId) -> Result<Changes, RibError> {
         let state = self.peer_mut(peer)?;
         state.up = None;
-        state.adj_out.clear();
-        let keys = std::mem::take(&mut state.adj_in);
         state.counts = [0; 2];
-        let mut touched = BTreeSet::new();
-        for nlri in keys {
-            self.remove_path(RouteSource::Peer(peer), nlri);
-            touched.insert(nlri.prefix);
-        }
-        Ok(self.recompute_all(touched))
+        state.filtered.clear();
+        let source = RouteSource::Peer(peer);
+        let (snapshots, _) = self.remove_paths(|r| r.source == source);
+        Ok(self.settle_all(snapshots, None))
     }
 
     /// The session went down and the peer can restart gracefully (RFC 4724
@@ -429,33 +677,20 @@ impl Rib {
     ) -> Result<Changes, RibError> {
         let state = self.peer_mut(peer)?;
         state.up = None;
-        state.adj_out.clear();
-        let (keep, drop): (Vec<Nlri>, Vec<Nlri>) = state
-            .adj_in
-            .iter()
-            .partition(|n| preserved.contains(&family_of(&n.prefix)));
-        for n in &drop {
-            state.adj_in.remove(n);
-            if let Some(c) = state.counts.get_mut(family_slot(&n.prefix)) {
-                *c = c.saturating_sub(1);
-            }
-        }
+        state.filtered.clear();
         let source = RouteSource::Peer(peer);
-        let mut touched = BTreeSet::new();
-        for n in drop {
-            self.remove_path(source, n);
-            touched.insert(n.prefix);
-        }
-        for n in keep {
-            if let Some(entry) = self.table.get_mut(&n.prefix) {
-                for r in entry.routes.iter_mut().chain(entry.best.iter_mut()) {
-                    if r.source == source && r.nlri == n {
-                        r.stale = true;
-                    }
+        for entry in self.table.values_mut() {
+            for r in entry.routes.iter_mut() {
+                if r.source == source && preserved.contains(&family_of(&r.nlri.prefix)) {
+                    r.stale = true;
                 }
             }
         }
-        Ok(self.recompute_all(touched))
+        let (snapshots, removed) = self.remove_paths(|r| {
+            r.source == source && !preserved.contains(&family_of(&r.nlri.prefix))
+        });
+        self.forget_counted(peer, removed)?;
+        Ok(self.settle_all(snapshots, None))
     }
 
     /// Removes the peer's paths of `family` still marked stale: on
@@ -463,35 +698,11 @@ impl Rib {
     /// 4724 §4.2).
     pub fn sweep_stale(&mut self, peer: PeerId, family: Family) -> Result<Changes, RibError> {
         let source = RouteSource::Peer(peer);
-        let stale: Vec<Nlri> = {
-            let state = self.peer(peer).ok_or(RibError::UnknownPeer(peer))?;
-            state
-                .adj_in
-                .iter()
-                .filter(|n| family_of(&n.prefix) == family)
-                .filter(|n| {
-                    self.table.get(&n.prefix).is_some_and(|e| {
-                        e.routes
-                            .iter()
-                            .any(|r| r.source == source && r.nlri == **n && r.stale)
-                    })
-                })
-                .copied()
-                .collect()
-        };
-        let state = self.peer_mut(peer)?;
-        for n in &stale {
-            state.adj_in.remove(n);
-            if let Some(c) = state.counts.get_mut(family_slot(&n.prefix)) {
-                *c = c.saturating_sub(1);
-            }
-        }
-        let mut touched = BTreeSet::new();
-        for n in stale {
-            self.remove_path(source, n);
-            touched.insert(n.prefix);
-        }
-        Ok(self.recompute_all(touched))
+        self.peer(peer).ok_or(RibError::UnknownPeer(peer))?;
+        let (snapshots, removed) = self
+            .remove_paths(|r| r.source == source && r.stale && family_of(&r.nlri.prefix) == family);
+        self.forget_counted(peer, removed)?;
+        Ok(self.settle_all(snapshots, None))
     }
 
     /// Applies one UPDATE from `peer`, decoded under `params` (needed for
@@ -519,18 +730,21 @@ impl Rib {
         let info = &self.peer(peer).ok_or(RibError::UnknownPeer(peer))?.info;
         let unicast = |f: Family| f.safi == Safi::UNICAST && matches!(f.afi, Afi::IPV4 | Afi::IPV6);
 
-        let mut withdrawals: Vec<Nlri> = update.withdrawn.clone();
+        // Withdrawals first, then announcements (`None`: withdraw). Refused
+        // announcements are withdrawals too, remembered as filtered.
+        let mut ops: Vec<(Nlri, Option<Arc<PathAttributes>>)> =
+            update.withdrawn.iter().map(|n| (*n, None)).collect();
         if let Some(u) = update.mp_unreach().filter(|u| unicast(u.family)) {
-            withdrawals.extend_from_slice(&u.withdrawn);
+            ops.extend(u.withdrawn.iter().map(|n| (*n, None)));
         }
-        let mut announces: Vec<(Nlri, Arc<PathAttributes>)> = Vec::new();
+        let mut refused: Vec<Nlri> = Vec::new();
         let mp_reach = update.mp_reach().filter(|r| unicast(r.family));
         let announced = update
             .nlri
             .iter()
             .chain(mp_reach.iter().flat_map(|r| r.nlri.iter()));
         if update.treat_as_withdraw() {
-            withdrawals.extend(announced);
+            ops.extend(announced.map(|n| (*n, None)));
         } else if update.announced_count() > 0 {
             let mut base = PathAttributes::from_update(update, params);
             if !info.internal {
@@ -551,9 +765,12 @@ impl Rib {
             });
             let mut consider = |nlri: &Nlri, attrs: &Option<Arc<PathAttributes>>| match attrs {
                 Some(a) if !looped && info.policy.import.permits(&nlri.prefix) => {
-                    announces.push((*nlri, a.clone()))
+                    ops.push((*nlri, Some(a.clone())))
                 }
-                _ => withdrawals.push(*nlri),
+                _ => {
+                    refused.push(*nlri);
+                    ops.push((*nlri, None));
+                }
             };
             for n in &update.nlri {
                 consider(n, &v4_attrs);
@@ -563,36 +780,99 @@ impl Rib {
             }
         }
 
-        self.check_max_prefixes(peer, &withdrawals, &announces)?;
+        self.check_max_prefixes(peer, &ops)?;
 
+        // What the peer announces, for its "received" count: refused
+        // prefixes are remembered, withdrawn or accepted ones forgotten.
+        if let Ok(state) = self.peer_mut(peer) {
+            if !state.filtered.is_empty() {
+                for (n, _) in &ops {
+                    state.filtered.remove(n);
+                }
+            }
+            state.filtered.extend(refused);
+        }
+
+        // Grouped by prefix (stable: a prefix's withdrawal stays before its
+        // announcement), so each prefix is looked up once and settled once,
+        // in prefix order.
+        if !ops.is_sorted_by(|a, b| a.0.prefix <= b.0.prefix) {
+            ops.sort_by_key(|(n, _)| n.prefix);
+        }
         let source = RouteSource::Peer(peer);
-        let mut touched = BTreeSet::new();
-        for n in withdrawals {
-            if self.forget_adj_in(peer, &n) {
-                self.remove_path(source, n);
-                touched.insert(n.prefix);
-            }
-        }
-        for (n, attrs) in announces {
-            self.remember_adj_in(peer, n);
-            let route = Route {
-                nlri: n,
-                source,
-                attrs,
-                stale: false,
+        let mut counts = [0isize; 2];
+        let mut changes = Changes::default();
+        let mut cache = ExportCache::default();
+        let ctx = Context {
+            config: &self.config,
+            peers: &self.peers,
+            resolver: &*self.resolver,
+        };
+        let table = &mut self.table;
+        let mut rest = ops.as_slice();
+        while let Some(((first, _), _)) = rest.split_first() {
+            let prefix = first.prefix;
+            let len = rest.iter().take_while(|(n, _)| n.prefix == prefix).count();
+            let (group, tail) = rest.split_at(len);
+            rest = tail;
+            let index = if group.iter().any(|(_, a)| a.is_some()) {
+                table.entry(prefix).or_default();
+                table.get_index_of(&prefix)
+            } else {
+                table.get_index_of(&prefix)
             };
-            let entry = self.table.entry(n.prefix).or_default();
-            match entry
-                .routes
-                .iter_mut()
-                .find(|r| r.source == source && r.nlri == n)
-            {
-                Some(existing) => *existing = route,
-                None => entry.routes.push(route),
+            let Some((_, entry)) = index.and_then(|i| table.get_index_mut(i)) else {
+                continue;
+            };
+            let old_best = entry.best_snapshot();
+            let mut changed = false;
+            for (nlri, attrs) in group {
+                let slot = family_slot(&nlri.prefix);
+                match (entry.position(source, nlri), attrs) {
+                    (Some(i), None) => {
+                        entry.routes.remove(i);
+                        changed = true;
+                        if let Some(c) = counts.get_mut(slot) {
+                            *c -= 1;
+                        }
+                    }
+                    (None, None) => {}
+                    (at, Some(attrs)) => {
+                        let route = Route {
+                            nlri: *nlri,
+                            source,
+                            attrs: attrs.clone(),
+                            stale: false,
+                        };
+                        changed = true;
+                        match at.and_then(|i| entry.routes.get_mut(i)) {
+                            Some(existing) => *existing = route,
+                            None => {
+                                entry.routes.push(route);
+                                if let Some(c) = counts.get_mut(slot) {
+                                    *c += 1;
+                                }
+                            }
+                        }
+                    }
+                }
             }
-            touched.insert(n.prefix);
+            if !changed {
+                continue;
+            }
+            ctx.settle(prefix, entry, &old_best, None, &mut changes, &mut cache);
+            if entry.routes.is_empty() {
+                if let Some(i) = index {
+                    table.swap_remove_index(i);
+                }
+            }
         }
-        Ok(self.recompute_all(touched))
+        if let Ok(state) = self.peer_mut(peer) {
+            for (c, d) in state.counts.iter_mut().zip(counts) {
+                *c = c.saturating_add_signed(d);
+            }
+        }
+        Ok(changes)
     }
 
     /// Originates `prefix` from this router (replacing an earlier local
@@ -608,68 +888,79 @@ impl Rib {
             stale: false,
         };
         let entry = self.table.entry(prefix).or_default();
+        let old_best = entry.best_snapshot();
         entry.routes.retain(|r| r.source != RouteSource::Local);
         entry.routes.push(route);
-        self.recompute_all([prefix])
+        self.settle_all(vec![(prefix, old_best)], None)
     }
 
     /// Stops originating `prefix`.
     pub fn withdraw_local(&mut self, prefix: IpNet) -> Changes {
         let prefix = prefix.trunc();
-        self.remove_path(RouteSource::Local, Nlri::new(prefix));
-        self.recompute_all([prefix])
+        let Some(entry) = self.table.get_mut(&prefix) else {
+            return Changes::default();
+        };
+        let old_best = entry.best_snapshot();
+        entry.routes.retain(|r| r.source != RouteSource::Local);
+        self.settle_all(vec![(prefix, old_best)], None)
     }
 
     /// The best-path set of `prefix` (best first; empty if unreachable).
     pub fn best(&self, prefix: &IpNet) -> &[Route] {
-        self.table.get(prefix).map_or(&[], |e| e.best.as_slice())
+        self.table.get(prefix).map_or(&[], PrefixEntry::best)
     }
 
-    /// Every candidate path of `prefix`.
+    /// Every candidate path of `prefix` (the best-path set first).
     pub fn candidates(&self, prefix: &IpNet) -> &[Route] {
         self.table.get(prefix).map_or(&[], |e| e.routes.as_slice())
     }
 
-    /// The Loc-RIB: every reachable prefix with its best-path set.
+    /// The Loc-RIB: every reachable prefix with its best-path set, in
+    /// prefix order (sorted on each call: the table is a hash table).
     pub fn loc_rib(&self) -> impl Iterator<Item = (&IpNet, &[Route])> {
-        self.table
+        let mut all: Vec<(&IpNet, &[Route])> = self
+            .table
             .iter()
-            .filter(|(_, e)| !e.best.is_empty())
-            .map(|(p, e)| (p, e.best.as_slice()))
+            .filter(|(_, e)| e.best_len > 0)
+            .map(|(p, e)| (p, e.best()))
+            .collect();
+        all.sort_unstable_by_key(|(p, _)| **p);
+        all.into_iter()
     }
 
-    /// The peer's paths as accepted by import policy.
+    /// The peer's paths as accepted by import policy, in prefix order.
     pub fn adj_rib_in(&self, peer: PeerId) -> Vec<Route> {
         let source = RouteSource::Peer(peer);
+        let mut routes: Vec<Route> = self
+            .table
+            .values()
+            .flat_map(|e| e.routes.iter().filter(|r| r.source == source).cloned())
+            .collect();
+        routes.sort_unstable_by_key(|r| r.nlri);
+        routes
+    }
+
+    /// Everything the peer should currently have, in prefix order: what
+    /// the export policy makes of each best path. Re-send it in full on a
+    /// ROUTE-REFRESH (RFC 2918 §4).
+    pub fn adj_rib_out(&self, peer: PeerId) -> Vec<OutRoute> {
         let Some(state) = self.peer(peer) else {
             return Vec::new();
         };
-        state
-            .adj_in
-            .iter()
-            .filter_map(|n| {
-                self.table
-                    .get(&n.prefix)?
-                    .routes
-                    .iter()
-                    .find(|r| r.source == source && r.nlri == *n)
-                    .cloned()
+        let ctx = self.context();
+        let mut cache = ExportCache::default();
+        self.sorted_prefixes(|e| e.best_len > 0)
+            .into_iter()
+            .filter(|p| state.exports(family_of(p)))
+            .filter_map(|prefix| {
+                let best = self.table.get(&prefix)?.best().first();
+                let attrs = ctx.export(best, peer, &state.info, None, &mut cache)?;
+                Some(OutRoute {
+                    nlri: Nlri::new(prefix),
+                    attrs,
+                })
             })
             .collect()
-    }
-
-    /// Everything the peer should currently have: re-send it in full on a
-    /// ROUTE-REFRESH (RFC 2918 §4).
-    pub fn adj_rib_out(&self, peer: PeerId) -> Vec<OutRoute> {
-        self.peer(peer).map_or_else(Vec::new, |s| {
-            s.adj_out
-                .iter()
-                .map(|(nlri, attrs)| OutRoute {
-                    nlri: *nlri,
-                    attrs: attrs.clone(),
-                })
-                .collect()
-        })
     }
 
     /// How many paths of `family` the peer has in its Adj-RIB-In.
@@ -686,6 +977,14 @@ impl Rib {
             .unwrap_or(0)
     }
 
+    /// How many unicast paths the peer currently announces, before import
+    /// policy and loop checks (paths kept stale over a graceful restart
+    /// included).
+    pub fn received_count(&self, peer: PeerId) -> usize {
+        self.peer(peer)
+            .map_or(0, |s| s.counts.iter().sum::<usize>() + s.filtered.len())
+    }
+
     // ---- internals ----
 
     fn peer(&self, peer: PeerId) -> Option<&PeerState> {
@@ -699,6 +998,59 @@ impl Rib {
             .ok_or(RibError::UnknownPeer(peer))
     }
 
+    fn context(&self) -> Context<'_> {
+        Context {
+            config: &self.config,
+            peers: &self.peers,
+            resolver: &*self.resolver,
+        }
+    }
+
+    /// The prefixes whose entry passes `keep`, sorted.
+    fn sorted_prefixes(&self, keep: impl Fn(&PrefixEntry) -> bool) -> Vec<IpNet> {
+        let mut prefixes: Vec<IpNet> = self
+            .table
+            .iter()
+            .filter(|(_, e)| keep(e))
+            .map(|(p, _)| *p)
+            .collect();
+        prefixes.sort_unstable();
+        prefixes
+    }
+
+    /// Removes every path `gone` selects. Returns the snapshots of the
+    /// best-path sets of the prefixes that lost one, sorted by prefix, and
+    /// how many paths went per family slot.
+    fn remove_paths(
+        &mut self,
+        gone: impl Fn(&Route) -> bool,
+    ) -> (Vec<(IpNet, BestSnapshot)>, [usize; 2]) {
+        let mut snapshots = Vec::new();
+        let mut removed = [0usize; 2];
+        for (prefix, entry) in self.table.iter_mut() {
+            if entry.routes.iter().any(&gone) {
+                let old_best = entry.best_snapshot();
+                let before = entry.routes.len();
+                entry.routes.retain(|r| !gone(r));
+                if let Some(c) = removed.get_mut(family_slot(prefix)) {
+                    *c += before - entry.routes.len();
+                }
+                snapshots.push((*prefix, old_best));
+            }
+        }
+        snapshots.sort_unstable_by_key(|(p, _)| *p);
+        (snapshots, removed)
+    }
+
+    /// Takes removed paths (per family slot) off the peer's counts.
+    fn forget_counted(&mut self, peer: PeerId, removed: [usize; 2]) -> Result<(), RibError> {
+        let state = self.peer_mut(peer)?;
+        for (c, r) in state.counts.iter_mut().zip(removed) {
+            *c = c.saturating_sub(r);
+        }
+        Ok(())
+    }
+
     /// Loop checks on import: our AS in an eBGP path (RFC 4271 §9.1.2),
     /// our router id as ORIGINATOR_ID or our cluster in CLUSTER_LIST (RFC
     /// 4456 §8).
@@ -708,30 +1060,37 @@ impl Rib {
             || attrs.cluster_list.contains(&self.config.cluster_id())
     }
 
+    /// Whether applying `ops` (withdrawals as `None`) would take the peer
+    /// over its prefix limit.
     fn check_max_prefixes(
         &self,
         peer: PeerId,
-        withdrawals: &[Nlri],
-        announces: &[(Nlri, Arc<PathAttributes>)],
+        ops: &[(Nlri, Option<Arc<PathAttributes>>)],
     ) -> Result<(), RibError> {
         let state = self.peer(peer).ok_or(RibError::UnknownPeer(peer))?;
         let Some(limit) = state.info.policy.max_prefixes else {
             return Ok(());
         };
-        let announced: BTreeSet<Nlri> = announces.iter().map(|(n, _)| *n).collect();
-        let mut counts = state.counts;
-        let removed: BTreeSet<&Nlri> = withdrawals
-            .iter()
-            .filter(|n| state.adj_in.contains(n) && !announced.contains(n))
-            .collect();
-        for n in removed {
-            if let Some(c) = counts.get_mut(family_slot(&n.prefix)) {
-                *c = c.saturating_sub(1);
-            }
+        let source = RouteSource::Peer(peer);
+        let has = |n: &Nlri| {
+            self.table
+                .get(&n.prefix)
+                .is_some_and(|e| e.position(source, n).is_some())
+        };
+        // The last operation on each NLRI decides whether the peer has it.
+        let mut last: PrefixHashMap<Nlri, bool> = PrefixHashMap::default();
+        for (n, attrs) in ops {
+            last.insert(*n, attrs.is_some());
         }
-        for n in announced.iter().filter(|n| !state.adj_in.contains(n)) {
-            if let Some(c) = counts.get_mut(family_slot(&n.prefix)) {
-                *c += 1;
+        let mut counts = state.counts;
+        for (n, present) in last {
+            let Some(c) = counts.get_mut(family_slot(&n.prefix)) else {
+                continue;
+            };
+            match (has(&n), present) {
+                (true, false) => *c = c.saturating_sub(1),
+                (false, true) => *c += 1,
+                _ => {}
             }
         }
         for (slot, family) in [Family::IPV4_UNICAST, Family::IPV6_UNICAST]
@@ -749,181 +1108,29 @@ impl Rib {
         Ok(())
     }
 
-    /// Adds `nlri` to the peer's Adj-RIB-In keys.
-    fn remember_adj_in(&mut self, peer: PeerId, nlri: Nlri) {
-        if let Ok(state) = self.peer_mut(peer) {
-            if state.adj_in.insert(nlri) {
-                if let Some(c) = state.counts.get_mut(family_slot(&nlri.prefix)) {
-                    *c += 1;
-                }
-            }
-        }
-    }
-
-    /// Removes `nlri` from the peer's Adj-RIB-In keys; whether it was there.
-    fn forget_adj_in(&mut self, peer: PeerId, nlri: &Nlri) -> bool {
-        let Ok(state) = self.peer_mut(peer) else {
-            return false;
-        };
-        let had = state.adj_in.remove(nlri);
-        if had {
-            if let Some(c) = state.counts.get_mut(family_slot(&nlri.prefix)) {
-                *c = c.saturating_sub(1);
-            }
-        }
-        had
-    }
-
-    fn remove_path(&mut self, source: RouteSource, nlri: Nlri) {
-        if let Some(entry) = self.table.get_mut(&nlri.prefix) {
-            entry
-                .routes
-                .retain(|r| !(r.source == source && r.nlri == nlri));
-        }
-    }
-
-    fn decision_settings(&self) -> DecisionSettings {
-        DecisionSettings {
-            local_asn: self.config.local_asn,
-            router_id: self.config.router_id,
-            default_local_pref: self.config.default_local_pref,
-            always_compare_med: self.config.always_compare_med,
-            max_paths: self.config.max_paths,
-        }
-    }
-
-    fn recompute_all(&mut self, prefixes: impl IntoIterator<Item = IpNet>) -> Changes {
+    /// Settles the prefixes of `snapshots` (prefix, best-path set before
+    /// the operation), sorted by prefix.
+    fn settle_all(
+        &mut self,
+        snapshots: Vec<(IpNet, BestSnapshot)>,
+        former: Option<FormerSource<'_>>,
+    ) -> Changes {
         let mut changes = Changes::default();
         let mut cache = ExportCache::default();
-        let unique: BTreeSet<IpNet> = prefixes.into_iter().collect();
-        for prefix in unique {
-            self.recompute(prefix, &mut changes, &mut cache);
+        let ctx = Context {
+            config: &self.config,
+            peers: &self.peers,
+            resolver: &*self.resolver,
+        };
+        for (prefix, old_best) in snapshots {
+            let Some((index, _, entry)) = self.table.get_full_mut(&prefix) else {
+                continue;
+            };
+            ctx.settle(prefix, entry, &old_best, former, &mut changes, &mut cache);
+            if entry.routes.is_empty() {
+                self.table.swap_remove_index(index);
+            }
         }
         changes
-    }
-
-    /// Re-runs the decision process for `prefix`, records a best-path
-    /// change and brings every established peer's Adj-RIB-Out in line.
-    fn recompute(&mut self, prefix: IpNet, changes: &mut Changes, cache: &mut ExportCache) {
-        let settings = self.decision_settings();
-        let new_best: Vec<Route> = match self.table.get(&prefix) {
-            Some(entry) => {
-                let chosen = decision::select(&entry.routes, &settings, &*self.resolver, |p| {
-                    self.peer(p).map(|s| SourceFacts {
-                        internal: s.info.internal,
-                        router_id: s.info.router_id,
-                        address: s.info.address,
-                    })
-                });
-                chosen
-                    .into_iter()
-                    .filter_map(|i| entry.routes.get(i).cloned())
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        let old_best = match self.table.get_mut(&prefix) {
-            Some(entry) => {
-                let old = std::mem::replace(&mut entry.best, new_best.clone());
-                if entry.routes.is_empty() {
-                    self.table.remove(&prefix);
-                }
-                old
-            }
-            None => Vec::new(),
-        };
-        let same = old_best.len() == new_best.len()
-            && old_best.iter().zip(&new_best).all(|(a, b)| a.same_path(b));
-        if !same {
-            changes.best.push(BestPathChange {
-                prefix,
-                paths: new_best,
-            });
-        }
-        for i in 0..self.peers.len() {
-            self.export_prefix_to(prefix, PeerId(i as u32), changes, cache);
-        }
-    }
-
-    /// What `target` should have for `prefix` now, or `None`.
-    fn desired_export(
-        &self,
-        prefix: IpNet,
-        target: PeerId,
-        cache: &mut ExportCache,
-    ) -> Option<Arc<PathAttributes>> {
-        let state = self.peer(target)?;
-        let best = self.table.get(&prefix)?.best.first()?;
-        let source = match best.source {
-            RouteSource::Peer(p) if p == target => return None,
-            RouteSource::Peer(p) => Some(&self.peer(p)?.info),
-            RouteSource::Local => None,
-        };
-        let key = (
-            Arc::as_ptr(&best.attrs) as usize,
-            target,
-            family_slot(&prefix),
-        );
-        // Per-prefix policy (export list) is checked outside the cache.
-        if !state.info.policy.export.permits(&prefix) {
-            return None;
-        }
-        if let Some((_, out)) = cache.map.get(&key) {
-            return Some(out.clone());
-        }
-        let settings = ExportSettings {
-            local_asn: self.config.local_asn,
-            cluster_id: self.config.cluster_id(),
-            default_local_pref: self.config.default_local_pref,
-        };
-        let out = Arc::new(export::export_attributes(
-            best,
-            source,
-            &state.info,
-            &settings,
-        )?);
-        cache.map.insert(key, (best.attrs.clone(), out.clone()));
-        Some(out)
-    }
-
-    /// Diffs `target`'s Adj-RIB-Out entry for `prefix` against what it
-    /// should have and records the difference.
-    fn export_prefix_to(
-        &mut self,
-        prefix: IpNet,
-        target: PeerId,
-        changes: &mut Changes,
-        cache: &mut ExportCache,
-    ) {
-        let exports = self
-            .peer(target)
-            .is_some_and(|s| s.exports(family_of(&prefix)));
-        if !exports {
-            return;
-        }
-        let desired = self.desired_export(prefix, target, cache);
-        let nlri = Nlri::new(prefix);
-        let Ok(state) = self.peer_mut(target) else {
-            return;
-        };
-        match desired {
-            Some(attrs) => {
-                if state.adj_out.get(&nlri) == Some(&attrs) {
-                    return;
-                }
-                state.adj_out.insert(nlri, attrs.clone());
-                changes
-                    .out
-                    .entry(target)
-                    .or_default()
-                    .announce
-                    .push(OutRoute { nlri, attrs });
-            }
-            None => {
-                if state.adj_out.remove(&nlri).is_some() {
-                    changes.out.entry(target).or_default().withdraw.push(nlri);
-                }
-            }
-        }
     }
 }

@@ -14,12 +14,12 @@ use crate::rib::{
 use crate::session::{Listener, Session, SessionConfig, SessionEvent, SessionHandle};
 use crate::wire::error::cease_subcode;
 use crate::wire::{
-    AsPath, Family, GracefulRestart, GracefulRestartFamily, Message, Nlri, Origin,
-    RouteRefreshSubtype, SegmentType, Update,
+    AsPath, Family, GracefulRestart, GracefulRestartFamily, Message, Origin, RouteRefreshSubtype,
+    SegmentType, Update,
 };
 use bytes::Bytes;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -118,8 +118,6 @@ struct Peer {
     /// for an older epoch are not sent.
     epoch: Arc<AtomicU64>,
     up: Option<UpState>,
-    /// Prefixes the neighbour currently announces, before import policy.
-    received: BTreeSet<Nlri>,
     last_error: Option<String>,
     stale: Option<StaleState>,
     span: Span,
@@ -364,7 +362,6 @@ impl Actor {
                 }),
                 epoch,
                 up: None,
-                received: BTreeSet::new(),
                 last_error: None,
                 stale: None,
                 span,
@@ -479,7 +476,6 @@ impl Actor {
             return;
         };
         peer.epoch.fetch_add(1, Ordering::SeqCst);
-        peer.received.clear();
         if let Some(stale) = peer.stale.as_mut() {
             stale.deadline = Instant::now() + STALE_PATH_TIME;
         }
@@ -520,8 +516,6 @@ impl Actor {
                     peer.stale = None;
                 }
             }
-        } else {
-            track_received(&mut peer.received, &update);
         }
         let params = up.negotiated.receive;
         match self.rib.apply_update(id, &update, &params) {
@@ -541,7 +535,6 @@ impl Actor {
                 peer.last_error = Some(message.clone());
                 peer.up = None;
                 peer.stale = None;
-                peer.received.clear();
                 peer.epoch.fetch_add(1, Ordering::SeqCst);
                 if let Some(session) = peer.session.take() {
                     drop(stop_session(
@@ -592,7 +585,6 @@ impl Actor {
             peer.span
                 .in_scope(|| info!(%reason, "session down: routes removed"));
             peer.stale = None;
-            peer.received.clear();
             self.rib.peer_down(id)
         } else {
             let restart_time = up
@@ -761,7 +753,7 @@ impl Actor {
                     state,
                     uptime_secs: p.up.as_ref().map(|u| u.since.elapsed().as_secs()),
                     rr_client: p.config.rr_client,
-                    received: p.received.len() as u64,
+                    received: self.rib.received_count(p.id) as u64,
                     accepted: accepted as u64,
                     advertised: p
                         .up
@@ -872,29 +864,6 @@ fn stop_session(session: SessionParts, how: Stop) -> JoinHandle<()> {
             Err(_) => warn!("session handle still shared: dropped without stop"),
         }
     })
-}
-
-/// Keeps the set of prefixes a peer announces (before import policy).
-fn track_received(received: &mut BTreeSet<Nlri>, update: &Update) {
-    for n in &update.withdrawn {
-        received.remove(n);
-    }
-    if let Some(u) = update.mp_unreach() {
-        for n in &u.withdrawn {
-            received.remove(n);
-        }
-    }
-    let announced = update
-        .nlri
-        .iter()
-        .chain(update.mp_reach().into_iter().flat_map(|r| r.nlri.iter()));
-    if update.treat_as_withdraw() {
-        for n in announced {
-            received.remove(n);
-        }
-    } else {
-        received.extend(announced.copied());
-    }
 }
 
 fn attr_set(attrs: &PathAttributes, span: &Span) -> Option<Arc<AttrSet>> {
