@@ -321,6 +321,15 @@ impl Conn {
         }
     }
 
+    /// The connection is up and in the OPEN exchange or Established.
+    fn is_open(&self) -> bool {
+        self.stream.is_some()
+            && matches!(
+                self.fsm.state(),
+                State::OpenSent | State::OpenConfirm | State::Established
+            )
+    }
+
     fn attach(&mut self, stream: TcpStream, outgoing: bool) {
         self.close();
         self.stream = Some(stream);
@@ -370,7 +379,7 @@ impl Conn {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Which {
     Primary,
     Secondary,
@@ -576,7 +585,14 @@ impl Driver {
         let Some(conn) = self.conn(&which) else {
             return;
         };
-        let actions = conn.fsm.handle(event, now());
+        let mut actions = conn.fsm.handle(event, now());
+        if self.collision_loser() == Some(which) {
+            // RFC 4271 §6.8 resolves on receipt of the OPEN: a connection
+            // that loses by it gets the Cease instead of what the step
+            // would send (its KEEPALIVE would let the peer take the
+            // losing connection to Established before the Cease).
+            actions = self.dump_actions(which);
+        }
         self.perform(which, actions).await;
         self.resolve_collisions().await;
         self.after_step();
@@ -728,21 +744,28 @@ impl Driver {
             return;
         }
         let _ = stream.set_nodelay(true);
+        // Our own connection, open or still being opened.
+        let ours = self.primary.stream.is_some() || self.connecting.is_some();
         match self.primary.fsm.state() {
             State::Idle => {
                 debug!("refusing incoming connection in Idle");
             }
-            State::Connect | State::Active => {
+            State::Connect | State::Active if !ours => {
                 debug!(?from, "accepting incoming connection");
-                self.connecting = None;
                 self.primary.attach(stream, false);
                 self.event(Which::Primary, Event::TcpConnectionConfirmed)
                     .await;
             }
-            State::OpenSent | State::OpenConfirm if self.secondary.is_none() => {
+            // RFC 4271 §8: an incoming connection runs its own FSM until the
+            // peer is identified; our attempt goes on beside it (dropping it
+            // here, while the peer may do the same with its own, can leave
+            // both speakers without a connection).
+            State::Connect | State::Active | State::OpenSent | State::OpenConfirm
+                if self.secondary.is_none() =>
+            {
                 debug!(
                     ?from,
-                    "incoming connection while ours is open: collision candidate"
+                    "incoming connection beside ours: collision candidate"
                 );
                 let Ok(fsm) = Fsm::new(self.config.peer.clone()) else {
                     return;
@@ -766,24 +789,21 @@ impl Driver {
     /// After every step: drop a dead secondary (or promote it if the main
     /// connection died), publish the state.
     fn after_step(&mut self) {
-        if self.primary.fsm.state() == State::Idle
-            && self
-                .secondary
-                .as_ref()
-                .is_some_and(|c| c.fsm.state() != State::Idle)
-        {
+        // A candidate only ever waits for the peer (it never connects): out
+        // of the OPEN exchange, its connection is gone.
+        if self.secondary.as_ref().is_some_and(|c| !c.is_open()) {
+            if let Some(mut c) = self.secondary.take() {
+                debug!("collision candidate closed");
+                c.close();
+            }
+        }
+        let primary_gone = self.primary.fsm.state() != State::Established
+            && self.primary.stream.is_none()
+            && self.connecting.is_none();
+        if primary_gone && self.secondary.is_some() {
             if let Some(s) = self.secondary.take() {
                 debug!("main connection down: the peer's connection takes over");
                 self.primary = s;
-            }
-        }
-        if self
-            .secondary
-            .as_ref()
-            .is_some_and(|c| c.fsm.state() == State::Idle)
-        {
-            if let Some(mut c) = self.secondary.take() {
-                c.close();
             }
         }
         self.publish_state();
@@ -791,6 +811,11 @@ impl Driver {
 
     /// Collision resolution between the two connections, if both exist and
     /// one has the peer's identifier. Returns the loser's actions to run.
+    ///
+    /// Only two open connections collide: a connection that has failed, or
+    /// that is still being opened, is no rival (RFC 4271 §6.8 compares
+    /// connections in OpenConfirm, and in OpenSent when the peer's
+    /// identifier is known, here from the other connection's OPEN).
     fn collision_loser(&self) -> Option<Which> {
         let secondary = self.secondary.as_ref()?;
         let p = self.primary.fsm.state();
@@ -800,6 +825,9 @@ impl Driver {
         }
         if s == State::Established {
             return Some(Which::Primary);
+        }
+        if !self.primary.is_open() || !secondary.is_open() {
+            return None;
         }
         let (peer_id, peer_asn) = if s == State::OpenConfirm {
             (secondary.fsm.peer_id()?, secondary.fsm.peer_asn()?)
@@ -820,6 +848,20 @@ impl Driver {
         }
     }
 
+    /// Event 23 (OpenCollisionDump) for the losing connection: what closes
+    /// it. Reports from the loser (none expected: it is never Established)
+    /// would be misleading and are dropped.
+    fn dump_actions(&mut self, loser: Which) -> Vec<Action> {
+        let Some(conn) = self.conn(&loser) else {
+            return Vec::new();
+        };
+        conn.fsm
+            .handle(Event::OpenCollisionDump, now())
+            .into_iter()
+            .filter(|a| matches!(a, Action::Send(_) | Action::Disconnect))
+            .collect()
+    }
+
     async fn resolve_collisions(&mut self) {
         let Some(loser) = self.collision_loser() else {
             return;
@@ -831,16 +873,7 @@ impl Driver {
             },
             "connection collision resolved"
         );
-        let Some(conn) = self.conn(&loser) else {
-            return;
-        };
-        let actions = conn.fsm.handle(Event::OpenCollisionDump, now());
-        // Reports from the loser (none expected: it is not Established)
-        // would be misleading; keep only what closes it.
-        let actions: Vec<Action> = actions
-            .into_iter()
-            .filter(|a| matches!(a, Action::Send(_) | Action::Disconnect))
-            .collect();
+        let actions = self.dump_actions(loser);
         self.perform(loser, actions).await;
         if let Which::Primary = loser {
             if let Some(s) = self.secondary.take() {
