@@ -78,6 +78,36 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ControlError + '_ {
     }
 }
 
+/// How long [`ControlSocket::bind`] waits for a daemon already on the path
+/// to answer before it counts as running.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a daemon answers a status request on `path`. Accepting the
+/// connection is not enough: a dead daemon's listening socket can outlive
+/// it for a moment in a child process forked before its exec (the socket
+/// is close-on-exec) and accept into its backlog without ever answering; it
+/// then closes the connection unanswered. A daemon too busy to answer
+/// within [`PROBE_TIMEOUT`] counts as running (its socket is not taken).
+fn daemon_answers(path: &Path) -> bool {
+    let Ok(stream) = UnixStream::connect(path) else {
+        return false;
+    };
+    let asked = stream
+        .set_read_timeout(Some(PROBE_TIMEOUT))
+        .and_then(|()| (&stream).write_all(b"{\"cmd\":\"status\"}\n"));
+    if asked.is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    match BufReader::new(&stream).read_line(&mut answer) {
+        Ok(n) => n > 0,
+        Err(e) => matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ),
+    }
+}
+
 /// A bound control socket; the socket file is removed when it is dropped.
 #[derive(Debug)]
 pub struct ControlSocket {
@@ -105,7 +135,7 @@ impl ControlSocket {
                 if !meta.file_type().is_socket() {
                     return Err(ControlError::NotASocket(path.to_path_buf()));
                 }
-                if UnixStream::connect(path).is_ok() {
+                if daemon_answers(path) {
                     return Err(ControlError::AlreadyRunning(path.to_path_buf()));
                 }
                 fs::remove_file(path).map_err(io_err(path))?;
@@ -385,6 +415,33 @@ mod tests {
             .block_on(async { ControlSocket::bind(&path) })
             .unwrap_err();
         assert!(matches!(err, ControlError::NotASocket(_)), "{err}");
+    }
+
+    #[test]
+    fn listener_that_never_answers_then_closes_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bgp.sock");
+        // Listening, but nobody accepts: what a dead daemon's socket looks
+        // like while a forked child still holds it. It goes away shortly.
+        let lingering = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(lingering);
+        });
+        let rt = runtime();
+        let socket = rt.block_on(async { ControlSocket::bind(&path) });
+        closer.join().unwrap();
+        let socket = socket.expect("a socket that never answered was taken for a daemon");
+        // And the new socket is the one on the path now.
+        let client_path = path.clone();
+        let client = std::thread::spawn(move || request(&client_path, &Request::Status));
+        let answer = rt.block_on(async {
+            tokio::select! {
+                () = socket.serve(Arc::new(Echo)) => unreachable!(),
+                r = tokio::task::spawn_blocking(move || client.join().unwrap()) => r.unwrap(),
+            }
+        });
+        assert_eq!(answer.unwrap(), json!({"ok": true}));
     }
 
     #[test]

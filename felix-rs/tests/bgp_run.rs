@@ -3,6 +3,7 @@
 //! 127.0.0.2, unprivileged ports), asked over their control sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use felix_rs::control;
 use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -45,13 +46,18 @@ impl Daemon {
             socket: socket.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        // Ready once the control socket accepts connections (a stale socket
-        // file may be there before).
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        // Ready once the daemon answers on the control socket. A socket
+        // that accepts is not enough: a stale one (the test makes one) can
+        // still accept while a child process forked before its close holds
+        // it, and then this daemon was not even bound yet.
+        while control::request(socket, &control::Request::Status).is_err() {
             if let Some(status) = daemon.child.try_wait().unwrap() {
                 panic!("felix bgp run exited early: {status}");
             }
-            assert!(Instant::now() < deadline, "no control socket after 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "no answer on the control socket after 20 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         daemon
