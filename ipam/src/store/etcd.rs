@@ -532,16 +532,32 @@ impl Datastore for EtcdStore {
     }
 
     async fn watch(&self, kind: Kind, after: Option<&Revision>) -> Result<WatchStream, StoreError> {
-        let mut options = WatchOptions::new().with_prefix();
-        if let Some(after) = after {
-            let after = after
+        let after = match after {
+            Some(after) => after
                 .0
                 .parse::<i64>()
                 .ok()
                 .filter(|r| *r >= 0)
-                .ok_or_else(|| StoreError::Invalid(format!("{after:?} is not an etcd revision")))?;
-            options = options.with_start_revision(after + 1);
-        }
+                .ok_or_else(|| StoreError::Invalid(format!("{after:?} is not an etcd revision")))?,
+            // "From now" is from the current revision, read first: a watch
+            // created without a start revision races with writes sent on
+            // other gRPC streams right after this call returns.
+            None => self
+                .client
+                .kv_client()
+                .get(
+                    kind_prefix(kind),
+                    Some(GetOptions::new().with_keys_only().with_limit(1)),
+                )
+                .await
+                .map_err(|e| map_error("watch", e))?
+                .header()
+                .map(|h| h.revision())
+                .unwrap_or_default(),
+        };
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after + 1);
         let watch = self
             .client
             .watch_client()
@@ -550,7 +566,7 @@ impl Datastore for EtcdStore {
             .map_err(|e| map_error("watch", e))?;
         let state = EtcdWatch {
             kind,
-            after: after.cloned(),
+            after: revision(after),
             watch,
             pending: VecDeque::new(),
             done: false,
@@ -562,7 +578,8 @@ impl Datastore for EtcdStore {
 /// The state of one watch stream.
 struct EtcdWatch {
     kind: Kind,
-    after: Option<Revision>,
+    /// The last revision delivered (or the start): what `Compacted` names.
+    after: Revision,
     /// Owns the request side too: dropping it cancels the watch.
     watch: etcd_client::WatchStream,
     pending: VecDeque<Result<WatchEvent, StoreError>>,
@@ -580,11 +597,7 @@ impl EtcdWatch {
             }
             let end = match self.watch.message().await {
                 Ok(Some(resp)) if resp.compact_revision() != 0 => {
-                    let after = self
-                        .after
-                        .clone()
-                        .unwrap_or_else(|| revision(resp.compact_revision()));
-                    StoreError::Compacted(after)
+                    StoreError::Compacted(self.after.clone())
                 }
                 Ok(Some(resp)) if resp.canceled() => StoreError::Unavailable(format!(
                     "etcd cancelled the watch: {}",
@@ -606,7 +619,7 @@ impl EtcdWatch {
                         if let Ok(WatchEvent::Put(Object { revision: r, .. }))
                         | Ok(WatchEvent::Deleted { revision: r, .. }) = &item
                         {
-                            self.after = Some(r.clone());
+                            self.after = r.clone();
                         }
                         self.pending.push_back(item);
                     }

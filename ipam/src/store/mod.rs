@@ -17,6 +17,7 @@ use futures_core::Stream;
 
 pub mod checks;
 pub mod etcd;
+pub mod kubernetes;
 pub mod sqlite;
 mod url;
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::etcd::{EtcdConfig, EtcdStore};
+use super::kubernetes::KubeStore;
 use super::sqlite::SqliteStore;
 use super::{Datastore, StoreError};
 
@@ -54,9 +55,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Datastore>, StoreError> {
     match url.parse::<DatastoreUrl>()? {
         DatastoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
         DatastoreUrl::Etcd(config) => Ok(Arc::new(EtcdStore::connect(config).await?)),
-        DatastoreUrl::Kubernetes => Err(StoreError::Invalid(
-            "the kubernetes backend is not built yet (issue 4)".into(),
-        )),
+        DatastoreUrl::Kubernetes => Ok(Arc::new(KubeStore::from_default_config().await?)),
     }
 }
 

@@ -7,15 +7,18 @@
 
 pub mod conformance;
 pub mod etcd_server;
+pub mod kube_api;
 
 use std::sync::Arc;
 
 use crate::store::etcd::{self, EtcdStore};
+use crate::store::kubernetes::KubeStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Datastore, Kind};
 
 pub use conformance::{Garbage, StoreUnderTest};
 pub use etcd_server::{EtcdFixtureError, EtcdServer};
+pub use kube_api::MockApiServer;
 
 /// A value no decoder accepts: not UTF-8, not JSON.
 const GARBAGE: &[u8] = b"\x00not json\xff";
@@ -106,5 +109,48 @@ impl StoreUnderTest for SqliteUnderTest {
         )
         .unwrap();
         Garbage::Opaque(GARBAGE.to_vec())
+    }
+}
+
+/// The kubernetes backend against the mock API server.
+pub struct KubeUnderTest {
+    pub server: MockApiServer,
+    pub store: Arc<KubeStore>,
+}
+
+impl KubeUnderTest {
+    /// A fresh mock server and a store over a `kube::Client` talking to it.
+    pub async fn start() -> Self {
+        let server = MockApiServer::new();
+        let store = Arc::new(KubeStore::new(server.client()));
+        KubeUnderTest { server, store }
+    }
+}
+
+#[async_trait::async_trait]
+impl StoreUnderTest for KubeUnderTest {
+    fn store(&self) -> Arc<dyn Datastore> {
+        self.store.clone()
+    }
+
+    async fn compact(&self) -> bool {
+        self.server.compact();
+        true
+    }
+
+    async fn plant_garbage(&self, kind: Kind, name: &str) -> Garbage {
+        // Written by another client without the schema felix installs: the
+        // spec is a string.
+        self.server.put_raw(
+            kind.plural(),
+            name,
+            serde_json::json!({
+                "apiVersion": "crd.felix-rs.io/v1",
+                "kind": kind.crd_kind(),
+                "metadata": { "name": name },
+                "spec": "garbage",
+            }),
+        );
+        Garbage::Undecodable
     }
 }
