@@ -11,7 +11,7 @@ log() { printf '\n== %s\n' "$*"; }
 # codec is checked against (tests/tests/captures.rs, felix-rs/tests/pcap.rs).
 # etcd-server runs the ipam datastore tests against a real etcd; protoc and
 # the well-known .proto files (libprotobuf-dev) build the etcd-client crate.
-apt_packages=(tshark bird2 gobgpd frr etcd-server etcd-client protobuf-compiler libprotobuf-dev)
+apt_packages=(tshark bird2 gobgpd frr etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -38,6 +38,21 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` listener (`--listen-metrics-urls`), also when
+    /// clients must use TLS.
+    health_port: u16,
+    tls: Option<ServerTls>,
+}
+
+/// TLS for the client listener (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With `client_cert_auth`, clients must show a certificate this CA
+    /// signed (`--client-cert-auth --trusted-ca-file`).
+    pub ca: PathBuf,
+    pub client_cert_auth: bool,
 }
 
 /// Ready-wait limit: etcd starts in ~0.1 s with the fast flags, but the
@@ -48,6 +63,11 @@ impl EtcdServer {
     /// Starts etcd on two free loopback ports (retried with new ports when
     /// another process took one in between).
     pub async fn start() -> Result<Self, EtcdFixtureError> {
+        Self::start_with(None).await
+    }
+
+    /// Starts etcd serving clients over TLS when `tls` is given.
+    pub async fn start_with(tls: Option<ServerTls>) -> Result<Self, EtcdFixtureError> {
         let mut last = None;
         for _ in 0..3 {
             let dir = tempfile::Builder::new().prefix("felix-etcd-").tempdir()?;
@@ -56,6 +76,8 @@ impl EtcdServer {
                 dir,
                 client_port: free_port()?,
                 peer_port: free_port()?,
+                health_port: free_port()?,
+                tls: tls.clone(),
             };
             match server.launch().await {
                 Ok(()) => return Ok(server),
@@ -79,7 +101,8 @@ impl EtcdServer {
         format!("etcd://{}", self.endpoint())
     }
 
-    /// A client configuration with short deadlines (tests kill etcd).
+    /// A client configuration with short deadlines (tests kill etcd); no
+    /// TLS settings: a TLS server's tests add their own.
     pub fn config(&self) -> EtcdConfig {
         let mut config = EtcdConfig::new(vec![self.endpoint()]);
         config.request_timeout = Duration::from_secs(2);
@@ -112,8 +135,18 @@ impl EtcdServer {
     }
 
     async fn launch(&mut self) -> Result<(), EtcdFixtureError> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut tls_args = Vec::new();
+        if let Some(tls) = &self.tls {
+            tls_args.push(format!("--cert-file={}", tls.cert.display()));
+            tls_args.push(format!("--key-file={}", tls.key.display()));
+            if tls.client_cert_auth {
+                tls_args.push("--client-cert-auth".to_owned());
+                tls_args.push(format!("--trusted-ca-file={}", tls.ca.display()));
+            }
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -126,6 +159,11 @@ impl EtcdServer {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=felix-test={peer}"))
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.health_port
+            ))
+            .args(&tls_args)
             .args([
                 "--heartbeat-interval=10",
                 "--election-timeout=100",
@@ -152,7 +190,7 @@ impl EtcdServer {
                     });
                 }
             }
-            if healthy(self.client_port) {
+            if healthy(self.health_port) {
                 return Ok(());
             }
             if started.elapsed() > READY_WITHIN {
