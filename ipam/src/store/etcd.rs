@@ -266,6 +266,36 @@ impl EtcdStore {
         &self.client
     }
 
+    /// Runs `op` on the object's key if its `mod_revision` is still
+    /// `expected`; otherwise reads the key to tell `Conflict` from
+    /// `NotFound`. Returns the store revision of the write.
+    async fn compare_and_swap(
+        &self,
+        what: &str,
+        kind: Kind,
+        name: &str,
+        expected: &Revision,
+        op: TxnOp,
+    ) -> Result<i64, StoreError> {
+        let expected_rev = parse_revision(kind, name, expected)?;
+        let k = key(kind, name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                k.clone(),
+                CompareOp::Equal,
+                expected_rev,
+            )])
+            .and_then([op])
+            .or_else([TxnOp::get(k, Some(GetOptions::new().with_keys_only()))]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| map_error(what, e))?;
+        cas_outcome(kind, name, expected, resp)
+    }
+
     /// One listing, page by page at the first page's revision.
     async fn list_snapshot(
         &self,
@@ -491,44 +521,18 @@ impl Datastore for EtcdStore {
         expected: &Revision,
     ) -> Result<Revision, StoreError> {
         checks::name(kind, name)?;
-        let expected_rev = parse_revision(kind, name, expected)?;
-        let k = key(kind, name);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                k.clone(),
-                CompareOp::Equal,
-                expected_rev,
-            )])
-            .and_then([TxnOp::put(k.clone(), value, None)])
-            .or_else([TxnOp::get(k, Some(GetOptions::new().with_keys_only()))]);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
+        let put = TxnOp::put(key(kind, name), value, None);
+        self.compare_and_swap("update", kind, name, expected, put)
             .await
-            .map_err(|e| map_error("update", e))?;
-        cas_outcome(kind, name, expected, resp).map(revision)
+            .map(revision)
     }
 
     async fn delete(&self, kind: Kind, name: &str, expected: &Revision) -> Result<(), StoreError> {
         checks::name(kind, name)?;
-        let expected_rev = parse_revision(kind, name, expected)?;
-        let k = key(kind, name);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                k.clone(),
-                CompareOp::Equal,
-                expected_rev,
-            )])
-            .and_then([TxnOp::delete(k.clone(), None)])
-            .or_else([TxnOp::get(k, Some(GetOptions::new().with_keys_only()))]);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
+        let delete = TxnOp::delete(key(kind, name), None);
+        self.compare_and_swap("delete", kind, name, expected, delete)
             .await
-            .map_err(|e| map_error("delete", e))?;
-        cas_outcome(kind, name, expected, resp).map(|_| ())
+            .map(|_| ())
     }
 
     async fn watch(&self, kind: Kind, after: Option<&Revision>) -> Result<WatchStream, StoreError> {

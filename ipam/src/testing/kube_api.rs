@@ -297,17 +297,10 @@ impl ApiState {
     }
 
     fn create(&mut self, kind: Kind, body: &[u8]) -> Response<MockBody> {
-        let mut object = match parse_object(kind, body) {
+        let (mut object, name) = match parse_object(kind, body) {
             Ok(o) => o,
             Err(r) => return r.response(),
         };
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if let Err(r) = validate(kind, &name, &object) {
-            return r.response();
-        }
         if object["metadata"]
             .get("resourceVersion")
             .and_then(Value::as_str)
@@ -345,14 +338,10 @@ impl ApiState {
     }
 
     fn replace(&mut self, kind: Kind, url_name: &str, body: &[u8]) -> Response<MockBody> {
-        let mut object = match parse_object(kind, body) {
+        let (mut object, name) = match parse_object(kind, body) {
             Ok(o) => o,
             Err(r) => return r.response(),
         };
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
         if name != url_name {
             return status(
                 400,
@@ -360,9 +349,6 @@ impl ApiState {
                 &format!("the name of the object ({name}) does not match the name on the URL ({url_name})"),
                 None,
             );
-        }
-        if let Err(r) = validate(kind, &name, &object) {
-            return r.response();
         }
         let key = (kind.plural().to_owned(), name.clone());
         let Some(current) = self.objects.get(&key).cloned() else {
@@ -586,8 +572,10 @@ impl Refusal {
     }
 }
 
-/// Parses a request body as an object of `kind`, or refuses it (400).
-fn parse_object(kind: Kind, body: &[u8]) -> Result<Value, Refusal> {
+/// Parses a request body as an object of `kind` and checks it: malformed
+/// bodies are refused 400, bad names and specs 422. Returns the object and
+/// its name.
+fn parse_object(kind: Kind, body: &[u8]) -> Result<(Value, String), Refusal> {
     let bad_request = |message: String| Refusal {
         code: 400,
         reason: "BadRequest",
@@ -611,7 +599,12 @@ fn parse_object(kind: Kind, body: &[u8]) -> Result<Value, Refusal> {
     if !object["metadata"].is_object() {
         return Err(bad_request("metadata must be an object".into()));
     }
-    Ok(object)
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    validate(kind, &name, &object)?;
+    Ok((object, name))
 }
 
 /// Name and spec checks, refused 422 Invalid.
