@@ -8,7 +8,7 @@
 
 use crate::control::{ControlError, ControlSocket, Handler, Request};
 use bgp::rib::{Action, PrefixList, PrefixListError, PrefixRule};
-use bgp::speaker::{NeighborConfig, Speaker, SpeakerConfig, SpeakerError};
+use bgp::speaker::{ListenRange, NeighborConfig, Speaker, SpeakerConfig, SpeakerError};
 use bgp::wire::{Community, Family};
 use clap::Args;
 use ipnet::IpNet;
@@ -55,6 +55,14 @@ pub struct RunArgs {
         help = "Peer with ADDR in AS, with an optional TCP MD5 password; IPv6 as [ADDR]:AS[:PASSWORD]. Repeat for more neighbours"
     )]
     pub neighbors: Vec<String>,
+    /// Accept dynamic neighbours from PREFIX in AS (`PREFIX:AS`), as
+    /// route-reflector clients. Repeatable.
+    #[arg(
+        long = "listen-range",
+        value_name = "PREFIX:AS",
+        help = "Accept peers connecting from PREFIX (e.g. 10.0.0.0/24:65000) in AS as dynamic route-reflector clients; needs --listen. Repeatable"
+    )]
+    pub listen_ranges: Vec<String>,
     /// Make the neighbour ADDR a route-reflector client. Repeatable.
     #[arg(long = "rr-client", value_name = "ADDR")]
     pub rr_clients: Vec<String>,
@@ -103,6 +111,17 @@ pub enum ConfigError {
     NeighborAsZero { address: IpAddr },
     #[error("--rr-client {0}: no such neighbor (add it with --neighbor or in the config file)")]
     UnknownRrClient(IpAddr),
+    #[error("listen range {0} is configured twice")]
+    DuplicateListenRange(IpNet),
+    #[error("listen range {0}: AS 0 is not a valid AS")]
+    ListenRangeAsZero(IpNet),
+    #[error("listen ranges need a listen address (--listen or `listen`)")]
+    ListenRangeWithoutListen,
+    #[error("listen range {prefix}: {source}")]
+    ListenRangePrefixList {
+        prefix: IpNet,
+        source: PrefixListError,
+    },
     #[error("prefix {0} is originated twice")]
     DuplicateOriginate(IpNet),
     #[error("neighbor {address}: {source}")]
@@ -141,6 +160,24 @@ pub struct FileConfig {
     pub originate: Vec<FileOriginate>,
     #[serde(default, rename = "neighbor")]
     pub neighbors: Vec<FileNeighbor>,
+    #[serde(default, rename = "listen_range")]
+    pub listen_ranges: Vec<FileListenRange>,
+}
+
+/// One `[[listen_range]]` table: dynamic neighbours.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListenRange {
+    pub prefix: IpNet,
+    pub asn: u32,
+    #[serde(default)]
+    pub rr_client: bool,
+    pub password: Option<String>,
+    #[serde(default)]
+    pub next_hop_self: bool,
+    pub max_prefixes: Option<u32>,
+    pub import: Option<Vec<FileRule>>,
+    pub export: Option<Vec<FileRule>>,
 }
 
 /// `originate = ["10.0.0.0/24", { prefix = "10.1.0.0/24", communities = ["65000:1"] }]`
@@ -212,6 +249,7 @@ pub struct RunPlan {
     /// None: the speaker's default.
     pub max_paths: Option<usize>,
     pub neighbors: Vec<NeighborConfig>,
+    pub listen_ranges: Vec<ListenRange>,
     pub originate: Vec<(IpNet, Vec<Community>)>,
     pub control_socket: PathBuf,
 }
@@ -288,6 +326,23 @@ impl RunPlan {
             neighbor.rr_client = true;
         }
 
+        let mut listen_ranges: Vec<ListenRange> = Vec::new();
+        let from_file = file.listen_ranges.into_iter().map(listen_range_from_file);
+        let from_flags = args
+            .listen_ranges
+            .iter()
+            .map(|t| parse_listen_range_flag(t));
+        for range in from_file.chain(from_flags) {
+            let range = range?;
+            if listen_ranges.iter().any(|r| r.prefix == range.prefix) {
+                return Err(ConfigError::DuplicateListenRange(range.prefix));
+            }
+            listen_ranges.push(range);
+        }
+        if !listen_ranges.is_empty() && listen.is_none() {
+            return Err(ConfigError::ListenRangeWithoutListen);
+        }
+
         let mut originate: Vec<(IpNet, Vec<Community>)> = Vec::new();
         let from_file = file.originate.into_iter().map(|o| match o {
             FileOriginate::Prefix(prefix) => Ok((prefix, Vec::new())),
@@ -328,6 +383,7 @@ impl RunPlan {
                 || file.graceful_restart_recovery.unwrap_or(false),
             max_paths: file.max_paths,
             neighbors,
+            listen_ranges,
             originate,
             control_socket,
         })
@@ -377,6 +433,53 @@ fn neighbor_from_file(n: FileNeighbor) -> Result<NeighborConfig, ConfigError> {
     config.export = list(n.export)?;
     config.export_communities = parse_communities(&n.export_communities)?;
     Ok(config)
+}
+
+fn listen_range_from_file(r: FileListenRange) -> Result<ListenRange, ConfigError> {
+    let prefix = r.prefix.trunc();
+    if r.asn == 0 {
+        return Err(ConfigError::ListenRangeAsZero(prefix));
+    }
+    let list = |rules: Option<Vec<FileRule>>| -> Result<Option<PrefixList>, ConfigError> {
+        rules
+            .map(|rules| prefix_list(&rules))
+            .transpose()
+            .map_err(|source| ConfigError::ListenRangePrefixList { prefix, source })
+    };
+    let mut range = ListenRange::new(prefix, r.asn);
+    range.rr_client = r.rr_client;
+    range.password = r.password;
+    range.next_hop_self = r.next_hop_self;
+    range.max_prefixes = r.max_prefixes;
+    range.import = list(r.import)?;
+    range.export = list(r.export)?;
+    Ok(range)
+}
+
+/// `PREFIX:AS` (IPv6 prefixes in brackets: `[2001:db8::/64]:65000`): a
+/// range of route-reflector clients.
+pub fn parse_listen_range_flag(text: &str) -> Result<ListenRange, ConfigError> {
+    let bad = |reason: &str| ConfigError::bad("--listen-range", text, reason);
+    let (prefix, asn) = match text.strip_prefix('[') {
+        Some(after) => {
+            let (prefix, rest) = after
+                .split_once(']')
+                .ok_or_else(|| bad("missing ']' after the IPv6 prefix"))?;
+            let asn = rest
+                .strip_prefix(':')
+                .ok_or_else(|| bad("expected [PREFIX]:AS"))?;
+            (prefix, asn)
+        }
+        None => text
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected PREFIX:AS, e.g. 10.0.0.0/24:65000"))?,
+    };
+    let prefix: IpNet = prefix
+        .parse()
+        .map_err(|_| bad("not a prefix (IPv6 ranges need brackets: [2001:db8::/64]:65000)"))?;
+    let mut range = ListenRange::new(prefix, parse_asn(asn)?);
+    range.rr_client = true;
+    Ok(range)
 }
 
 /// A prefix list from its rules; what no rule matches is denied.
@@ -543,6 +646,8 @@ pub enum RunError {
         address: IpAddr,
         source: SpeakerError,
     },
+    #[error("{0}")]
+    ListenRange(SpeakerError),
     #[error("originating {prefix}: {source}")]
     Originate { prefix: IpNet, source: SpeakerError },
     #[error("installing signal handlers: {0}")]
@@ -618,6 +723,12 @@ async fn configure(speaker: &Speaker, plan: &RunPlan) -> Result<(), RunError> {
                 address: neighbor.address,
                 source,
             })?;
+    }
+    for range in &plan.listen_ranges {
+        speaker
+            .add_listen_range(range.clone())
+            .await
+            .map_err(RunError::ListenRange)?;
     }
     for (prefix, communities) in &plan.originate {
         speaker
@@ -848,6 +959,73 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
         )
         .contains("neighbor 10.0.0.2: prefix-list rule 10.0.0.0/16: ge 8"));
         assert!(err("[[neighbor]]\naddress = \"10.0.0.2\"\nasn = 0", MIN).contains("AS 0"));
+    }
+
+    #[test]
+    fn listen_ranges_from_file_and_flags() {
+        let file =
+            "listen = \"0.0.0.0\"\n[[listen_range]]\nprefix = \"10.0.0.7/24\"\nasn = 65000\n\
+                    rr_client = true\npassword = \"s3cret\"\nmax_prefixes = 100\n\
+                    import = [{ prefix = \"10.244.0.0/16\", le = 26, action = \"permit\" }]\n";
+        let p = plan(
+            file,
+            &with_min(&[
+                "--listen-range",
+                "10.1.0.0/16:65001",
+                "--listen-range",
+                "[2001:db8::/64]:1.10",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.listen_ranges.len(), 3);
+        let r = &p.listen_ranges[0];
+        assert_eq!(r.prefix.to_string(), "10.0.0.0/24");
+        assert_eq!((r.asn, r.rr_client), (65000, true));
+        assert_eq!(r.password.as_deref(), Some("s3cret"));
+        assert_eq!(r.max_prefixes, Some(100));
+        assert!(r
+            .import
+            .as_ref()
+            .unwrap()
+            .permits(&"10.244.1.0/26".parse().unwrap()));
+        let r = &p.listen_ranges[1];
+        assert_eq!(
+            (r.prefix.to_string().as_str(), r.asn),
+            ("10.1.0.0/16", 65001)
+        );
+        assert!(r.rr_client && r.password.is_none());
+        assert_eq!(p.listen_ranges[2].asn, 65546);
+
+        assert!(err("", &with_min(&["--listen-range", "10.0.0.0/24:65000"]))
+            .contains("need a listen address"));
+        let listen = ["--listen", "0.0.0.0"];
+        let e = |extra: &[&'static str]| {
+            let mut flags = with_min(&listen);
+            flags.extend_from_slice(extra);
+            err("", &flags)
+        };
+        assert!(e(&["--listen-range", "10.0.0.0/24"]).contains("expected PREFIX:AS"));
+        assert!(e(&["--listen-range", "10.0.0/24:1"]).contains("not a prefix"));
+        assert!(e(&["--listen-range", "10.0.0.0/24:x"]).contains("bad AS"));
+        assert!(e(&["--listen-range", "2001:db8::1:1"]).contains("brackets"));
+        // The prefix length makes the last colon unambiguous.
+        let r = parse_listen_range_flag("2001:db8::/64:65000").unwrap();
+        assert_eq!(
+            (r.prefix.to_string().as_str(), r.asn),
+            ("2001:db8::/64", 65000)
+        );
+        assert!(e(&[
+            "--listen-range",
+            "10.0.0.0/24:1",
+            "--listen-range",
+            "10.0.0.9/24:2"
+        ])
+        .contains("listen range 10.0.0.0/24 is configured twice"));
+        assert!(err(
+            "listen = \"0.0.0.0\"\n[[listen_range]]\nprefix = \"10.0.0.0/24\"\nasn = 0",
+            MIN
+        )
+        .contains("AS 0"));
     }
 
     #[test]

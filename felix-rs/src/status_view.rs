@@ -90,7 +90,12 @@ pub fn render_status(status: &SpeakerStatus) -> String {
 
 fn peer_row(peer: &PeerStatus) -> Vec<String> {
     vec![
-        peer.address.to_string(),
+        // A dynamic neighbour (from a listen range) is marked as such.
+        if peer.dynamic {
+            format!("{} (dynamic)", peer.address)
+        } else {
+            peer.address.to_string()
+        },
         peer.asn.to_string(),
         peer.state.clone(),
         or_dash(peer.uptime_secs.map(human_duration)),
@@ -196,6 +201,7 @@ mod tests {
             accepted: 0,
             advertised: 0,
             last_error: None,
+            dynamic: false,
         }
     }
 
@@ -219,15 +225,21 @@ mod tests {
                     last_error: Some("Hold timer expired".into()),
                     ..peer("2001:db8::3", "Active")
                 },
+                PeerStatus {
+                    dynamic: true,
+                    rr_client: true,
+                    ..peer("10.0.1.7", "OpenSent")
+                },
             ],
         };
         let text = render_status(&status);
         let expected = "\
-BGP speaker AS 65000, router id 10.0.0.1, listening on 0.0.0.0:179; 2 peers, 1 established
+BGP speaker AS 65000, router id 10.0.0.1, listening on 0.0.0.0:179; 3 peers, 1 established
 
-Peer         AS          State        Uptime  Recv/Acc/Adv  RR      Last error
-10.0.0.2     65001       Established  1h2m    12/10/3       client  -
-2001:db8::3  4200000000  Active       -       0/0/0         -       Hold timer expired
+Peer                AS          State        Uptime  Recv/Acc/Adv  RR      Last error
+10.0.0.2            65001       Established  1h2m    12/10/3       client  -
+2001:db8::3         4200000000  Active       -       0/0/0         -       Hold timer expired
+10.0.1.7 (dynamic)  65001       OpenSent     -       0/0/0         client  -
 ";
         assert_eq!(text, expected, "\n{text}");
     }

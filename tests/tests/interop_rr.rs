@@ -216,3 +216,107 @@ fn felix_reflects_between_bird_and_gobgp() {
         show()
     );
 }
+
+/// felix configured with nothing but a listen range (with a TCP MD5 key)
+/// covering both clients' addresses: BIRD and GoBGP connect, become
+/// dynamic route-reflector clients, get each other's routes; when BIRD
+/// shuts its session down, its neighbour disappears from felix and its
+/// route from GoBGP.
+#[test]
+fn felix_reflects_for_dynamic_neighbors_of_a_listen_range() {
+    if skip_unless(&["bird", "birdc", "gobgpd", "gobgp", "ip"]) {
+        return;
+    }
+    const PASSWORD: &str = "range-key-1";
+    let mut hub = Hub::new("dyn", 2);
+    let bird_text = bird_conf(&hub, 0, AS, false).replace(
+        "hold time 9;",
+        &format!("hold time 9;\n    password \"{PASSWORD}\";"),
+    );
+    let bird = hub.start_bird(0, &bird_text);
+    let gobgp_text = gobgp_conf(&hub, 1).replace(
+        "    peer-as = 64600\n",
+        &format!("    peer-as = 64600\n    auth-password = \"{PASSWORD}\"\n"),
+    );
+    assert!(gobgp_text.contains("auth-password"));
+    hub.start_gobgp(1, &gobgp_text, API);
+    // Both peers are in 10.X.0.0/16 (the hub's links are /30s in it).
+    let second = hub.peer_ips[0].split('.').nth(1).unwrap().to_string();
+    let range = format!("10.{second}.0.0/16");
+    let conf = format!(
+        r#"asn = {AS}
+router_id = "{rid}"
+listen = "0.0.0.0"
+cluster_id = "{CLUSTER_ID}"
+hold_time = 9
+
+[[listen_range]]
+prefix = "{range}"
+asn = {AS}
+rr_client = true
+password = "{PASSWORD}"
+"#,
+        rid = hub.felix_ips[0],
+    );
+    let (_, sock) = hub.start_felix(&conf, "felix");
+    let (bird_ip, gobgp_ip) = (hub.peer_ips[0].clone(), hub.peer_ips[1].clone());
+    let status = || felix_json(&sock, &["status"]).unwrap_or_default();
+    let up = wait_until(WAIT, || {
+        let s = status();
+        s["peers"].as_array().is_some_and(|p| {
+            p.len() == 2
+                && p.iter()
+                    .all(|p| p["state"] == "Established" && p["dynamic"] == true)
+        })
+    });
+    assert!(
+        up,
+        "dynamic sessions not up: {}\n{}",
+        status(),
+        birdc(&bird, &["show", "protocols", "all", "felixrr"])
+    );
+    let s = status();
+    for addr in [&bird_ip, &gobgp_ip] {
+        assert_eq!(peer_status(&s, addr)["rr_client"], true, "{s}");
+    }
+
+    let added = gobgp(&hub, &["global", "rib", "add", GOBGP_PREFIX]);
+    assert!(!added.contains("rror"), "{added}");
+    assert!(
+        wait_until(WAIT, || gobgp_attrs(&hub, BIRD_PREFIX).is_some()),
+        "BIRD's route not at GoBGP: {}",
+        gobgp(&hub, &["global", "rib", "-a", "ipv4", "-j"])
+    );
+    let attrs = gobgp_attrs(&hub, BIRD_PREFIX).unwrap();
+    assert_eq!(attr(&attrs, 9).unwrap()["value"], bird_ip);
+    let show = || birdc(&bird, &["show", "route", GOBGP_PREFIX, "all"]);
+    assert!(
+        wait_until(WAIT, || show().contains("BGP.cluster_list")),
+        "GoBGP's route not at BIRD: {}",
+        birdc(&bird, &["show", "route", "all"])
+    );
+
+    // BIRD leaves: its dynamic neighbour goes, and its route with it.
+    birdc(&bird, &["disable", "felixrr"]);
+    assert!(
+        wait_until(WAIT, || gobgp_attrs(&hub, BIRD_PREFIX).is_none()),
+        "BIRD's route still at GoBGP after BIRD left"
+    );
+    assert!(
+        wait_until(WAIT, || {
+            let s = status();
+            s["peers"]
+                .as_array()
+                .is_some_and(|p| p.len() == 1 && p[0]["address"] == gobgp_ip.as_str())
+        }),
+        "BIRD's dynamic neighbour not removed: {}",
+        status()
+    );
+    // And it may come back.
+    birdc(&bird, &["enable", "felixrr"]);
+    assert!(
+        wait_until(WAIT, || gobgp_attrs(&hub, BIRD_PREFIX).is_some()),
+        "BIRD did not come back: {}",
+        status()
+    );
+}

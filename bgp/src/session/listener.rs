@@ -1,23 +1,40 @@
 //! A minimal BGP listener: accepts TCP connections and hands each to the
 //! session of the peer it comes from (RFC 4271 §8: a connection from an
-//! unconfigured address is refused).
+//! unconfigured address is refused, unless an "unknown source" handler
+//! takes it: the speaker's dynamic neighbours of listen ranges).
 
 use super::{sockopt, IncomingSender};
+use ipnet::IpNet;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn, Instrument};
 
-type Routes = Arc<Mutex<HashMap<IpAddr, IncomingSender>>>;
+/// Where connections from addresses with no session go: the stream and
+/// the peer's address (IPv4-mapped addresses unmapped).
+pub type UnknownSourceSender = mpsc::UnboundedSender<(TcpStream, IpAddr)>;
+
+#[derive(Debug, Default)]
+struct Table {
+    peers: HashMap<IpAddr, IncomingSender>,
+    unknown: Option<UnknownSourceSender>,
+}
+
+type Routes = Arc<Mutex<Table>>;
 
 /// Accepts connections on one address and routes them by source IP.
 #[derive(Debug)]
 pub struct Listener {
     local: SocketAddr,
     socket: Option<TcpSocket>,
+    /// A duplicate of the listening socket once started, for socket
+    /// options set later (MD5 keys of neighbours added at run time).
+    started: Option<OwnedFd>,
     routes: Routes,
     task: Option<JoinHandle<()>>,
 }
@@ -37,6 +54,7 @@ impl Listener {
         Ok(Listener {
             local,
             socket: Some(socket),
+            started: None,
             routes: Arc::default(),
             task: None,
         })
@@ -47,25 +65,46 @@ impl Listener {
         self.local
     }
 
-    /// Installs a TCP MD5 key (RFC 2385) for connections from `peer`.
+    /// Installs a TCP MD5 key (RFC 2385) for connections from `peer`
+    /// (an empty key removes it). Works before and after [`Listener::start`].
     pub fn set_md5(&self, peer: IpAddr, key: &[u8]) -> io::Result<()> {
-        match &self.socket {
-            Some(s) => sockopt::set_md5(s, SocketAddr::new(peer, 0), key),
-            None => Err(io::Error::other("listener already started")),
+        let peer = SocketAddr::new(peer, 0);
+        match (&self.socket, &self.started) {
+            (Some(s), _) => sockopt::set_md5(s, peer, key),
+            (None, Some(fd)) => sockopt::set_md5(&fd.as_fd(), peer, key),
+            (None, None) => Err(io::Error::other("listener closed")),
+        }
+    }
+
+    /// Installs a TCP MD5 key for connections from every address in
+    /// `prefix` (an empty key removes it).
+    pub fn set_md5_prefix(&self, prefix: IpNet, key: &[u8]) -> io::Result<()> {
+        match (&self.socket, &self.started) {
+            (Some(s), _) => sockopt::set_md5_prefix(s, prefix, key),
+            (None, Some(fd)) => sockopt::set_md5_prefix(&fd.as_fd(), prefix, key),
+            (None, None) => Err(io::Error::other("listener closed")),
         }
     }
 
     /// Routes connections from `sender.peer()` to that session.
     pub fn add_peer(&self, sender: IncomingSender) {
         if let Ok(mut routes) = self.routes.lock() {
-            routes.insert(sender.peer(), sender);
+            routes.peers.insert(sender.peer(), sender);
         }
     }
 
     /// Stops routing connections from `peer`.
     pub fn remove_peer(&self, peer: IpAddr) {
         if let Ok(mut routes) = self.routes.lock() {
-            routes.remove(&peer);
+            routes.peers.remove(&peer);
+        }
+    }
+
+    /// Hands connections from addresses without a session to `sender`
+    /// instead of refusing them (`None`: refuse again).
+    pub fn set_unknown_source(&self, sender: Option<UnknownSourceSender>) {
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.unknown = sender;
         }
     }
 
@@ -75,6 +114,7 @@ impl Listener {
             return Ok(());
         };
         let listener: TcpListener = socket.listen(64)?;
+        self.started = Some(listener.as_fd().try_clone_to_owned()?);
         let routes = self.routes.clone();
         let span = tracing::info_span!("bgp_listener", local = %self.local);
         self.task = Some(tokio::spawn(accept_loop(listener, routes).instrument(span)));
@@ -108,15 +148,22 @@ async fn accept_loop(listener: TcpListener, routes: Routes) {
                 .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
-        let sender = routes.lock().ok().and_then(|r| r.get(&ip).cloned());
-        match sender {
-            Some(s) => {
+        let (sender, unknown) = match routes.lock() {
+            Ok(r) => (r.peers.get(&ip).cloned(), r.unknown.clone()),
+            Err(_) => (None, None),
+        };
+        match (sender, unknown) {
+            (Some(s), _) => {
                 debug!(%from, "connection handed to its session");
                 if s.send(stream).is_err() {
                     debug!(%from, "session gone: connection dropped");
                 }
             }
-            None => debug!(%from, "connection from an unconfigured peer refused"),
+            (None, Some(unknown)) => {
+                debug!(%from, "connection from an unconfigured peer handed on");
+                let _ = unknown.send((stream, ip));
+            }
+            (None, None) => debug!(%from, "connection from an unconfigured peer refused"),
         }
     }
 }

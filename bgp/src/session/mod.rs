@@ -21,7 +21,7 @@
 mod listener;
 pub mod sockopt;
 
-pub use listener::Listener;
+pub use listener::{Listener, UnknownSourceSender};
 
 use crate::fsm::{Action, ConfigError, DownReason, Event, Fsm, Negotiated, PeerConfig, State};
 use crate::wire::{self, EncodeError, Message, RouteRefresh, SessionParams, Update};
@@ -73,6 +73,10 @@ pub struct SessionConfig {
     /// GTSM (RFC 5082): send with TTL 255 and drop segments that arrive with
     /// a TTL below 256 − hops (1 for a directly connected peer).
     pub gtsm_hops: Option<u8>,
+    /// The session serves one connection: once a connection was handed
+    /// over and none is left, the task ends (a dynamic neighbour of a
+    /// listen range, which exists only while the peer is connected).
+    pub single_connection: bool,
 }
 
 impl SessionConfig {
@@ -87,6 +91,7 @@ impl SessionConfig {
             md5_key: None,
             ttl: None,
             gtsm_hops: None,
+            single_connection: false,
         }
     }
 }
@@ -284,6 +289,7 @@ impl Session {
             commands: cmd_rx,
             events: ev_tx,
             state: state_tx,
+            had_connection: false,
         };
         let task = tokio::spawn(driver.run().instrument(span));
         Ok(SessionHandle {
@@ -402,6 +408,9 @@ struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<SessionEvent>,
     state: watch::Sender<State>,
+    /// A connection was accepted at some point (see
+    /// [`SessionConfig::single_connection`]).
+    had_connection: bool,
 }
 
 fn now() -> std::time::Instant {
@@ -475,6 +484,10 @@ impl Driver {
         self.perform(Which::Primary, actions).await;
         loop {
             self.publish_state();
+            if self.single_connection_done() {
+                debug!("the connection is gone: single-connection session ends");
+                break;
+            }
             let deadline = match (
                 self.primary.fsm.next_timeout(),
                 self.secondary.as_ref().and_then(|c| c.fsm.next_timeout()),
@@ -542,6 +555,15 @@ impl Driver {
         }
         self.publish_state();
         info!("session ended");
+    }
+
+    fn single_connection_done(&self) -> bool {
+        self.config.single_connection
+            && self.had_connection
+            && self.secondary.is_none()
+            && self.primary.stream.is_none()
+            && self.connecting.is_none()
+            && self.primary.fsm.state() != State::Established
     }
 
     fn publish_state(&self) {
@@ -744,6 +766,7 @@ impl Driver {
             return;
         }
         let _ = stream.set_nodelay(true);
+        self.had_connection = true;
         // Our own connection, open or still being opened.
         let ours = self.primary.stream.is_some() || self.connecting.is_some();
         match self.primary.fsm.state() {

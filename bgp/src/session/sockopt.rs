@@ -44,8 +44,29 @@ struct TcpMd5Sig {
 /// Installs (non-empty `key`) or removes (empty `key`) the TCP MD5
 /// signature key for segments to and from `peer` (RFC 2385). On a
 /// listening socket it applies to connections accepted from `peer`.
-#[allow(unsafe_code)]
 pub fn set_md5(socket: &impl AsFd, peer: SocketAddr, key: &[u8]) -> io::Result<()> {
+    md5_setsockopt(socket, peer, None, key)
+}
+
+/// `TCP_MD5SIG_FLAG_PREFIX` of `linux/tcp.h`: the key applies to every
+/// address in `addr/prefixlen`.
+const TCP_MD5SIG_FLAG_PREFIX: u8 = 1;
+
+/// Like [`set_md5`], for every peer address in `prefix` at once
+/// (`TCP_MD5SIG_EXT` with a prefix length, Linux 4.13+): what a listening
+/// socket needs for dynamic neighbours of a listen range.
+pub fn set_md5_prefix(socket: &impl AsFd, prefix: ipnet::IpNet, key: &[u8]) -> io::Result<()> {
+    let addr = SocketAddr::new(prefix.network(), 0);
+    md5_setsockopt(socket, addr, Some(prefix.prefix_len()), key)
+}
+
+#[allow(unsafe_code)]
+fn md5_setsockopt(
+    socket: &impl AsFd,
+    peer: SocketAddr,
+    prefix_len: Option<u8>,
+    key: &[u8],
+) -> io::Result<()> {
     if key.len() > MD5_MAX_KEY_LEN {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -57,8 +78,12 @@ pub fn set_md5(socket: &impl AsFd, peer: SocketAddr, key: &[u8]) -> io::Result<(
         // SAFETY: sockaddr_storage is plain old data (integers and byte
         // arrays): all zeroes is a valid value.
         addr: unsafe { std::mem::zeroed() },
-        flags: 0,
-        prefixlen: 0,
+        flags: if prefix_len.is_some() {
+            TCP_MD5SIG_FLAG_PREFIX
+        } else {
+            0
+        },
+        prefixlen: prefix_len.unwrap_or(0),
         keylen: key.len() as u16,
         ifindex: 0,
         key: [0; MD5_MAX_KEY_LEN],
@@ -83,7 +108,11 @@ pub fn set_md5(socket: &impl AsFd, peer: SocketAddr, key: &[u8]) -> io::Result<(
         libc::setsockopt(
             std::os::fd::AsRawFd::as_raw_fd(&fd),
             libc::IPPROTO_TCP,
-            libc::TCP_MD5SIG,
+            if prefix_len.is_some() {
+                libc::TCP_MD5SIG_EXT
+            } else {
+                libc::TCP_MD5SIG
+            },
             (&sig as *const TcpMd5Sig).cast::<libc::c_void>(),
             std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
         )

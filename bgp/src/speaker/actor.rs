@@ -2,8 +2,8 @@
 //! their [`UpdatePacker`]s; everything else talks to it through channels.
 
 use super::{
-    BestPathChange, Command, NeighborConfig, PathView, PeerStatus, RouteView, SpeakerConfig,
-    SpeakerError, SpeakerStatus, BATCH_INTERVAL, CONNECT_RETRY, STALE_PATH_TIME,
+    BestPathChange, Command, ListenRange, NeighborConfig, PathView, PeerStatus, RouteView,
+    SpeakerConfig, SpeakerError, SpeakerStatus, BATCH_INTERVAL, CONNECT_RETRY, STALE_PATH_TIME,
 };
 use crate::fsm::{DownReason, Negotiated, PeerAsn, PeerConfig};
 use crate::rib::pack::{AttrSet, UpdatePacker};
@@ -29,6 +29,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
+mod dynamic;
+
 /// Binds and starts the listener (if configured) and spawns the actor.
 /// Returns the listener's bound address.
 pub(super) fn spawn(
@@ -51,6 +53,7 @@ pub(super) fn spawn(
     rib_config.cluster_id = config.cluster_id;
     rib_config.max_paths = config.max_paths.max(1);
     let (events_tx, events) = mpsc::unbounded_channel();
+    let (unknown_tx, unknown) = mpsc::unbounded_channel();
     let span = tracing::info_span!("bgp_speaker", asn = config.asn, router_id = %config.router_id);
     let actor = Actor {
         rib: Rib::new(rib_config),
@@ -66,6 +69,9 @@ pub(super) fn spawn(
         next_generation: 0,
         flush_at: None,
         started: Instant::now(),
+        ranges: Vec::new(),
+        unknown,
+        unknown_tx,
     };
     tokio::spawn(actor.run().instrument(span));
     Ok(listen)
@@ -76,7 +82,8 @@ pub(super) fn spawn(
 struct PeerEvent {
     address: IpAddr,
     generation: u64,
-    event: SessionEvent,
+    /// `None`: the session task has ended.
+    event: Option<SessionEvent>,
 }
 
 /// A batch of messages for one neighbour, tagged with the connection epoch
@@ -120,6 +127,9 @@ struct Peer {
     up: Option<UpState>,
     last_error: Option<String>,
     stale: Option<StaleState>,
+    /// Created for a connection from a listen range; removed when the
+    /// session ends.
+    dynamic: bool,
     span: Span,
 }
 
@@ -140,6 +150,11 @@ struct Actor {
     /// When the speaker started: a graceful restart's Restart State is
     /// announced only within the restart time after it (RFC 4724 §4.1).
     started: Instant,
+    /// Listen ranges of dynamic neighbours.
+    ranges: Vec<ListenRange>,
+    /// Connections the listener has no neighbour for.
+    unknown: mpsc::UnboundedReceiver<(tokio::net::TcpStream, IpAddr)>,
+    unknown_tx: crate::session::UnknownSourceSender,
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -173,6 +188,7 @@ impl Actor {
                     Some(command) => self.command(command),
                 },
                 Some(event) = self.events.recv() => self.session_event(event),
+                Some((stream, from)) = self.unknown.recv() => self.dynamic_incoming(stream, from),
                 () = sleep_until(self.flush_at) => self.flush(),
                 () = sleep_until(stale_deadline) => self.expire_stale(),
             }
@@ -186,6 +202,12 @@ impl Actor {
                 let _ = reply.send(self.add_neighbor(*neighbor));
             }
             Command::RemoveNeighbor(address, reply) => self.remove_neighbor(address, reply),
+            Command::AddListenRange(range, reply) => {
+                let _ = reply.send(self.add_listen_range(*range));
+            }
+            Command::RemoveListenRange(prefix, reply) => {
+                let _ = reply.send(self.remove_listen_range(prefix));
+            }
             Command::Originate(prefix, communities, reply) => {
                 let _ = reply.send(self.originate(prefix, communities));
             }
@@ -220,6 +242,12 @@ impl Actor {
     // ---- neighbours ----
 
     fn add_neighbor(&mut self, n: NeighborConfig) -> Result<(), SpeakerError> {
+        self.start_neighbor(n, false)
+    }
+
+    /// Adds a neighbour and starts its session; a `dynamic` one serves a
+    /// single connection (see [`SessionConfig::single_connection`]).
+    fn start_neighbor(&mut self, n: NeighborConfig, dynamic: bool) -> Result<(), SpeakerError> {
         let address = n.address;
         if self.peers.contains_key(&address) {
             return Err(SpeakerError::DuplicateNeighbor(address));
@@ -281,6 +309,7 @@ impl Actor {
         let mut session_config = SessionConfig::new(peer_config, SocketAddr::new(address, n.port));
         session_config.local = n.local_address.map(|a| SocketAddr::new(a, 0));
         session_config.md5_key = n.password.as_ref().map(|p| p.as_bytes().to_vec());
+        session_config.single_connection = dynamic;
 
         let mut handle = Session::spawn(session_config)
             .map_err(|source| SpeakerError::Session { address, source })?;
@@ -305,12 +334,17 @@ impl Actor {
                     let tagged = PeerEvent {
                         address,
                         generation,
-                        event,
+                        event: Some(event),
                     };
                     if forward_to.send(tagged).is_err() {
-                        break;
+                        return;
                     }
                 }
+                let _ = forward_to.send(PeerEvent {
+                    address,
+                    generation,
+                    event: None,
+                });
             }
             .instrument(span.clone()),
         );
@@ -346,6 +380,7 @@ impl Actor {
             info!(
                 passive = n.passive,
                 rr_client = n.rr_client,
+                dynamic,
                 "neighbor added"
             )
         });
@@ -364,6 +399,7 @@ impl Actor {
                 up: None,
                 last_error: None,
                 stale: None,
+                dynamic,
                 span,
             },
         );
@@ -375,10 +411,26 @@ impl Actor {
         address: IpAddr,
         reply: oneshot::Sender<Result<(), SpeakerError>>,
     ) {
-        let Some(peer) = self.peers.remove(&address) else {
+        let Some(stopped) = self.forget_neighbor(
+            address,
+            Stop::Cease(cease_subcode::PEER_DECONFIGURED, Bytes::new()),
+        ) else {
             let _ = reply.send(Err(SpeakerError::UnknownNeighbor(address)));
             return;
         };
+        tokio::spawn(async move {
+            if let Some(stopped) = stopped {
+                let _ = stopped.await;
+            }
+            let _ = reply.send(Ok(()));
+        });
+    }
+
+    /// Removes a neighbour: its routes are withdrawn from the others and
+    /// its session is stopped `how`. `None` if there is no such neighbour;
+    /// otherwise the task that ends with the session, if one was running.
+    fn forget_neighbor(&mut self, address: IpAddr, how: Stop) -> Option<Option<JoinHandle<()>>> {
+        let peer = self.peers.remove(&address)?;
         peer.span.in_scope(|| info!("neighbor removed"));
         if let Some(listener) = &self.listener {
             listener.remove_peer(address);
@@ -388,18 +440,7 @@ impl Actor {
             Ok(changes) => self.apply_changes(changes),
             Err(e) => warn!(peer = %address, "removing from the RIB: {e}"),
         }
-        let stopped = peer.session.map(|s| {
-            stop_session(
-                s,
-                Stop::Cease(cease_subcode::PEER_DECONFIGURED, Bytes::new()),
-            )
-        });
-        tokio::spawn(async move {
-            if let Some(stopped) = stopped {
-                let _ = stopped.await;
-            }
-            let _ = reply.send(Ok(()));
-        });
+        Some(peer.session.map(|s| stop_session(s, how)))
     }
 
     async fn shutdown(&mut self, message: Option<String>) {
@@ -447,7 +488,13 @@ impl Actor {
         if peer.generation != event.generation {
             return;
         }
-        match event.event {
+        let Some(session_event) = event.event else {
+            if peer.dynamic {
+                self.dynamic_ended(event.address);
+            }
+            return;
+        };
+        match session_event {
             SessionEvent::Established(n) => self.established(event.address, n),
             SessionEvent::Update(u) => self.update(event.address, u),
             SessionEvent::RouteRefresh(r) => {
@@ -760,6 +807,7 @@ impl Actor {
                         .as_ref()
                         .map_or(0, |u| u.packer.advertised().count() as u64),
                     last_error: p.last_error.clone(),
+                    dynamic: p.dynamic,
                 }
             })
             .collect();

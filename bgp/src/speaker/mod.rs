@@ -155,6 +155,63 @@ impl NeighborConfig {
     }
 }
 
+/// A listen range (dynamic neighbours, e.g. route-reflector clients): a
+/// connection from an address inside `prefix` for which no neighbour is
+/// configured creates a passive neighbour from this template; when its
+/// session ends, the neighbour is removed and its routes withdrawn.
+/// Connections from addresses in no range are still refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenRange {
+    /// Peers' source addresses.
+    pub prefix: IpNet,
+    /// The peers' AS (equal to ours: iBGP).
+    pub asn: u32,
+    /// The peers are route-reflector clients of ours (RFC 4456).
+    pub rr_client: bool,
+    /// TCP MD5 key (RFC 2385) for every address in the range, installed on
+    /// the listening socket with the prefix length (`TCP_MD5SIG_EXT`).
+    pub password: Option<String>,
+    /// Set NEXT_HOP to ourselves on routes to these iBGP neighbours.
+    pub next_hop_self: bool,
+    /// Maximum prefixes accepted per family from each peer.
+    pub max_prefixes: Option<u32>,
+    /// Import filter (`None`: accept everything).
+    pub import: Option<PrefixList>,
+    /// Export filter (`None`: advertise everything).
+    pub export: Option<PrefixList>,
+}
+
+impl ListenRange {
+    /// Peers in `prefix` (host bits cleared) of AS `asn`; no password, no
+    /// policy, not route-reflector clients.
+    pub fn new(prefix: IpNet, asn: u32) -> Self {
+        ListenRange {
+            prefix: prefix.trunc(),
+            asn,
+            rr_client: false,
+            password: None,
+            next_hop_self: false,
+            max_prefixes: None,
+            import: None,
+            export: None,
+        }
+    }
+
+    /// The neighbour a connection from `address` gets: passive (the peer
+    /// connected; we never connect back), the range's settings. Its MD5
+    /// key is the range's, already on the listener.
+    pub fn neighbor(&self, address: IpAddr) -> NeighborConfig {
+        let mut n = NeighborConfig::new(address, self.asn);
+        n.passive = true;
+        n.rr_client = self.rr_client;
+        n.next_hop_self = self.next_hop_self;
+        n.max_prefixes = self.max_prefixes;
+        n.import = self.import.clone();
+        n.export = self.export.clone();
+        n
+    }
+}
+
 /// Why a speaker request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpeakerError {
@@ -185,6 +242,9 @@ pub enum SpeakerError {
         address: IpAddr,
         source: crate::session::SessionError,
     },
+    /// The listen range cannot be added (or removed).
+    #[error("listen range {prefix}: {reason}")]
+    ListenRange { prefix: IpNet, reason: String },
     /// The prefix's family is not one the speaker offers.
     #[error("{prefix}: family {family} is not configured")]
     FamilyNotConfigured { prefix: IpNet, family: Family },
@@ -222,6 +282,8 @@ pub(crate) enum Command {
         oneshot::Sender<Result<(), SpeakerError>>,
     ),
     RemoveNeighbor(IpAddr, oneshot::Sender<Result<(), SpeakerError>>),
+    AddListenRange(Box<ListenRange>, oneshot::Sender<Result<(), SpeakerError>>),
+    RemoveListenRange(IpNet, oneshot::Sender<Result<(), SpeakerError>>),
     Originate(
         IpNet,
         Vec<Community>,
@@ -327,6 +389,21 @@ impl Speaker {
     /// The neighbour is told with Cease / Peer De-configured (RFC 4486).
     pub async fn remove_neighbor(&self, address: IpAddr) -> Result<(), SpeakerError> {
         self.request(|tx| Command::RemoveNeighbor(address, tx))
+            .await?
+    }
+
+    /// Accepts dynamic neighbours from `range` (see [`ListenRange`]). The
+    /// speaker must be listening; ranges must not overlap exactly (the
+    /// most specific range containing a peer's address applies).
+    pub async fn add_listen_range(&self, range: ListenRange) -> Result<(), SpeakerError> {
+        self.request(|tx| Command::AddListenRange(Box::new(range), tx))
+            .await?
+    }
+
+    /// Stops accepting neighbours from the range `prefix`; its dynamic
+    /// neighbours are removed as by [`Speaker::remove_neighbor`].
+    pub async fn remove_listen_range(&self, prefix: IpNet) -> Result<(), SpeakerError> {
+        self.request(|tx| Command::RemoveListenRange(prefix.trunc(), tx))
             .await?
     }
 

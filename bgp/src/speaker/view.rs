@@ -41,6 +41,10 @@ pub struct PeerStatus {
     pub advertised: u64,
     /// Why the last session went down, if it did.
     pub last_error: Option<String>,
+    /// A dynamic neighbour, created for a connection from a listen range
+    /// (it goes away with its session).
+    #[serde(default)]
+    pub dynamic: bool,
 }
 
 /// One prefix in the RIB with all its paths.

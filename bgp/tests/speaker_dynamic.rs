@@ -1,0 +1,173 @@
+//! Dynamic neighbours of listen ranges over loopback (no root needed): a
+//! route reflector configured with only a listen range; client speakers on
+//! 127.0.1.x connect to it, are reflected to each other, and vanish (routes
+//! withdrawn) when they leave; a speaker outside the range is refused; a
+//! range's TCP MD5 key applies to every address in it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bgp::speaker::{ListenRange, NeighborConfig, Speaker, SpeakerConfig, SpeakerError};
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(20);
+const AS: u32 = 65000;
+
+fn ip(third: u8, last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, third, last))
+}
+
+async fn speaker(me: IpAddr, listen: bool) -> Speaker {
+    let IpAddr::V4(id) = me else { unreachable!() };
+    let mut config = SpeakerConfig::new(AS, id);
+    config.hold_time = 9;
+    if listen {
+        config.listen = Some(SocketAddr::new(me, 0));
+    }
+    Speaker::start(config).await.unwrap()
+}
+
+/// A client at `me` connecting to the reflector.
+async fn client(me: IpAddr, rr: &Speaker, rr_ip: IpAddr, password: Option<&str>) -> Speaker {
+    let s = speaker(me, false).await;
+    let mut n = NeighborConfig::new(rr_ip, AS);
+    n.port = rr.listen_addr().unwrap().port();
+    n.local_address = Some(me);
+    n.password = password.map(str::to_string);
+    s.add_neighbor(n).await.unwrap();
+    s
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) -> bool {
+    let end = Instant::now() + WAIT;
+    while Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f().await
+}
+
+async fn has_route(s: &Speaker, prefix: &str) -> bool {
+    let p: IpNet = prefix.parse().unwrap();
+    s.routes(Some(p)).await.iter().any(|r| r.prefix == p)
+}
+
+async fn established(s: &Speaker, address: IpAddr) -> bool {
+    s.status()
+        .await
+        .peers
+        .iter()
+        .any(|p| p.address == address && p.state == "Established")
+}
+
+#[tokio::test]
+async fn reflector_with_only_a_listen_range() {
+    let rr_ip = ip(1, 1);
+    let rr = speaker(rr_ip, true).await;
+    let mut range = ListenRange::new("127.0.1.0/28".parse().unwrap(), AS);
+    range.rr_client = true;
+    rr.add_listen_range(range.clone()).await.unwrap();
+    assert!(matches!(
+        rr.add_listen_range(range).await,
+        Err(SpeakerError::ListenRange { .. })
+    ));
+
+    let (c1_ip, c2_ip) = (ip(1, 2), ip(1, 3));
+    let c1 = client(c1_ip, &rr, rr_ip, None).await;
+    let c2 = client(c2_ip, &rr, rr_ip, None).await;
+    c1.originate("10.50.1.0/24".parse().unwrap(), vec![])
+        .await
+        .unwrap();
+    assert!(
+        eventually(|| has_route(&c2, "10.50.1.0/24")).await,
+        "not reflected: {:?}",
+        rr.status().await
+    );
+    let status = rr.status().await;
+    assert_eq!(status.peers.len(), 2, "{status:?}");
+    assert!(status.peers.iter().all(|p| p.dynamic && p.rr_client));
+    let reflected = c2.routes(Some("10.50.1.0/24".parse().unwrap())).await;
+    assert_eq!(reflected[0].paths[0].next_hop, Some(c1_ip));
+
+    // Outside the range: refused, no neighbour created.
+    let outsider_ip = ip(2, 9);
+    let outsider = client(outsider_ip, &rr, rr_ip, None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!established(&outsider, rr_ip).await);
+    let status = rr.status().await;
+    assert!(
+        status.peers.iter().all(|p| p.address != outsider_ip),
+        "{status:?}"
+    );
+    outsider.shutdown(None).await;
+
+    // c1 leaves: its neighbour goes, its route is withdrawn at c2.
+    c1.shutdown(None).await;
+    assert!(
+        eventually(|| async { !has_route(&c2, "10.50.1.0/24").await }).await,
+        "route of the departed client still at c2"
+    );
+    assert!(
+        eventually(|| async {
+            let s = rr.status().await;
+            s.peers.len() == 1 && s.peers[0].address == c2_ip
+        })
+        .await,
+        "dynamic neighbor not removed: {:?}",
+        rr.status().await
+    );
+
+    // It may come back: a new dynamic neighbour.
+    let c1 = client(c1_ip, &rr, rr_ip, None).await;
+    assert!(eventually(|| established(&rr, c1_ip)).await);
+
+    // Removing the range removes its neighbours.
+    rr.remove_listen_range("127.0.1.0/28".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(rr.status().await.peers.is_empty());
+    c1.shutdown(None).await;
+    c2.shutdown(None).await;
+    rr.shutdown(None).await;
+}
+
+#[tokio::test]
+async fn listen_range_md5_key_covers_the_range() {
+    let rr_ip = ip(3, 1);
+    let rr = speaker(rr_ip, true).await;
+    let mut range = ListenRange::new("127.0.3.0/24".parse().unwrap(), AS);
+    range.password = Some("range-secret".into());
+    rr.add_listen_range(range).await.unwrap();
+
+    let good = client(ip(3, 2), &rr, rr_ip, Some("range-secret")).await;
+    let bad = client(ip(3, 3), &rr, rr_ip, Some("wrong")).await;
+    let none = client(ip(3, 4), &rr, rr_ip, None).await;
+    assert!(
+        eventually(|| established(&good, rr_ip)).await,
+        "{:?}",
+        rr.status().await
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!established(&bad, rr_ip).await);
+    assert!(!established(&none, rr_ip).await);
+    let status = rr.status().await;
+    assert_eq!(status.peers.len(), 1, "{status:?}");
+    assert_eq!(status.peers[0].address, ip(3, 2));
+    for s in [good, bad, none, rr] {
+        s.shutdown(None).await;
+    }
+}
+
+#[tokio::test]
+async fn listen_range_needs_a_listener() {
+    let s = speaker(ip(4, 1), false).await;
+    let r = s
+        .add_listen_range(ListenRange::new("127.0.4.0/24".parse().unwrap(), AS))
+        .await;
+    assert!(matches!(r, Err(SpeakerError::ListenRange { .. })), "{r:?}");
+    s.shutdown(None).await;
+}
