@@ -107,7 +107,9 @@ fn ask(agent: &AgentSettings, request: &Request) -> Result<Response, ClientError
     api::call(&agent.socket, request, agent.timeout)
 }
 
-fn assign(env: &Environment, conf: &NetConf) -> Result<Vec<IpNet>, CniError> {
+/// Asks the agent for the attachment's addresses. On failure, also says
+/// whether the agent was reached (and so may have allocated something).
+fn assign(env: &Environment, conf: &NetConf) -> Result<Vec<IpNet>, (CniError, bool)> {
     let request = Request::Assign {
         attachment: attachment(env, conf),
         pod_namespace: env.args.get("K8S_POD_NAMESPACE").map(str::to_owned),
@@ -115,22 +117,29 @@ fn assign(env: &Environment, conf: &NetConf) -> Result<Vec<IpNet>, CniError> {
         num_v4: conf.agent.num_v4,
         num_v6: conf.agent.num_v6,
     };
-    match ask(&conf.agent, &request).map_err(agent_error)? {
+    let response = ask(&conf.agent, &request).map_err(|e| {
+        let reached = !matches!(e, ClientError::Unreachable { .. });
+        (agent_error(e), reached)
+    })?;
+    match response {
         Response::Addresses(addresses) => {
             let v4 = api::of_family(&addresses, true).count();
             let v6 = api::of_family(&addresses, false).count();
             if v4 != conf.agent.num_v4 as usize || v6 != conf.agent.num_v6 as usize {
-                return Err(CniError::new(
-                    ErrorCode::Agent,
-                    format!(
-                        "the agent gave {v4} IPv4 and {v6} IPv6 addresses, {} and {} were asked",
-                        conf.agent.num_v4, conf.agent.num_v6
+                return Err((
+                    CniError::new(
+                        ErrorCode::Agent,
+                        format!(
+                            "the agent gave {v4} IPv4 and {v6} IPv6 addresses, {} and {} were asked",
+                            conf.agent.num_v4, conf.agent.num_v6
+                        ),
                     ),
+                    true,
                 ));
             }
             Ok(addresses)
         }
-        other => Err(unexpected(&other)),
+        other => Err((unexpected(&other), true)),
     }
 }
 
@@ -301,9 +310,13 @@ fn add_steps(
     pod_iface::set_up(host, &host_link).map_err(kernel)?;
 
     // Ask for the addresses only now: everything that can fail without
-    // the agent has been tried, so a refusal leaves nothing to release.
+    // the agent has been tried. From here on the agent may hold addresses
+    // for the attachment, unless it could not even be reached.
     rollback.assigned = true;
-    let addresses = assign(env, conf)?;
+    let addresses = assign(env, conf).map_err(|(e, reached)| {
+        rollback.assigned = reached;
+        e
+    })?;
 
     let pod_link = pod_iface::find_link(pod, &ifname)
         .map_err(kernel)?
@@ -605,7 +618,7 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
 /// configure (a /32 or /128 each, the IPv4 gateway 169.254.1.1 that the
 /// delegating plugin puts on its host side, default routes).
 fn ipam_add(env: &Environment, conf: &NetConf) -> Result<Value, CniError> {
-    let addresses = assign(env, conf)?;
+    let addresses = assign(env, conf).map_err(|(e, _)| e)?;
     let mut result = CniResult::default();
     for address in &addresses {
         result.ips.push(IpConfig {

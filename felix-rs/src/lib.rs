@@ -9,4 +9,5 @@ pub mod bgp_run;
 pub mod control;
 pub mod decode;
 pub mod pcap;
+pub mod pod_api;
 pub mod status_view;

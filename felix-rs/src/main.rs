@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use felix_rs::bgp_run::{self, RunArgs, RunPlan, DEFAULT_CONTROL_SOCKET};
 use felix_rs::control::{self, Request};
 use felix_rs::decode::{self, Tally};
-use felix_rs::{pcap, status_view};
+use felix_rs::{pcap, pod_api, status_view};
 use std::io::{self, Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,33 @@ enum Command {
     /// decode what a peer sent (`decode`).
     #[command(subcommand)]
     Bgp(BgpCommand),
+    /// The node agent's parts.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Serve the CNI plugin's pod API (addresses from IPAM) on a unix socket
+    /// until SIGINT/SIGTERM; the part of `felix node run` that felix-cni talks to.
+    PodApi(PodApiArgs),
+}
+
+#[derive(Args)]
+struct PodApiArgs {
+    /// The unix socket felix-cni connects to (its `agent_socket`).
+    #[arg(long, value_name = "PATH", default_value = pod_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// The IPAM datastore (sqlite:PATH, etcd://HOST:PORT, kubernetes).
+    #[arg(long, value_name = "URL", default_value = ipam::store::DEFAULT_DATASTORE)]
+    datastore: String,
+    /// This node's name (its blocks' affinity, its allocations' `node`).
+    #[arg(long, value_name = "NAME")]
+    node: String,
+    /// Create an IP pool with this CIDR unless one with it exists (repeat
+    /// for more; for labs and tests without `felix ipam`).
+    #[arg(long, value_name = "CIDR")]
+    pool: Vec<ipnet::IpNet>,
 }
 
 #[derive(Subcommand)]
@@ -120,6 +147,73 @@ fn main() -> ExitCode {
         Command::Bgp(BgpCommand::Run(args)) => bgp_run(&args),
         Command::Bgp(BgpCommand::Status(args)) => bgp_status(&args),
         Command::Bgp(BgpCommand::Routes(args)) => bgp_routes(&args),
+        Command::Node(NodeCommand::PodApi(args)) => node_pod_api(&args),
+    }
+}
+
+fn node_pod_api(args: &PodApiArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("felix: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve_pod_api(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("felix: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve_pod_api(args: &PodApiArgs) -> anyhow::Result<()> {
+    let store = ipam::store::open(&args.datastore)
+        .await
+        .with_context(|| format!("opening datastore {}", args.datastore))?;
+    let allocator = std::sync::Arc::new(ipam::Allocator::new(
+        store,
+        ipam::AllocatorConfig::default(),
+    ));
+    let pools = allocator.pools().await?;
+    for cidr in &args.pool {
+        if pools.iter().any(|p| p.spec.cidr == *cidr) {
+            continue;
+        }
+        let name = format!("pool-{}", ipam::names::cidr_name(cidr));
+        allocator
+            .create_pool(&name, ipam::pool::IpPoolSpec::new(*cidr))
+            .await
+            .with_context(|| format!("creating pool {cidr}"))?;
+    }
+    let server = pod_api::PodApiServer::bind(&args.socket).await?;
+    let api = std::sync::Arc::new(pod_api::PodApi::new(allocator, args.node.clone()));
+    eprintln!(
+        "felix: pod API for node {} on {}",
+        args.node,
+        args.socket.display()
+    );
+    server.serve(api, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -1,0 +1,361 @@
+//! The node agent's pod API: answers `felix-cni` / `felix-ipam` over a unix
+//! socket ([`felix_cni::api`] is the wire protocol) by calling the IPAM
+//! [`Allocator`]. The agent holds the only datastore connection, so a pod
+//! start opens none.
+//!
+//! Handles are the plugin's attachment ids (`felix-cni:NET:CONTAINER:IF`);
+//! allocations carry the node, pod namespace, pod name and interface as
+//! attributes, which is how GC keeps to this node's attachments.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use felix_cni::api::{
+    ApiError, ApiErrorKind, Attachment, Request, Response, MAX_MESSAGE_BYTES,
+};
+use ipam::block::{InUse, IpamBlockSpec};
+use ipam::handle::IpamHandleSpec;
+use ipam::names::{cidr_name, handle_name};
+use ipam::store::{Kind, StoreError};
+use ipam::{AllocationAttrs, Allocator, AutoAssignRequest, IpamError};
+use ipnet::IpNet;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, info, warn};
+
+/// Where `felix node pod-api` listens unless told otherwise (the plugin's
+/// default, [`felix_cni::config::DEFAULT_AGENT_SOCKET`]).
+pub const DEFAULT_SOCKET: &str = felix_cni::config::DEFAULT_AGENT_SOCKET;
+
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What can stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum PodApiError {
+    #[error("another process answers on {0}; refusing to take its socket over")]
+    InUse(PathBuf),
+    #[error("{path}: {source}")]
+    Socket { path: PathBuf, source: io::Error },
+}
+
+/// Answers requests: the protocol logic, without the socket.
+pub struct PodApi {
+    allocator: Arc<Allocator>,
+    node: String,
+    /// Assign / release / GC of one node run one at a time, so that an
+    /// ADD retried while the first attempt is still running finds the
+    /// first one's addresses instead of taking a second set.
+    writes: tokio::sync::Mutex<()>,
+}
+
+impl PodApi {
+    pub fn new(allocator: Arc<Allocator>, node: impl Into<String>) -> Self {
+        PodApi {
+            allocator,
+            node: node.into(),
+            writes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Answers one request.
+    pub async fn answer(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Assign {
+                attachment,
+                pod_namespace,
+                pod_name,
+                num_v4,
+                num_v6,
+            } => {
+                self.assign(&attachment, pod_namespace, pod_name, num_v4, num_v6)
+                    .await
+            }
+            Request::Lookup { attachment } => {
+                let handle = attachment.handle_id();
+                match self.holdings(&handle).await {
+                    Ok(held) if held.is_empty() => Err(ApiError {
+                        kind: ApiErrorKind::NotFound,
+                        message: format!("{handle} holds no addresses"),
+                    }),
+                    Ok(held) => Ok(Response::Addresses(
+                        held.iter().map(|u| IpNet::from(u.ip)).collect(),
+                    )),
+                    Err(e) => Err(api_error(e)),
+                }
+            }
+            Request::Release { attachment } => {
+                let _writes = self.writes.lock().await;
+                self.release(&attachment.handle_id())
+                    .await
+                    .map(Response::Released)
+                    .map_err(api_error)
+            }
+            Request::Gc { network, valid } => self.gc(&network, &valid).await.map_err(api_error),
+            Request::Status => self
+                .allocator
+                .pools()
+                .await
+                .map(|_| Response::Ready {
+                    node: self.node.clone(),
+                })
+                .map_err(api_error),
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+
+    async fn assign(
+        &self,
+        attachment: &Attachment,
+        pod_namespace: Option<String>,
+        pod_name: Option<String>,
+        num_v4: u32,
+        num_v6: u32,
+    ) -> Result<Response, ApiError> {
+        if num_v4 + num_v6 == 0 || num_v4 > 1 || num_v6 > 1 {
+            return Err(ApiError {
+                kind: ApiErrorKind::Invalid,
+                message: format!("a pod takes at most one address per family (asked {num_v4} IPv4, {num_v6} IPv6)"),
+            });
+        }
+        let handle = attachment.handle_id();
+        let _writes = self.writes.lock().await;
+        let held = self.holdings(&handle).await.map_err(api_error)?;
+        if !held.is_empty() {
+            debug!(%handle, "assign: the attachment holds addresses already");
+            return Ok(Response::Addresses(
+                held.iter().map(|u| IpNet::from(u.ip)).collect(),
+            ));
+        }
+        let request = AutoAssignRequest {
+            handle: handle.clone(),
+            node: self.node.clone(),
+            num_v4,
+            num_v6,
+            attrs: AllocationAttrs {
+                namespace: pod_namespace,
+                pod: pod_name,
+                node: Some(self.node.clone()),
+                interface: Some(attachment.ifname.clone()),
+            },
+            ..AutoAssignRequest::default()
+        };
+        let assigned = self
+            .allocator
+            .auto_assign(&request)
+            .await
+            .map_err(api_error)?;
+        let mut addresses = assigned.v4;
+        addresses.extend(assigned.v6);
+        info!(%handle, ?addresses, "assigned");
+        Ok(Response::Addresses(addresses))
+    }
+
+    async fn release(&self, handle: &str) -> Result<u32, IpamError> {
+        let released = self.allocator.release_by_handle(handle).await?;
+        if !released.is_empty() {
+            info!(%handle, ?released, "released");
+        }
+        Ok(u32::try_from(released.len()).unwrap_or(u32::MAX))
+    }
+
+    /// The addresses a handle holds, read from its `IPAMHandle` and the
+    /// blocks it names.
+    async fn holdings(&self, handle: &str) -> Result<Vec<InUse>, IpamError> {
+        let store = self.allocator.store();
+        let name = handle_name(handle);
+        let object = match store.get(Kind::IpamHandle, &name).await {
+            Ok(object) => object,
+            Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let spec: IpamHandleSpec =
+            serde_json::from_slice(&object.value).map_err(|e| StoreError::Corrupt {
+                kind: Kind::IpamHandle,
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
+        if spec.handle_id != handle {
+            return Ok(Vec::new());
+        }
+        let mut held = Vec::new();
+        for cidr in spec.block.keys() {
+            let Ok(cidr) = cidr.parse::<IpNet>() else {
+                continue;
+            };
+            let block = match store.get(Kind::IpamBlock, &cidr_name(&cidr)).await {
+                Ok(object) => IpamBlockSpec::from_object(&object)?,
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            held.extend(
+                block
+                    .in_use()
+                    .into_iter()
+                    .filter(|u| u.handle_id.as_deref() == Some(handle)),
+            );
+        }
+        Ok(held)
+    }
+
+    /// Releases this node's attachments of `network` that are not in
+    /// `valid` (CNI spec 1.1, "GC").
+    async fn gc(&self, network: &str, valid: &[Attachment]) -> Result<Response, IpamError> {
+        let valid: BTreeSet<String> = valid.iter().map(Attachment::handle_id).collect();
+        let prefix = Attachment::network_prefix(network);
+        let listing = self.allocator.store().list(Kind::IpamHandle, "").await?;
+        let _writes = self.writes.lock().await;
+        let mut collected = Vec::new();
+        for object in listing.objects {
+            let Ok(spec) = serde_json::from_slice::<IpamHandleSpec>(&object.value) else {
+                warn!(name = %object.name, "gc: skipping a handle that does not decode");
+                continue;
+            };
+            let handle = spec.handle_id;
+            if !handle.starts_with(&prefix) || valid.contains(&handle) {
+                continue;
+            }
+            let held = self.holdings(&handle).await?;
+            let ours = !held.is_empty()
+                && held
+                    .iter()
+                    .all(|u| u.attributes.get("node") == Some(&self.node));
+            if !ours {
+                continue;
+            }
+            self.release(&handle).await?;
+            if let Some(attachment) = Attachment::from_handle_id(&handle) {
+                collected.push(attachment);
+            }
+        }
+        Ok(Response::Collected(collected))
+    }
+}
+
+fn api_error(e: IpamError) -> ApiError {
+    let kind = match &e {
+        IpamError::Exhausted { .. } | IpamError::NoPool { .. } => ApiErrorKind::Exhausted,
+        IpamError::Invalid(_) => ApiErrorKind::Invalid,
+        IpamError::Store(StoreError::Unavailable(_)) | IpamError::TooManyConflicts { .. } => {
+            ApiErrorKind::Unavailable
+        }
+        _ => ApiErrorKind::Internal,
+    };
+    ApiError {
+        kind,
+        message: e.to_string(),
+    }
+}
+
+/// The listening socket. Dropping it removes the socket file.
+pub struct PodApiServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl PodApiServer {
+    /// Binds `path` (mode 0600), creating its directory. A stale socket
+    /// file left by a crash is replaced; a live one is not.
+    pub async fn bind(path: &Path) -> Result<Self, PodApiError> {
+        let socket_error = |source| PodApiError::Socket {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(socket_error)?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(PodApiError::InUse(path.to_owned()));
+            }
+            std::fs::remove_file(path).map_err(socket_error)?;
+        }
+        let listener = UnixListener::bind(path).map_err(socket_error)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(socket_error)?;
+        Ok(PodApiServer {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves until `shutdown` completes; each connection on a task of its
+    /// own.
+    pub async fn serve(self, api: Arc<PodApi>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let api = Arc::clone(&api);
+                        tokio::spawn(async move {
+                            if let Err(e) = serve_connection(&api, stream).await {
+                                debug!("pod API connection: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        warn!("pod API accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl Drop for PodApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve_connection(api: &PodApi, stream: UnixStream) -> io::Result<()> {
+    let started = Instant::now();
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_MESSAGE_BYTES));
+    let mut line = Vec::new();
+    tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
+    let response = match serde_json::from_slice::<Request>(&line) {
+        Ok(request) => {
+            let op = op_name(&request);
+            let response = api.answer(request).await;
+            debug!(op, elapsed_us = started.elapsed().as_micros(), "pod API request");
+            response
+        }
+        Err(e) => Response::Error(ApiError {
+            kind: ApiErrorKind::Invalid,
+            message: format!("request cannot be decoded: {e}"),
+        }),
+    };
+    let mut bytes = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    write.shutdown().await
+}
+
+fn op_name(request: &Request) -> &'static str {
+    match request {
+        Request::Assign { .. } => "assign",
+        Request::Lookup { .. } => "lookup",
+        Request::Release { .. } => "release",
+        Request::Gc { .. } => "gc",
+        Request::Status => "status",
+    }
+}
