@@ -12,6 +12,11 @@ log() { printf '\n== %s\n' "$*"; }
 # etcd-server runs the ipam datastore tests against a real etcd; protoc and
 # the well-known .proto files (libprotobuf-dev) build the etcd-client crate.
 apt_packages=(tshark bird2 gobgpd frr etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl)
+# The CNI tests: containernetworking-plugins (the reference portmap, ptp,
+# bridge and host-local plugins), iputils-ping (the pod ping matrix),
+# iptables (portmap's backend), podman + runc + busybox-static (a real
+# runtime driving felix-cni, cni-plugin/tests/podman.rs).
+apt_packages+=(containernetworking-plugins iputils-ping iptables nftables podman runc busybox-static)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,7 +21,9 @@ fn fifty_pods_get_distinct_addresses_ping_each_other_and_leave_nothing() {
     let agent = Agent::start("10.96.0.0/16");
     let conf = agent.conf("1.1.0", "");
     let pods: Vec<Netns> = (0..PODS).map(|i| Netns::new(&format!("p{i}"))).collect();
-    let ids: Vec<String> = (0..PODS).map(|i| format!("pod{i:02}-{}", std::process::id())).collect();
+    let ids: Vec<String> = (0..PODS)
+        .map(|i| format!("pod{i:02}-{}", std::process::id()))
+        .collect();
 
     let mut addresses = Vec::new();
     for (pod, id) in pods.iter().zip(&ids) {
@@ -93,7 +95,11 @@ fn fifty_pods_get_distinct_addresses_ping_each_other_and_leave_nothing() {
     assert_eq!(agent.in_use().len(), PODS);
     let prev = again.json.clone().unwrap();
     let check_conf = agent.conf("1.1.0", &format!(r#","prevResult":{prev}"#));
-    let check = felix(&node, &Call::new("CHECK", &ids[0], Some(&path)), &check_conf);
+    let check = felix(
+        &node,
+        &Call::new("CHECK", &ids[0], Some(&path)),
+        &check_conf,
+    );
     assert!(check.ok, "CHECK: {:?}", check.json);
 
     // DEL every pod: nothing of felix's remains and every address is free.

@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use felix_cni::api::{
-    ApiError, ApiErrorKind, Attachment, Request, Response, MAX_MESSAGE_BYTES,
-};
+use felix_cni::api::{ApiError, ApiErrorKind, Attachment, Request, Response, MAX_MESSAGE_BYTES};
 use ipam::block::{InUse, IpamBlockSpec};
 use ipam::handle::IpamHandleSpec;
 use ipam::names::{cidr_name, handle_name};
@@ -336,7 +334,11 @@ async fn serve_connection(api: &PodApi, stream: UnixStream) -> io::Result<()> {
         Ok(request) => {
             let op = op_name(&request);
             let response = api.answer(request).await;
-            debug!(op, elapsed_us = started.elapsed().as_micros(), "pod API request");
+            debug!(
+                op,
+                elapsed_us = started.elapsed().as_micros(),
+                "pod API request"
+            );
             response
         }
         Err(e) => Response::Error(ApiError {

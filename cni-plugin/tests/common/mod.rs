@@ -111,7 +111,15 @@ impl Node {
         ns.ip(&["link", "set", "up0", "up"]);
         ns.ip(&["link", "set", "up1", "up"]);
         ns.ip(&["addr", "add", &format!("{NODE_ADDRESS}/24"), "dev", "up0"]);
-        ns.ip(&["route", "add", "default", "via", "192.0.2.254", "dev", "up0"]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.0.2.254",
+            "dev",
+            "up0",
+        ]);
         let out = ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         assert!(out.status.success());
         let out = ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
@@ -201,10 +209,7 @@ impl Agent {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let api = Arc::new(PodApi::new(Arc::clone(&self.allocator), self.node.clone()));
         let socket = self.socket.clone();
-        let server = self
-            .runtime
-            .block_on(PodApiServer::bind(&socket))
-            .unwrap();
+        let server = self.runtime.block_on(PodApiServer::bind(&socket)).unwrap();
         self.served = Some(self.runtime.spawn(async move {
             server
                 .serve(api, async {
@@ -385,5 +390,70 @@ pub fn skip_unless_root(test: &str) -> bool {
     } else {
         println!("SKIPPED: {test} needs root (network namespaces)");
         true
+    }
+}
+
+/// A stand-in agent for the failure cases the real one cannot be made to
+/// show on cue: it reads each request and answers with the next scripted
+/// line, or hangs up without answering (`None`: the agent died mid-call).
+pub struct ScriptedAgent {
+    pub socket: PathBuf,
+    thread: Option<std::thread::JoinHandle<Vec<Value>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ScriptedAgent {
+    pub fn start(script: Vec<Option<&'static str>>) -> ScriptedAgent {
+        use std::io::{BufRead, BufReader, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("scripted.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            // Stops waiting after 10 s, so a plugin that never calls back
+            // fails the test instead of hanging it.
+            listener.set_nonblocking(true).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            for answer in script {
+                let stream = loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => break Some(stream),
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                        }
+                        Err(_) => break None,
+                    }
+                };
+                let Some(stream) = stream else {
+                    break;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line).unwrap();
+                seen.push(serde_json::from_str(&line).unwrap());
+                if let Some(answer) = answer {
+                    (&stream).write_all(answer.as_bytes()).unwrap();
+                    (&stream).write_all(b"\n").unwrap();
+                }
+            }
+            seen
+        });
+        ScriptedAgent {
+            socket,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// Waits for the script to finish; the requests it read.
+    pub fn requests(mut self) -> Vec<Value> {
+        self.thread.take().unwrap().join().unwrap()
+    }
+
+    pub fn conf(&self) -> String {
+        format!(
+            r#"{{"cniVersion":"1.1.0","name":"felix-test","type":"felix-cni","mtu":1400,"agent_socket":"{}"}}"#,
+            self.socket.display()
+        )
     }
 }
