@@ -284,3 +284,107 @@ async fn max_prefixes_closes_the_session() {
     assert!(s.routes(None).await.is_empty());
     s.shutdown(None).await;
 }
+
+/// What arrives within `d` (UPDATEs and End-of-RIB markers, in order),
+/// KEEPALIVEs skipped.
+async fn updates_within(peer: &mut RawPeer, d: Duration) -> Vec<Update> {
+    let mut got = Vec::new();
+    let end = Instant::now() + d;
+    while let Ok(Some(m)) = timeout(
+        end.saturating_duration_since(Instant::now()),
+        peer.try_recv(),
+    )
+    .await
+    {
+        if let Message::Update(u) = m {
+            got.push(u);
+        }
+    }
+    got
+}
+
+/// A restarting speaker (RFC 4724 §4.1) with one passive neighbour at
+/// 127.0.0.`peer` and an originated prefix.
+async fn restarting_speaker(last: u8, peer: u8, deferral: Duration) -> (Speaker, SocketAddr) {
+    let mut config = SpeakerConfig::new(65001, Ipv4Addr::new(10, 0, 0, last));
+    config.listen = Some(SocketAddr::new(ip(last), 0));
+    config.restarting = true;
+    config.selection_deferral_time = deferral;
+    let s = Speaker::start(config).await.unwrap();
+    let mut n = NeighborConfig::new(ip(peer), PEER_AS);
+    n.passive = true;
+    s.add_neighbor(n).await.unwrap();
+    s.originate("10.60.0.0/24".parse().unwrap(), vec![])
+        .await
+        .unwrap();
+    let to = s.listen_addr().unwrap();
+    (s, to)
+}
+
+fn announces(u: &Update, prefix: &str) -> bool {
+    let p: IpNet = prefix.parse().unwrap();
+    u.nlri.iter().any(|n| n.prefix == p)
+}
+
+#[tokio::test]
+async fn restarting_speaker_defers_its_table_until_the_peers_end_of_rib() {
+    let (s, to) = restarting_speaker(55, 56, Duration::from_secs(60)).await;
+    let mut peer = RawPeer::establish(ip(56), to, capabilities())
+        .await
+        .unwrap();
+    let early = updates_within(&mut peer, Duration::from_millis(1000)).await;
+    assert!(
+        early.is_empty(),
+        "sent before the peer's End-of-RIB: {early:?}"
+    );
+
+    peer.send(announce(&["10.61.0.0/24"], Ipv4Addr::new(127, 0, 0, 56)))
+        .await;
+    peer.send(Message::Update(Update::end_of_rib(Family::IPV4_UNICAST)))
+        .await;
+    let got = updates_within(&mut peer, Duration::from_millis(1500)).await;
+    let table = got.iter().position(|u| announces(u, "10.60.0.0/24"));
+    let eor = got.iter().position(|u| u.is_end_of_rib().is_some());
+    assert!(
+        matches!((table, eor), (Some(t), Some(e)) if t < e),
+        "expected our table, then End-of-RIB: {got:?}"
+    );
+    s.shutdown(None).await;
+}
+
+#[tokio::test]
+async fn selection_deferral_timer_ends_the_wait() {
+    let (s, to) = restarting_speaker(57, 58, Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    let mut peer = RawPeer::establish(ip(58), to, capabilities())
+        .await
+        .unwrap();
+    let early = updates_within(&mut peer, Duration::from_millis(700)).await;
+    assert!(early.is_empty(), "sent before the timer: {early:?}");
+    // No End-of-RIB from the peer: the timer releases the table.
+    let got = updates_within(&mut peer, Duration::from_millis(2500)).await;
+    assert!(got.iter().any(|u| announces(u, "10.60.0.0/24")), "{got:?}");
+    assert!(
+        got.last().and_then(Update::is_end_of_rib).is_some(),
+        "{got:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    s.shutdown(None).await;
+}
+
+#[tokio::test]
+async fn peer_without_graceful_restart_is_not_waited_for() {
+    let (s, to) = restarting_speaker(59, 60, Duration::from_secs(60)).await;
+    let caps: Vec<Capability> = capabilities()
+        .into_iter()
+        .filter(|c| !matches!(c, Capability::GracefulRestart(_)))
+        .collect();
+    let mut peer = RawPeer::establish(ip(60), to, caps).await.unwrap();
+    let got = updates_within(&mut peer, Duration::from_millis(1500)).await;
+    assert!(got.iter().any(|u| announces(u, "10.60.0.0/24")), "{got:?}");
+    assert!(
+        got.last().and_then(Update::is_end_of_rib).is_some(),
+        "{got:?}"
+    );
+    s.shutdown(None).await;
+}

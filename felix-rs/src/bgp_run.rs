@@ -154,6 +154,9 @@ pub struct FileConfig {
     pub graceful_restart_time: Option<u16>,
     /// See [`RunArgs::graceful_restart_recovery`].
     pub graceful_restart_recovery: Option<bool>,
+    /// Seconds our routes wait for the peers' End-of-RIB after a graceful
+    /// restart (RFC 4724 §4.1 selection deferral).
+    pub selection_deferral_time: Option<u64>,
     pub max_paths: Option<usize>,
     pub control_socket: Option<PathBuf>,
     #[serde(default)]
@@ -246,6 +249,8 @@ pub struct RunPlan {
     pub graceful_restart_time: Option<u16>,
     /// Announce a graceful restart in progress (flag or file).
     pub graceful_restart_recovery: bool,
+    /// None: the speaker's default.
+    pub selection_deferral_time: Option<u64>,
     /// None: the speaker's default.
     pub max_paths: Option<usize>,
     pub neighbors: Vec<NeighborConfig>,
@@ -381,6 +386,7 @@ impl RunPlan {
             graceful_restart_time: file.graceful_restart_time,
             graceful_restart_recovery: args.graceful_restart_recovery
                 || file.graceful_restart_recovery.unwrap_or(false),
+            selection_deferral_time: file.selection_deferral_time,
             max_paths: file.max_paths,
             neighbors,
             listen_ranges,
@@ -627,6 +633,9 @@ impl RunPlan {
             config.graceful_restart_time = self.graceful_restart_time;
         }
         config.restarting = self.graceful_restart_recovery;
+        if let Some(secs) = self.selection_deferral_time {
+            config.selection_deferral_time = Duration::from_secs(secs);
+        }
         if let Some(max_paths) = self.max_paths {
             config.max_paths = max_paths;
         }
@@ -771,6 +780,7 @@ cluster_id = "10.0.0.100"
 hold_time = 30
 families = ["ipv4-unicast", "ipv6-unicast"]
 graceful_restart_time = 120
+selection_deferral_time = 90
 originate = ["10.0.0.0/24", { prefix = "10.0.1.0/24", communities = ["65000:1", "no-export"] }]
 
 [[neighbor]]
@@ -805,6 +815,10 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
         assert_eq!(p.hold_time, Some(30));
         assert_eq!(p.families, [Family::IPV4_UNICAST, Family::IPV6_UNICAST]);
         assert_eq!(p.graceful_restart_time, Some(120));
+        assert_eq!(
+            p.speaker_config().selection_deferral_time,
+            Duration::from_secs(90)
+        );
         assert_eq!(p.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         assert_eq!(
             p.originate,

@@ -90,6 +90,9 @@ struct Restart {
     /// `show protocols all` after felix was back.
     after: String,
     after_routes: String,
+    /// How long after felix was Established again BIRD's graceful restart
+    /// ended (felix's End-of-RIB received).
+    gr_done: Option<Duration>,
 }
 
 /// felix up with BIRD, killed (SIGKILL), down for `down`, started again,
@@ -150,6 +153,14 @@ fn restart_felix(down: Duration) -> Option<Restart> {
         felix_json(&sock2, &["status"]).is_some_and(|s| s["peers"][0]["state"] == "Established")
     });
     assert!(up, "felix did not come back: {}", bird_protocol(&bird));
+    let back = Instant::now();
+    // BIRD's graceful restart ends with felix's End-of-RIB, which the
+    // restarted felix sends only after BIRD's own (selection deferral,
+    // RFC 4724 §4.1).
+    let gr_done = wait_until(Duration::from_secs(10), || {
+        !bird_protocol(&bird).contains("Neighbor graceful restart active")
+    })
+    .then(|| back.elapsed());
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     poller.join().unwrap();
@@ -160,6 +171,7 @@ fn restart_felix(down: Duration) -> Option<Restart> {
         during_routes,
         after: bird_protocol(&bird),
         after_routes: bird_routes(&bird),
+        gr_done,
     })
 }
 
@@ -222,4 +234,10 @@ fn bird_never_loses_felix_routes_across_a_restart() {
     assert!(caps.contains("Restart recovery"), "R bit not set: {caps}");
     assert!(caps.contains("AF preserved: ipv4"), "F bit not set: {caps}");
     assert!(r.missing.is_empty(), "routes withdrawn: {:?}", r.missing);
+    // The deferral ended on BIRD's End-of-RIB, long before the selection
+    // deferral timer (120 s).
+    let done = r
+        .gr_done
+        .unwrap_or_else(|| panic!("BIRD still in graceful restart: {}", r.after));
+    assert!(done < Duration::from_secs(10), "{done:?}");
 }

@@ -19,7 +19,7 @@ use crate::wire::{
 };
 use bytes::Bytes;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
+mod deferral;
 mod dynamic;
 
 /// Binds and starts the listener (if configured) and spawns the actor.
@@ -54,6 +55,7 @@ pub(super) fn spawn(
     rib_config.max_paths = config.max_paths.max(1);
     let (events_tx, events) = mpsc::unbounded_channel();
     let (unknown_tx, unknown) = mpsc::unbounded_channel();
+    let config_copy = config.clone();
     let span = tracing::info_span!("bgp_speaker", asn = config.asn, router_id = %config.router_id);
     let actor = Actor {
         rib: Rib::new(rib_config),
@@ -72,6 +74,7 @@ pub(super) fn spawn(
         ranges: Vec::new(),
         unknown,
         unknown_tx,
+        deferral: deferral::Deferral::at_start(&config_copy),
     };
     tokio::spawn(actor.run().instrument(span));
     Ok(listen)
@@ -103,6 +106,8 @@ struct UpState {
     negotiated: Box<Negotiated>,
     packer: UpdatePacker,
     since: Instant,
+    /// Families the peer has sent End-of-RIB for on this session.
+    end_of_rib: BTreeSet<Family>,
 }
 
 /// Paths kept stale across the neighbour's graceful restart (RFC 4724 §4.2).
@@ -155,6 +160,9 @@ struct Actor {
     /// Connections the listener has no neighbour for.
     unknown: mpsc::UnboundedReceiver<(tokio::net::TcpStream, IpAddr)>,
     unknown_tx: crate::session::UnknownSourceSender,
+    /// After a graceful restart: our UPDATEs and End-of-RIB wait for the
+    /// peers' End-of-RIB (RFC 4724 §4.1).
+    deferral: Option<deferral::Deferral>,
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -191,6 +199,9 @@ impl Actor {
                 Some((stream, from)) = self.unknown.recv() => self.dynamic_incoming(stream, from),
                 () = sleep_until(self.flush_at) => self.flush(),
                 () = sleep_until(stale_deadline) => self.expire_stale(),
+                () = sleep_until(self.deferral.as_ref().map(|d| d.deadline)) => {
+                    self.end_deferral("selection deferral timer expired");
+                }
             }
         }
         info!("speaker stopped");
@@ -539,23 +550,27 @@ impl Actor {
             negotiated,
             packer,
             since: Instant::now(),
+            end_of_rib: BTreeSet::new(),
         });
         match self.rib.peer_up(id, peer_id, &families) {
             Ok(changes) => self.apply_changes(changes),
             Err(e) => warn!(peer = %address, "peer_up: {e}"),
         }
         self.schedule_flush();
+        self.check_deferral();
     }
 
     fn update(&mut self, address: IpAddr, update: Update) {
         let Some(peer) = self.peers.get_mut(&address) else {
             return;
         };
-        let Some(up) = peer.up.as_ref() else {
+        let Some(up) = peer.up.as_mut() else {
             return;
         };
         let id = peer.id;
-        if let Some(family) = update.is_end_of_rib() {
+        let end_of_rib = update.is_end_of_rib();
+        if let Some(family) = end_of_rib {
+            up.end_of_rib.insert(family);
             peer.span.in_scope(|| debug!(%family, "End-of-RIB"));
             if let Some(stale) = peer.stale.as_mut() {
                 stale.families.retain(|f| *f != family);
@@ -595,6 +610,9 @@ impl Actor {
                 }
             }
             Err(e) => warn!(peer = %address, "UPDATE not applied: {e}"),
+        }
+        if end_of_rib.is_some() {
+            self.check_deferral();
         }
     }
 
@@ -759,6 +777,9 @@ impl Actor {
     /// Packs every peer's pending changes and hands them to its writer.
     fn flush(&mut self) {
         self.flush_at = None;
+        if self.deferral.is_some() {
+            return;
+        }
         for peer in self.peers.values_mut() {
             let (Some(up), Some(session)) = (peer.up.as_mut(), peer.session.as_ref()) else {
                 continue;

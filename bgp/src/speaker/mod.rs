@@ -52,6 +52,10 @@ pub const CONNECT_RETRY: Duration = Duration::from_secs(5);
 /// stale-path time).
 pub const STALE_PATH_TIME: Duration = Duration::from_secs(360);
 
+/// Default [`SpeakerConfig::selection_deferral_time`]: the default restart
+/// time we offer, so that peers do not give up on our stale routes first.
+pub const SELECTION_DEFERRAL_TIME: Duration = Duration::from_secs(120);
+
 /// The speaker's own settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpeakerConfig {
@@ -82,6 +86,10 @@ pub struct SpeakerConfig {
     /// ECMP: how many equal best paths a [`BestPathChange`] carries (1: no
     /// multipath).
     pub max_paths: usize,
+    /// With `restarting`: the longest time our UPDATEs and End-of-RIB wait
+    /// for the peers' End-of-RIB (RFC 4724 §4.1 selection deferral). Keep it
+    /// below the peers' stale-path time, or they flush our routes first.
+    pub selection_deferral_time: Duration,
 }
 
 impl SpeakerConfig {
@@ -98,6 +106,7 @@ impl SpeakerConfig {
             graceful_restart_time: Some(120),
             restarting: false,
             max_paths: 1,
+            selection_deferral_time: SELECTION_DEFERRAL_TIME,
         }
     }
 }
