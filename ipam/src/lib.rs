@@ -9,6 +9,7 @@ pub mod affinity;
 pub mod allocator;
 pub mod block;
 pub(crate) mod codec;
+pub mod gc;
 pub mod handle;
 pub mod names;
 pub mod pool;
@@ -20,5 +21,6 @@ pub use allocator::{
     ReleaseOutcome, ReleaseRequest,
 };
 pub use block::{AllocationAttrs, BlockRelease, Lease};
+pub use gc::{CheckReport, GcReport, LiveSet};
 #[cfg(feature = "testing")]
 pub mod testing;

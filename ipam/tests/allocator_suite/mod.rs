@@ -38,6 +38,9 @@ macro_rules! allocator_suite {
             corrupt_objects_name_the_key,
             bad_pools_refused,
             affinities_follow_claims,
+            check_finds_dead_owners_and_gc_returns_them,
+            gc_repairs_interrupted_claims_and_give_backs,
+            removing_a_node_releases_its_blocks,
         }
     };
 }
@@ -564,4 +567,194 @@ pub async fn affinities_follow_claims(store: Arc<dyn Datastore>) {
 
 pub async fn next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| std::pin::Pin::new(&mut *s).poll_next(cx)).await
+}
+
+fn owners(list: &[&str]) -> Option<HashSet<String>> {
+    Some(list.iter().map(|s| (*s).to_owned()).collect())
+}
+
+pub async fn check_finds_dead_owners_and_gc_returns_them(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    pool(&alloc, "p", "10.11.0.0/24", 26).await;
+    pool(&alloc, "p6", "fd00:11::/64", 122).await;
+    let a = alloc.auto_assign(&req("a", "node1", 1, 1)).await.unwrap();
+    let b = alloc.auto_assign(&req("b", "node1", 2, 0)).await.unwrap();
+    let c = alloc.auto_assign(&req("c", "node2", 1, 1)).await.unwrap();
+    let live = ipam::LiveSet {
+        nodes: None,
+        owners: owners(&["a"]),
+    };
+    let report = alloc.check(&live).await.unwrap();
+    let mut leaked: Vec<IpAddr> = report.leaked.iter().map(|l| l.ip).collect();
+    leaked.sort();
+    let mut expected: Vec<IpAddr> = b.leases.iter().chain(&c.leases).map(|l| l.ip).collect();
+    expected.sort();
+    assert_eq!(leaked, expected);
+    let mut stale = report.stale_handles.clone();
+    stale.sort();
+    assert_eq!(stale, ["b", "c"]);
+    assert!(report.handle_mismatches.is_empty(), "{report:?}");
+    assert!(!report.is_clean());
+    // Without a live set nothing is judged.
+    assert!(alloc
+        .check(&ipam::LiveSet::default())
+        .await
+        .unwrap()
+        .is_clean());
+
+    let done = alloc.gc(&live).await.unwrap();
+    let mut released = done.released.clone();
+    released.sort();
+    assert_eq!(released, expected);
+    let after = alloc.check(&live).await.unwrap();
+    assert!(after.is_clean(), "{after:?}");
+    assert_eq!(held(&alloc).await, 2);
+    let a_ips: HashSet<IpAddr> = a.leases.iter().map(|l| l.ip).collect();
+    for (_, block) in alloc.blocks().await.unwrap() {
+        for used in block.in_use() {
+            assert!(a_ips.contains(&used.ip));
+        }
+    }
+}
+
+pub async fn gc_repairs_interrupted_claims_and_give_backs(store: Arc<dyn Datastore>) {
+    use ipam::affinity::BlockAffinitySpec;
+    use ipam::block::IpamBlockSpec;
+    let alloc = Allocator::new(store.clone(), config());
+    pool(&alloc, "p", "10.12.0.0/24", 26).await;
+    let a = alloc.auto_assign(&req("a", "node1", 1, 0)).await.unwrap();
+    let put_affinity = |node: &str, cidr: &str, state: AffinityState| {
+        let cidr = parse_cidr(cidr).unwrap();
+        let spec = BlockAffinitySpec {
+            state,
+            node: node.into(),
+            cidr,
+        };
+        (
+            ipam::names::affinity_name(node, &cidr),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+    };
+    // 1. Crash after the pending affinity, before the block.
+    let (n1, v1) = put_affinity("node1", "10.12.0.64/26", AffinityState::Pending);
+    store.create(Kind::BlockAffinity, &n1, v1).await.unwrap();
+    // 2. Crash after the block, before confirming.
+    let cidr2 = parse_cidr("10.12.0.128/26").unwrap();
+    let (n2, v2) = put_affinity("node2", "10.12.0.128/26", AffinityState::Pending);
+    store.create(Kind::BlockAffinity, &n2, v2).await.unwrap();
+    let b2 = IpamBlockSpec::new(cidr2, Some("node2"), 0);
+    store
+        .create(
+            Kind::IpamBlock,
+            &ipam::names::cidr_name(&cidr2),
+            serde_json::to_vec(&b2).unwrap(),
+        )
+        .await
+        .unwrap();
+    // 3. Crash mid-give-back of an empty block.
+    let cidr3 = parse_cidr("10.12.0.192/26").unwrap();
+    let (n3, v3) = put_affinity("node3", "10.12.0.192/26", AffinityState::PendingDeletion);
+    store.create(Kind::BlockAffinity, &n3, v3).await.unwrap();
+    let b3 = IpamBlockSpec::new(cidr3, Some("node3"), 0);
+    store
+        .create(
+            Kind::IpamBlock,
+            &ipam::names::cidr_name(&cidr3),
+            serde_json::to_vec(&b3).unwrap(),
+        )
+        .await
+        .unwrap();
+    // 4. A block whose affinity object was lost.
+    let block1 = a.leases[0].block;
+    let aff1 = ipam::names::affinity_name("node1", &block1);
+    let obj = store.get(Kind::BlockAffinity, &aff1).await.unwrap();
+    store
+        .delete(Kind::BlockAffinity, &aff1, &obj.revision)
+        .await
+        .unwrap();
+    // 5. A handle that over-counts (crash between handle and block write).
+    let h = store.get(Kind::IpamHandle, "a").await.unwrap();
+    let mut hv: serde_json::Value = serde_json::from_slice(&h.value).unwrap();
+    hv["block"][block1.to_string()] = serde_json::json!(2);
+    store
+        .update(
+            Kind::IpamHandle,
+            "a",
+            serde_json::to_vec(&hv).unwrap(),
+            &h.revision,
+        )
+        .await
+        .unwrap();
+
+    let live = ipam::LiveSet::default();
+    let report = alloc.check(&live).await.unwrap();
+    let mut unfinished: Vec<&str> = report
+        .unfinished_affinities
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
+    unfinished.sort();
+    let mut want = vec![n1.as_str(), n2.as_str(), n3.as_str()];
+    want.sort();
+    assert_eq!(unfinished, want);
+    assert_eq!(report.blocks_without_affinity, [block1]);
+    assert_eq!(report.handle_mismatches.len(), 1);
+    assert_eq!(report.handle_mismatches[0].counted, 2);
+    assert_eq!(report.handle_mismatches[0].held, 1);
+
+    let done = alloc.gc(&live).await.unwrap();
+    assert!(done.affinities_deleted.contains(&n1), "{done:?}");
+    assert!(done.affinities_confirmed.contains(&n2), "{done:?}");
+    assert!(done.blocks_released.contains(&cidr3), "{done:?}");
+    assert!(done.affinities_confirmed.contains(&aff1), "{done:?}");
+    let after = alloc.check(&live).await.unwrap();
+    assert!(after.is_clean(), "{after:?}");
+    assert_eq!(alloc.blocks_affine_to("node1").await.unwrap(), [block1]);
+    assert_eq!(alloc.blocks_affine_to("node2").await.unwrap(), [cidr2]);
+    assert!(alloc.blocks_affine_to("node3").await.unwrap().is_empty());
+    // The over-counting handle still releases exactly its one address.
+    assert_eq!(
+        alloc.release_by_handle("a").await.unwrap(),
+        [a.leases[0].ip]
+    );
+}
+
+pub async fn removing_a_node_releases_its_blocks(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    pool(&alloc, "p", "10.13.0.0/27", 28).await;
+    alloc
+        .auto_assign(&req("n1-pod", "node1", 3, 0))
+        .await
+        .unwrap();
+    alloc
+        .auto_assign(&req("n2-fill", "node2", 16, 0))
+        .await
+        .unwrap();
+    // node2 borrows from node1's block.
+    let borrowed = alloc
+        .auto_assign(&req("n2-borrow", "node2", 1, 0))
+        .await
+        .unwrap();
+    let block1 = alloc.blocks_affine_to("node1").await.unwrap()[0];
+    assert_eq!(borrowed.leases[0].block, block1);
+
+    let live = ipam::LiveSet {
+        nodes: Some(["node2".to_owned()].into_iter().collect()),
+        owners: None,
+    };
+    let report = alloc.check(&live).await.unwrap();
+    assert_eq!(report.affinities_of_unknown_nodes.len(), 1);
+    assert_eq!(report.blocks_of_unknown_nodes, [block1]);
+
+    let removal = alloc.remove_node("node1").await.unwrap();
+    assert_eq!(removal.released.len(), 3);
+    // The block stays for node2's borrowed address, with no affinity.
+    assert_eq!(removal.blocks_unaffined, [block1]);
+    assert!(alloc.blocks_affine_to("node1").await.unwrap().is_empty());
+    assert_eq!(held(&alloc).await, 17);
+    alloc.release_by_handle("n2-borrow").await.unwrap();
+    // Now gc gives the unowned empty block back.
+    let done = alloc.gc(&live).await.unwrap();
+    assert_eq!(done.blocks_released, [block1]);
+    assert!(alloc.check(&live).await.unwrap().is_clean());
 }
