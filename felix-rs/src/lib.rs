@@ -8,6 +8,7 @@
 pub mod bgp_run;
 pub mod control;
 pub mod decode;
+pub mod ipam_cli;
 pub mod pcap;
 pub mod pod_api;
 pub mod status_view;

@@ -40,6 +40,8 @@ enum Command {
     /// The node agent's parts.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// IPAM: pools, allocation, release, `show`, `check` and `gc` (like `calicoctl ipam`).
+    Ipam(felix_rs::ipam_cli::IpamArgs),
 }
 
 #[derive(Subcommand)]
@@ -148,6 +150,37 @@ fn main() -> ExitCode {
         Command::Bgp(BgpCommand::Status(args)) => bgp_status(&args),
         Command::Bgp(BgpCommand::Routes(args)) => bgp_routes(&args),
         Command::Node(NodeCommand::PodApi(args)) => node_pod_api(&args),
+        Command::Ipam(args) => ipam_command(&args),
+    }
+}
+
+fn ipam_command(args: &felix_rs::ipam_cli::IpamArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("felix: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(felix_rs::ipam_cli::run(args)) {
+        Ok(outcome) => {
+            let mut stdout = io::stdout().lock();
+            if let Err(e) = stdout.write_all(outcome.stdout.as_bytes()) {
+                if e.kind() != io::ErrorKind::BrokenPipe {
+                    eprintln!("felix: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+            ExitCode::from(outcome.exit)
+        }
+        Err(e) => {
+            eprintln!("felix ipam: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 
