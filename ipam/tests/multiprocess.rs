@@ -430,3 +430,17 @@ async fn sigkill_mid_allocation(url: &str, dir: &Path) {
     }
     assert_eq!(held, live_ips);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_8_allocators_20k_ops_etcd() {
+    let server = ipam::testing::EtcdServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    two_processes_stress(&server.url(), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_allocation_etcd() {
+    let server = ipam::testing::EtcdServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    sigkill_mid_allocation(&server.url(), dir.path()).await;
+}

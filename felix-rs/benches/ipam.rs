@@ -1,0 +1,319 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! IPAM allocation throughput and latency: felix's allocator on SQLite and
+//! on etcd, and in the same run Debian's reference `host-local` IPAM plugin
+//! allocating from a range of the same size (/16).
+//!
+//! `cargo bench -p felix-rs --bench ipam` prints a table; docs/benchmarks.md
+//! has the figures. Env: `IPAM_BENCH_SCALE` multiplies the operation counts.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipam::pool::{parse_cidr, IpPoolSpec};
+use ipam::store::Datastore;
+use ipam::{Allocator, AllocatorConfig, AutoAssignRequest};
+
+const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
+const POOL: &str = "10.0.0.0/16";
+/// Nodes the allocators are spread over (allocator i runs as node i % NODES).
+const NODES: usize = 8;
+
+struct Row {
+    what: String,
+    allocators: usize,
+    ops: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+        l.get(i).copied().unwrap_or_default()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+async fn felix_run(store: Arc<dyn Datastore>, what: &str, allocators: usize, ops: usize) -> Row {
+    let alloc = Arc::new(Allocator::new(store, AllocatorConfig::default()));
+    alloc
+        .create_pool("bench", IpPoolSpec::new(parse_cidr(POOL).unwrap()))
+        .await
+        .unwrap();
+    let per_task = ops / allocators;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for a in 0..allocators {
+        let alloc = Arc::clone(&alloc);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                let t = Instant::now();
+                let got = alloc
+                    .auto_assign(&AutoAssignRequest {
+                        handle: format!("a{a}-{i}"),
+                        node: format!("node{}", a % NODES),
+                        num_v4: 1,
+                        ..AutoAssignRequest::default()
+                    })
+                    .await
+                    .unwrap();
+                lat.push(t.elapsed());
+                assert_eq!(got.v4.len(), 1);
+            }
+            lat
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    // Every address handed out once.
+    let held: usize = alloc
+        .blocks()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.in_use_count())
+        .sum();
+    assert_eq!(held, per_task * allocators);
+    Row {
+        what: what.to_owned(),
+        allocators,
+        ops: per_task * allocators,
+        elapsed,
+        latencies,
+    }
+}
+
+/// `host-local` ADD, one process per allocation (that is how a runtime
+/// calls it), `allocators` at a time, from a /16 range.
+fn host_local_run(allocators: usize, ops: usize) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"bench","ipam":{{"type":"host-local","ranges":[[{{"subnet":"{POOL}"}}]],"dataDir":"{}"}}}}"#,
+        dir.path().display()
+    );
+    let conf = Arc::new(conf);
+    let per_thread = ops / allocators;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..allocators)
+        .map(|a| {
+            let conf = Arc::clone(&conf);
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(per_thread);
+                for i in 0..per_thread {
+                    let t = Instant::now();
+                    let mut child = Command::new(HOST_LOCAL)
+                        .env("CNI_COMMAND", "ADD")
+                        .env("CNI_CONTAINERID", format!("c{a}-{i}"))
+                        .env("CNI_NETNS", "/var/run/netns/bench")
+                        .env("CNI_IFNAME", "eth0")
+                        .env("CNI_PATH", "/usr/lib/cni")
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(conf.as_bytes())
+                        .unwrap();
+                    let out = child.wait_with_output().unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stdout)
+                    );
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in threads {
+        latencies.extend(t.join().unwrap());
+    }
+    let elapsed = start.elapsed();
+    let files = std::fs::read_dir(dir.path().join("bench"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("10."))
+        })
+        .count();
+    assert_eq!(
+        files,
+        per_thread * allocators,
+        "host-local lost an allocation"
+    );
+    Row {
+        what: "host-local (process per ADD)".into(),
+        allocators,
+        ops: per_thread * allocators,
+        elapsed,
+        latencies,
+    }
+}
+
+/// `felix ipam allocate` on SQLite, one process per allocation: the same
+/// shape as host-local (a plugin execed per ADD).
+fn felix_cli_run(allocators: usize, ops: usize) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Arc::new(format!("sqlite:{}", dir.path().join("ipam.db").display()));
+    let felix = env!("CARGO_BIN_EXE_felix");
+    let st = Command::new(felix)
+        .args([
+            "ipam",
+            "--datastore",
+            &url,
+            "pools",
+            "create",
+            "--cidr",
+            POOL,
+        ])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let per_thread = ops / allocators;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..allocators)
+        .map(|a| {
+            let url = Arc::clone(&url);
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(per_thread);
+                for i in 0..per_thread {
+                    let t = Instant::now();
+                    let out = Command::new(felix)
+                        .args(["ipam", "--datastore", &url, "allocate"])
+                        .args(["--node", &format!("node{}", a % NODES)])
+                        .args(["--handle", &format!("c{a}-{i}")])
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in threads {
+        latencies.extend(t.join().unwrap());
+    }
+    Row {
+        what: "felix ipam allocate, sqlite (process per allocation)".into(),
+        allocators,
+        ops: per_thread * allocators,
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
+    // else useful: run a tiny version there so the harness stays honest.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let scale: f64 = std::env::var("IPAM_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 0.02 } else { 1.0 });
+    let n = |base: usize| ((base as f64 * scale) as usize).max(32);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for allocators in [1, 8, 32] {
+        let dir = tempfile::tempdir().unwrap();
+        let row = rt.block_on(async {
+            let store = ipam::store::sqlite::SqliteStore::open(dir.path().join("ipam.db"))
+                .await
+                .unwrap();
+            felix_run(Arc::new(store), "felix, sqlite", allocators, n(8_000)).await
+        });
+        rows.push(row);
+    }
+    if std::path::Path::new("/usr/bin/etcd").exists() {
+        for allocators in [1, 8, 32] {
+            let row = rt.block_on(async {
+                let server = ipam::testing::EtcdServer::start().await.unwrap();
+                let store = server.store().await.unwrap();
+                let row = felix_run(Arc::new(store), "felix, etcd", allocators, n(4_000)).await;
+                drop(server);
+                row
+            });
+            rows.push(row);
+        }
+    } else {
+        eprintln!("SKIPPED etcd rows: /usr/bin/etcd not installed (etcd-server)");
+    }
+    if std::path::Path::new(HOST_LOCAL).exists() {
+        for allocators in [1, 8, 32] {
+            rows.push(host_local_run(allocators, n(2_000)));
+        }
+    } else {
+        eprintln!(
+            "SKIPPED host-local rows: {HOST_LOCAL} not installed (containernetworking-plugins)"
+        );
+    }
+    for allocators in [1, 8] {
+        rows.push(felix_cli_run(allocators, n(1_000)));
+    }
+
+    println!(
+        "| what | allocators | allocations | allocations/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.0} | {} | {} |",
+            r.what,
+            r.allocators,
+            r.ops,
+            r.rate(),
+            ms(r.percentile(0.5)),
+            ms(r.percentile(0.99))
+        );
+    }
+    let find = |what: &str, a: usize| {
+        rows.iter()
+            .find(|r| r.what.starts_with(what) && r.allocators == a)
+    };
+    if let (Some(s), Some(h)) = (find("felix, sqlite", 8), find("host-local", 8)) {
+        println!(
+            "\nsqlite at 8: {:.0}/s (target >= 2000: {}), p99 {} ms (target < 5: {}); {:.1}x host-local",
+            s.rate(),
+            if s.rate() >= 2000.0 { "met" } else { "NOT met" },
+            ms(s.percentile(0.99)),
+            if s.percentile(0.99) < Duration::from_millis(5) { "met" } else { "NOT met" },
+            s.rate() / h.rate()
+        );
+    }
+    if let (Some(e), Some(h)) = (find("felix, etcd", 8), find("host-local", 8)) {
+        println!(
+            "etcd at 8: {:.0}/s (target >= 1000: {}); {:.1}x host-local",
+            e.rate(),
+            if e.rate() >= 1000.0 { "met" } else { "NOT met" },
+            e.rate() / h.rate()
+        );
+    }
+}
