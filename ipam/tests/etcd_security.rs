@@ -8,7 +8,7 @@ use std::process::Command;
 
 use ipam::store::etcd::{EtcdConfig, EtcdStore};
 use ipam::store::{Datastore, Kind, StoreError};
-use ipam::testing::etcd_server::ServerTls;
+use ipam::testing::etcd_server::{EtcdOptions, ServerTls};
 use ipam::testing::EtcdServer;
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -90,12 +90,15 @@ async fn tls_with_client_certificates() {
     let certs = tempfile::tempdir().unwrap();
     let d = certs.path();
     make_certs(d);
-    let server = EtcdServer::start_with(Some(ServerTls {
-        cert: d.join("server.pem"),
-        key: d.join("server.key"),
-        ca: d.join("ca.pem"),
-        client_cert_auth: true,
-    }))
+    let server = EtcdServer::start_with(EtcdOptions {
+        tls: Some(ServerTls {
+            cert: d.join("server.pem"),
+            key: d.join("server.key"),
+            ca: d.join("ca.pem"),
+            client_cert_auth: true,
+        }),
+        fsync: false,
+    })
     .await
     .unwrap();
 

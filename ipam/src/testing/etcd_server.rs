@@ -1,8 +1,8 @@
 //! A real `etcd` (Debian `etcd-server`) for tests: one member on free
 //! loopback ports, data in a temporary directory, tuned to start fast
-//! (`--heartbeat-interval=10 --election-timeout=100 --unsafe-no-fsync`, test
-//! use only). Dropping the fixture kills etcd and removes its directory,
-//! whether the test passed or panicked.
+//! (`--heartbeat-interval=10 --election-timeout=100`, and `--unsafe-no-fsync`
+//! unless [`EtcdOptions::fsync`]; test use only). Dropping the fixture kills
+//! etcd and removes its directory, whether the test passed or panicked.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -41,7 +41,18 @@ pub struct EtcdServer {
     /// Plain-HTTP `/health` listener (`--listen-metrics-urls`), also when
     /// clients must use TLS.
     health_port: u16,
-    tls: Option<ServerTls>,
+    options: EtcdOptions,
+}
+
+/// How to run the test etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EtcdOptions {
+    /// Serve clients over TLS.
+    pub tls: Option<ServerTls>,
+    /// fsync the WAL on every commit, as production etcd does (default
+    /// off: `--unsafe-no-fsync`, which survives etcd being killed but not
+    /// the machine losing power).
+    pub fsync: bool,
 }
 
 /// TLS for the client listener (PEM files).
@@ -63,11 +74,11 @@ impl EtcdServer {
     /// Starts etcd on two free loopback ports (retried with new ports when
     /// another process took one in between).
     pub async fn start() -> Result<Self, EtcdFixtureError> {
-        Self::start_with(None).await
+        Self::start_with(EtcdOptions::default()).await
     }
 
-    /// Starts etcd serving clients over TLS when `tls` is given.
-    pub async fn start_with(tls: Option<ServerTls>) -> Result<Self, EtcdFixtureError> {
+    /// Starts etcd with TLS or fsync as `options` say.
+    pub async fn start_with(options: EtcdOptions) -> Result<Self, EtcdFixtureError> {
         let mut last = None;
         for _ in 0..3 {
             let dir = tempfile::Builder::new().prefix("felix-etcd-").tempdir()?;
@@ -77,7 +88,7 @@ impl EtcdServer {
                 client_port: free_port()?,
                 peer_port: free_port()?,
                 health_port: free_port()?,
-                tls: tls.clone(),
+                options: options.clone(),
             };
             match server.launch().await {
                 Ok(()) => return Ok(server),
@@ -135,16 +146,23 @@ impl EtcdServer {
     }
 
     async fn launch(&mut self) -> Result<(), EtcdFixtureError> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut tls_args = Vec::new();
-        if let Some(tls) = &self.tls {
-            tls_args.push(format!("--cert-file={}", tls.cert.display()));
-            tls_args.push(format!("--key-file={}", tls.key.display()));
+        let mut extra_args = Vec::new();
+        if !self.options.fsync {
+            extra_args.push("--unsafe-no-fsync".to_owned());
+        }
+        if let Some(tls) = &self.options.tls {
+            extra_args.push(format!("--cert-file={}", tls.cert.display()));
+            extra_args.push(format!("--key-file={}", tls.key.display()));
             if tls.client_cert_auth {
-                tls_args.push("--client-cert-auth".to_owned());
-                tls_args.push(format!("--trusted-ca-file={}", tls.ca.display()));
+                extra_args.push("--client-cert-auth".to_owned());
+                extra_args.push(format!("--trusted-ca-file={}", tls.ca.display()));
             }
         }
         let log = std::fs::OpenOptions::new()
@@ -163,11 +181,10 @@ impl EtcdServer {
                 "--listen-metrics-urls=http://127.0.0.1:{}",
                 self.health_port
             ))
-            .args(&tls_args)
+            .args(&extra_args)
             .args([
                 "--heartbeat-interval=10",
                 "--election-timeout=100",
-                "--unsafe-no-fsync",
                 "--log-level=warn",
             ])
             .stdin(Stdio::null())
