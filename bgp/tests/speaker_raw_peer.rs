@@ -9,8 +9,8 @@
 use bgp::speaker::{BestPathChange, NeighborConfig, PeerStatus, Speaker, SpeakerConfig};
 use bgp::wire::{
     self, AsPath, AttributeValue, Capability, Family, GracefulRestart, GracefulRestartFamily,
-    Message, Nlri, Open, Origin, PathAttribute, RouteRefresh, RouteRefreshSubtype, SessionParams,
-    Update,
+    Message, MpReach, NextHop, Nlri, Open, Origin, PathAttribute, RouteRefresh,
+    RouteRefreshSubtype, SessionParams, Update,
 };
 use bytes::BytesMut;
 use ipnet::IpNet;
@@ -179,13 +179,14 @@ async fn end_of_rib_route_refresh_and_graceful_restart() {
     s.originate(ours, vec![]).await.unwrap();
     let to = s.listen_addr().unwrap();
 
-    // Initial table, then End-of-RIB; next hop = router id (no local
-    // address configured), our AS prepended.
+    // Initial table, then End-of-RIB; next hop = our end of the session,
+    // 127.0.0.51 (no local address configured; not the router id
+    // 10.0.0.51, which is no address of ours), our AS prepended.
     let mut peer = RawPeer::establish(ip(52), to, capabilities())
         .await
         .unwrap();
     let u = peer.recv_announce(ours).await;
-    assert_eq!(u.next_hop(), Some(Ipv4Addr::new(10, 0, 0, 51)));
+    assert_eq!(u.next_hop(), Some(Ipv4Addr::new(127, 0, 0, 51)));
     let Message::Update(eor) = peer.recv().await else {
         panic!("expected End-of-RIB");
     };
@@ -386,5 +387,60 @@ async fn peer_without_graceful_restart_is_not_waited_for() {
         got.last().and_then(Update::is_end_of_rib).is_some(),
         "{got:?}"
     );
+    s.shutdown(None).await;
+}
+
+fn announce_v6(prefix: &str, next_hop: &str) -> Message {
+    Message::Update(Update {
+        attributes: vec![
+            PathAttribute::new(AttributeValue::Origin(Origin::Igp)),
+            PathAttribute::new(AttributeValue::AsPath(AsPath::sequence([PEER_AS]))),
+            PathAttribute::new(AttributeValue::MpReach(Box::new(MpReach {
+                family: Family::IPV6_UNICAST,
+                next_hop: NextHop::Ipv6 {
+                    global: next_hop.parse().unwrap(),
+                    link_local: None,
+                },
+                nlri: vec![Nlri::new(prefix.parse().unwrap())],
+                unparsed: bytes::Bytes::new(),
+            }))),
+        ],
+        ..Update::default()
+    })
+}
+
+/// IPv6 routes over an IPv4 session, as GoBGP and FRR send them without an
+/// IPv6 address for the session: next hop `::ffff:a.b.c.d`. Nothing can
+/// forward to that, so the path is unresolvable: not best, not on the
+/// stream, not in `routes()`; the same route with a real IPv6 next hop is.
+#[tokio::test]
+async fn ipv4_mapped_ipv6_next_hop_is_unresolvable() {
+    let mut config = SpeakerConfig::new(65001, Ipv4Addr::new(10, 0, 0, 63));
+    config.listen = Some(SocketAddr::new(ip(63), 0));
+    config.families = vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST];
+    let s = Speaker::start(config).await.unwrap();
+    let mut best = s.subscribe();
+    let mut n = NeighborConfig::new(ip(64), PEER_AS);
+    n.passive = true;
+    s.add_neighbor(n).await.unwrap();
+    let to = s.listen_addr().unwrap();
+    let mut caps = capabilities();
+    caps.push(Capability::Multiprotocol {
+        family: Family::IPV6_UNICAST,
+    });
+    let mut peer = RawPeer::establish(ip(64), to, caps).await.unwrap();
+    peer.send(announce_v6("2001:db8:1::/48", "::ffff:127.0.0.64"))
+        .await;
+    peer.send(announce_v6("2001:db8:2::/48", "2001:db8::64"))
+        .await;
+    let c = wait_change(&mut best, |c| !c.is_withdrawal()).await;
+    assert_eq!(c.prefix.to_string(), "2001:db8:2::/48", "{c:?}");
+    assert_eq!(c.next_hops, vec!["2001:db8::64".parse::<IpAddr>().unwrap()]);
+    let routes = s.routes(None).await;
+    let prefixes: Vec<String> = routes.iter().map(|r| r.prefix.to_string()).collect();
+    assert_eq!(prefixes, vec!["2001:db8:2::/48"], "{routes:?}");
+    // Both were received and accepted by policy all the same.
+    let p = wait_peer(&s, |p| p.received == 2).await;
+    assert_eq!(p.accepted, 2, "{p:?}");
     s.shutdown(None).await;
 }

@@ -8,7 +8,7 @@ use crate::wire::{
 };
 use bytes::Bytes;
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 /// What both OPENs agreed on: handed to the driver when the session reaches
@@ -40,6 +40,10 @@ pub struct Negotiated {
     pub peer_graceful_restart: Option<GracefulRestart>,
     pub local_open: Open,
     pub remote_open: Open,
+    /// Our end of the TCP connection. The FSM knows no sockets: it leaves
+    /// this `None`, and the session layer fills it in before reporting
+    /// Established (the speaker's next hop when none is configured).
+    pub local_address: Option<IpAddr>,
 }
 
 /// Who the peer turned out to be, once its OPEN passed [`check_open`].
@@ -151,6 +155,7 @@ pub(crate) fn negotiate(
         peer_graceful_restart: remote_open.graceful_restart().cloned(),
         local_open: local_open.clone(),
         remote_open: remote_open.clone(),
+        local_address: None,
     }
 }
 

@@ -581,6 +581,22 @@ impl Rib {
         self.peer(peer).map(|p| &p.info)
     }
 
+    /// Sets our addresses on the session with `peer` (the NEXT_HOP of
+    /// routes we send it with next-hop-self or originate), e.g. once the
+    /// session's local socket address is known. Applies to what is exported
+    /// from now on.
+    pub fn set_peer_local_addresses(
+        &mut self,
+        peer: PeerId,
+        ipv4: Option<Ipv4Addr>,
+        ipv6: Option<Ipv6Addr>,
+    ) -> Result<(), RibError> {
+        let state = self.peer_mut(peer)?;
+        state.info.local_ipv4 = ipv4;
+        state.info.local_ipv6 = ipv6;
+        Ok(())
+    }
+
     /// Replaces a peer's policy. The new export policy is applied at once
     /// (the returned changes); the new import policy applies to UPDATEs
     /// received from now on (ask the peer for a ROUTE-REFRESH to re-filter

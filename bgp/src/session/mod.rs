@@ -413,6 +413,15 @@ struct Driver {
     had_connection: bool,
 }
 
+/// An IPv4 address seen through a dual-stack socket (`::ffff:a.b.c.d`) as
+/// the IPv4 address it is.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
@@ -688,11 +697,16 @@ impl Driver {
                         }
                     }
                 }
-                Action::Established(n) => {
+                Action::Established(mut n) => {
                     info!(peer_asn = n.peer_asn, peer_id = %n.peer_id, hold = n.hold_time, "established");
                     if let Some(c) = self.conn(&which) {
                         c.recv = n.receive;
                         c.send = n.send;
+                        n.local_address = c
+                            .stream
+                            .as_ref()
+                            .and_then(|s| s.local_addr().ok())
+                            .map(|a| unmapped(a.ip()));
                     }
                     let _ = self.events.send(SessionEvent::Established(n));
                 }

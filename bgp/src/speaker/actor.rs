@@ -57,8 +57,11 @@ pub(super) fn spawn(
     let (unknown_tx, unknown) = mpsc::unbounded_channel();
     let config_copy = config.clone();
     let span = tracing::info_span!("bgp_speaker", asn = config.asn, router_id = %config.router_id);
+    let mut rib = Rib::new(rib_config);
+    // An empty RIB: nothing to re-evaluate.
+    drop(rib.set_resolver(Box::new(super::next_hop::ForwardableNextHop)));
     let actor = Actor {
-        rib: Rib::new(rib_config),
+        rib,
         config,
         listen,
         listener,
@@ -540,6 +543,8 @@ impl Actor {
         let id = peer.id;
         let families = negotiated.families.clone();
         let peer_id = negotiated.peer_id;
+        let (configured_local, negotiated_local) =
+            (peer.config.local_address, negotiated.local_address);
         peer.span
             .in_scope(|| info!(%peer_id, ?families, "established"));
         let mut packer = UpdatePacker::new(negotiated.send);
@@ -552,6 +557,18 @@ impl Actor {
             since: Instant::now(),
             end_of_rib: BTreeSet::new(),
         });
+        // Without a configured local address, our end of this connection
+        // is our next hop to the peer (not the router id, which need not be
+        // an address of ours at all).
+        if let (None, Some(local)) = (configured_local, negotiated_local) {
+            let (v4, v6) = match local {
+                IpAddr::V4(a) => (Some(a), None),
+                IpAddr::V6(a) => (Some(self.config.router_id), Some(a)),
+            };
+            if let Err(e) = self.rib.set_peer_local_addresses(id, v4, v6) {
+                warn!(peer = %address, "local address: {e}");
+            }
+        }
         match self.rib.peer_up(id, peer_id, &families) {
             Ok(changes) => self.apply_changes(changes),
             Err(e) => warn!(peer = %address, "peer_up: {e}"),

@@ -25,6 +25,7 @@
 //! ```
 
 mod actor;
+pub mod next_hop;
 pub mod view;
 
 pub use view::*;
