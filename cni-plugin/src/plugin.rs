@@ -615,14 +615,18 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
 }
 
 /// felix-ipam ADD: the addresses only, for the delegating plugin to
-/// configure (a /32 or /128 each, the IPv4 gateway 169.254.1.1 that the
-/// delegating plugin puts on its host side, default routes).
+/// configure: each with its block's prefix length (as host-local gives its
+/// subnet's), and the IPv4 gateway 169.254.1.1, which a point-to-point
+/// plugin such as the reference `ptp` puts on its host end and routes to
+/// on-link. No routes: such a plugin applies the result's routes before
+/// its own link route to the gateway, so a route via 169.254.1.1 would be
+/// refused as unreachable.
 fn ipam_add(env: &Environment, conf: &NetConf) -> Result<Value, CniError> {
     let addresses = assign(env, conf).map_err(|(e, _)| e)?;
     let mut result = CniResult::default();
     for address in &addresses {
         result.ips.push(IpConfig {
-            address: IpNet::from(address.addr()),
+            address: *address,
             gateway: address
                 .addr()
                 .is_ipv4()
@@ -630,8 +634,6 @@ fn ipam_add(env: &Environment, conf: &NetConf) -> Result<Value, CniError> {
             interface: None,
         });
     }
-    result.routes = default_routes(&addresses);
-    result.routes.retain(|r| r.dst.addr().is_ipv4());
     result.dns = conf.dns.clone();
     Ok(result.to_json(conf.version))
 }

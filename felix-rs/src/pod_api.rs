@@ -79,14 +79,12 @@ impl PodApi {
             }
             Request::Lookup { attachment } => {
                 let handle = attachment.handle_id();
-                match self.holdings(&handle).await {
+                match self.addresses(&handle).await {
                     Ok(held) if held.is_empty() => Err(ApiError {
                         kind: ApiErrorKind::NotFound,
                         message: format!("{handle} holds no addresses"),
                     }),
-                    Ok(held) => Ok(Response::Addresses(
-                        held.iter().map(|u| IpNet::from(u.ip)).collect(),
-                    )),
+                    Ok(held) => Ok(Response::Addresses(held)),
                     Err(e) => Err(api_error(e)),
                 }
             }
@@ -126,12 +124,10 @@ impl PodApi {
         }
         let handle = attachment.handle_id();
         let _writes = self.writes.lock().await;
-        let held = self.holdings(&handle).await.map_err(api_error)?;
+        let held = self.addresses(&handle).await.map_err(api_error)?;
         if !held.is_empty() {
             debug!(%handle, "assign: the attachment holds addresses already");
-            return Ok(Response::Addresses(
-                held.iter().map(|u| IpNet::from(u.ip)).collect(),
-            ));
+            return Ok(Response::Addresses(held));
         }
         let request = AutoAssignRequest {
             handle: handle.clone(),
@@ -151,8 +147,15 @@ impl PodApi {
             .auto_assign(&request)
             .await
             .map_err(api_error)?;
-        let mut addresses = assigned.v4;
-        addresses.extend(assigned.v6);
+        // Each address with its block's prefix length (what felix-ipam
+        // hands to a delegating plugin; felix-cni makes /32s and /128s).
+        let addresses: Vec<IpNet> = assigned
+            .leases
+            .iter()
+            .map(|lease| {
+                IpNet::new(lease.ip, lease.block.prefix_len()).unwrap_or(IpNet::from(lease.ip))
+            })
+            .collect();
         info!(%handle, ?addresses, "assigned");
         Ok(Response::Addresses(addresses))
     }
@@ -165,9 +168,19 @@ impl PodApi {
         Ok(u32::try_from(released.len()).unwrap_or(u32::MAX))
     }
 
-    /// The addresses a handle holds, read from its `IPAMHandle` and the
-    /// blocks it names.
-    async fn holdings(&self, handle: &str) -> Result<Vec<InUse>, IpamError> {
+    /// The addresses a handle holds, with their blocks' prefix lengths.
+    async fn addresses(&self, handle: &str) -> Result<Vec<IpNet>, IpamError> {
+        Ok(self
+            .holdings(handle)
+            .await?
+            .into_iter()
+            .map(|(block, u)| IpNet::new(u.ip, block.prefix_len()).unwrap_or(IpNet::from(u.ip)))
+            .collect())
+    }
+
+    /// The addresses a handle holds (with their blocks), read from its
+    /// `IPAMHandle` and the blocks it names.
+    async fn holdings(&self, handle: &str) -> Result<Vec<(IpNet, InUse)>, IpamError> {
         let store = self.allocator.store();
         let name = handle_name(handle);
         let object = match store.get(Kind::IpamHandle, &name).await {
@@ -198,7 +211,8 @@ impl PodApi {
                 block
                     .in_use()
                     .into_iter()
-                    .filter(|u| u.handle_id.as_deref() == Some(handle)),
+                    .filter(|u| u.handle_id.as_deref() == Some(handle))
+                    .map(|u| (cidr, u)),
             );
         }
         Ok(held)
@@ -225,7 +239,7 @@ impl PodApi {
             let ours = !held.is_empty()
                 && held
                     .iter()
-                    .all(|u| u.attributes.get("node") == Some(&self.node));
+                    .all(|(_, u)| u.attributes.get("node") == Some(&self.node));
             if !ours {
                 continue;
             }

@@ -63,7 +63,8 @@ fn pod_api_serves_assign_lookup_release_and_exits_cleanly() {
         .parse::<ipnet::IpNet>()
         .unwrap()
         .contains(&first[0].addr()));
-    assert_eq!(first[0].prefix_len(), 32);
+    // With its block's prefix length (IPv4 blocks are /26 by default).
+    assert_eq!(first[0].prefix_len(), 26);
     // Assign is idempotent per attachment.
     assert_eq!(
         api::call(&socket, &assign, t).unwrap(),
