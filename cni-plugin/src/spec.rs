@@ -233,12 +233,25 @@ impl Environment {
             }
         };
         let nonempty = |name: &str| get(name).filter(|v| !v.is_empty());
+        let path = nonempty("CNI_PATH");
+        let needs_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
+        if !needs_attachment {
+            // VERSION, STATUS and GC name no attachment; runtimes pass
+            // placeholders (libcni validates a conflist with VERSION and
+            // CNI_NETNS=dummy), which are not ours to judge.
+            return Ok(Environment {
+                command,
+                container_id: None,
+                netns: None,
+                ifname: None,
+                args: CniArgs::default(),
+                path,
+            });
+        }
         let container_id = nonempty("CNI_CONTAINERID");
         let netns = nonempty("CNI_NETNS").map(PathBuf::from);
         let ifname = nonempty("CNI_IFNAME");
         let args = CniArgs::parse(&get("CNI_ARGS").unwrap_or_default())?;
-        let path = nonempty("CNI_PATH");
-        let needs_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
         if needs_attachment {
             let mut missing = Vec::new();
             if container_id.is_none() {
@@ -667,6 +680,20 @@ mod tests {
             assert!(e.msg.contains(needle), "{k}={v}: {}", e.msg);
         }
         base("CNI_IFNAME", "a-name-of-15-by").unwrap();
+    }
+
+    #[test]
+    fn version_status_gc_ignore_placeholders() {
+        // libcni validates a conflist by calling VERSION with CNI_NETNS=dummy.
+        for command in ["VERSION", "STATUS", "GC"] {
+            let e = env(&[
+                ("CNI_COMMAND", command),
+                ("CNI_NETNS", "dummy"),
+                ("CNI_CONTAINERID", "../x"),
+            ])
+            .unwrap();
+            assert_eq!(e.netns, None);
+        }
     }
 
     #[test]
