@@ -23,12 +23,14 @@
 //!
 //! Pure and synchronous; flushing n prefixes costs O(n log n) (one sort).
 
+use super::hash::PrefixHashMap;
 use crate::wire::{
     attr_type, AttributeValue, EncodeError, Family, Message, MpReach, MpUnreach, NextHop, Nlri,
     PathAttribute, Prefix, RouteRefresh, RouteRefreshSubtype, SessionParams, Update, HEADER_LEN,
 };
 use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
+use ipnet::Ipv4Net;
+use std::collections::hash_map::Entry;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -205,17 +207,92 @@ fn family_of(prefix: &Prefix) -> Family {
     }
 }
 
-/// One prefix's state towards the peer.
-#[derive(Debug, Default)]
-struct Route {
-    /// What the peer was last sent (Adj-RIB-Out); `None`: not advertised.
-    sent: Option<Arc<AttrSet>>,
-    /// What the peer should have; `None`: nothing.
+/// What the peer should have for one prefix, changed since the last flush.
+#[derive(Debug)]
+struct Pending {
+    /// `None`: nothing.
     wanted: Option<Arc<AttrSet>>,
-    /// In [`UpdatePacker::dirty`] (so it is listed once).
-    queued: bool,
     /// Send `wanted` even if the peer already has it (route refresh).
     resend: bool,
+}
+
+/// What the peer has been sent (the Adj-RIB-Out, RFC 4271 §3.2), by prefix:
+/// IPv4 prefixes without a path id (nearly all) under a packed 8-byte key,
+/// the rest under their NLRI. 16 bytes an IPv4 route instead of 40.
+#[derive(Debug, Default)]
+struct SentRoutes {
+    v4: PrefixHashMap<u64, Arc<AttrSet>>,
+    other: PrefixHashMap<Nlri, Arc<AttrSet>>,
+}
+
+/// The packed key of an IPv4 prefix without path id: address, then length.
+fn v4_key(nlri: &Nlri) -> Option<u64> {
+    match (nlri.prefix, nlri.path_id) {
+        (Prefix::V4(net), None) => {
+            Some((u64::from(u32::from(net.addr())) << 8) | u64::from(net.prefix_len()))
+        }
+        _ => None,
+    }
+}
+
+fn v4_nlri(key: u64) -> Option<Nlri> {
+    let net = Ipv4Net::new(Ipv4Addr::from((key >> 8) as u32), (key & 0xff) as u8).ok()?;
+    Some(Nlri::new(Prefix::V4(net)))
+}
+
+impl SentRoutes {
+    fn get(&self, nlri: &Nlri) -> Option<&Arc<AttrSet>> {
+        match v4_key(nlri) {
+            Some(k) => self.v4.get(&k),
+            None => self.other.get(nlri),
+        }
+    }
+
+    fn contains(&self, nlri: &Nlri) -> bool {
+        self.get(nlri).is_some()
+    }
+
+    fn insert(&mut self, nlri: Nlri, attrs: Arc<AttrSet>) {
+        match v4_key(&nlri) {
+            Some(k) => self.v4.insert(k, attrs),
+            None => self.other.insert(nlri, attrs),
+        };
+    }
+
+    fn remove(&mut self, nlri: &Nlri) -> Option<Arc<AttrSet>> {
+        match v4_key(nlri) {
+            Some(k) => self.v4.remove(&k),
+            None => self.other.remove(nlri),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Nlri, &Arc<AttrSet>)> {
+        self.v4
+            .iter()
+            .filter_map(|(k, a)| Some((v4_nlri(*k)?, a)))
+            .chain(self.other.iter().map(|(n, a)| (*n, a)))
+    }
+
+    /// The routes of `family`.
+    fn of_family(&self, family: Family) -> impl Iterator<Item = (Nlri, &Arc<AttrSet>)> {
+        let v4 = (family == Family::IPV4_UNICAST)
+            .then(|| self.v4.iter().filter_map(|(k, a)| Some((v4_nlri(*k)?, a))))
+            .into_iter()
+            .flatten();
+        v4.chain(
+            self.other
+                .iter()
+                .filter(move |(n, _)| family_of(&n.prefix) == family)
+                .map(|(n, a)| (*n, a)),
+        )
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (Nlri, Arc<AttrSet>)> + '_ {
+        self.v4
+            .drain()
+            .filter_map(|(k, a)| Some((v4_nlri(k)?, a)))
+            .chain(self.other.drain())
+    }
 }
 
 /// Routes the packer could not send, and why. They are not advertised to
@@ -241,9 +318,14 @@ pub struct Flushed {
 #[derive(Debug)]
 pub struct UpdatePacker {
     params: SessionParams,
-    routes: HashMap<Nlri, Route>,
-    /// Prefixes changed since the last flush, each once.
-    dirty: Vec<Nlri>,
+    /// What the peer has.
+    sent: SentRoutes,
+    /// Prefixes changed since the last flush, with what the peer should
+    /// have now.
+    pending: PrefixHashMap<Nlri, Pending>,
+    /// Routes wanted but refused by a flush ([`Rejected`]): tried again on
+    /// [`UpdatePacker::peer_reset`].
+    unsent: PrefixHashMap<Nlri, Arc<AttrSet>>,
     refresh_begin: Vec<Family>,
     refresh_end: Vec<Family>,
     end_of_rib: Vec<Family>,
@@ -256,8 +338,9 @@ impl UpdatePacker {
     pub fn new(params: SessionParams) -> Self {
         UpdatePacker {
             params,
-            routes: HashMap::new(),
-            dirty: Vec::new(),
+            sent: SentRoutes::default(),
+            pending: PrefixHashMap::default(),
+            unsent: PrefixHashMap::default(),
             refresh_begin: Vec::new(),
             refresh_end: Vec::new(),
             end_of_rib: Vec::new(),
@@ -281,13 +364,6 @@ impl UpdatePacker {
         }
     }
 
-    fn queue(dirty: &mut Vec<Nlri>, nlri: Nlri, route: &mut Route) {
-        if !route.queued {
-            route.queued = true;
-            dirty.push(nlri);
-        }
-    }
-
     /// The peer should have `nlri` with `attrs`, replacing any earlier
     /// announcement or withdrawal not yet flushed. With ADD-PATH for the
     /// family, `nlri.path_id` tells paths apart (none means 0).
@@ -300,9 +376,18 @@ impl UpdatePacker {
                 next_hop: attrs.family(),
             });
         }
-        let route = self.routes.entry(nlri).or_default();
-        route.wanted = Some(attrs);
-        Self::queue(&mut self.dirty, nlri, route);
+        if !self.unsent.is_empty() {
+            self.unsent.remove(&nlri);
+        }
+        match self.pending.entry(nlri) {
+            Entry::Occupied(mut e) => e.get_mut().wanted = Some(attrs),
+            Entry::Vacant(e) => {
+                e.insert(Pending {
+                    wanted: Some(attrs),
+                    resend: false,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -310,9 +395,21 @@ impl UpdatePacker {
     /// was never sent.
     pub fn withdraw(&mut self, nlri: Nlri) -> Result<(), PackError> {
         let nlri = self.normalize(nlri)?;
-        if let Some(route) = self.routes.get_mut(&nlri) {
-            route.wanted = None;
-            Self::queue(&mut self.dirty, nlri, route);
+        if !self.unsent.is_empty() {
+            self.unsent.remove(&nlri);
+        }
+        match self.pending.get_mut(&nlri) {
+            Some(p) => p.wanted = None,
+            None if self.sent.contains(&nlri) => {
+                self.pending.insert(
+                    nlri,
+                    Pending {
+                        wanted: None,
+                        resend: false,
+                    },
+                );
+            }
+            None => {}
         }
         Ok(())
     }
@@ -323,11 +420,14 @@ impl UpdatePacker {
     /// capability), the routes are bracketed by BoRR and EoRR markers so the
     /// peer can purge what it is not sent again (RFC 7313 §4).
     pub fn resend(&mut self, family: Family, enhanced_refresh: bool) {
-        for (nlri, route) in &mut self.routes {
-            if route.sent.is_some() && family_of(&nlri.prefix) == family {
-                route.resend = true;
-                Self::queue(&mut self.dirty, *nlri, route);
-            }
+        for (nlri, attrs) in self.sent.of_family(family) {
+            self.pending
+                .entry(nlri)
+                .or_insert_with(|| Pending {
+                    wanted: Some(Arc::clone(attrs)),
+                    resend: false,
+                })
+                .resend = true;
         }
         if enhanced_refresh {
             if !self.refresh_begin.contains(&family) {
@@ -348,13 +448,15 @@ impl UpdatePacker {
     /// Forgets what the peer was sent (a new session: it has nothing), so
     /// every wanted route goes out at the next flush.
     pub fn peer_reset(&mut self) {
-        self.routes.retain(|_, route| {
-            route.sent = None;
-            route.resend = false;
-            route.wanted.is_some() || route.queued
-        });
-        for (nlri, route) in &mut self.routes {
-            Self::queue(&mut self.dirty, *nlri, route);
+        let had: Vec<(Nlri, Arc<AttrSet>)> = self.sent.drain().chain(self.unsent.drain()).collect();
+        for (nlri, attrs) in had {
+            self.pending.entry(nlri).or_insert(Pending {
+                wanted: Some(attrs),
+                resend: false,
+            });
+        }
+        for p in self.pending.values_mut() {
+            p.resend = false;
         }
         self.refresh_begin.clear();
         self.refresh_end.clear();
@@ -369,21 +471,19 @@ impl UpdatePacker {
     }
 
     /// The routes the peer has been sent (the Adj-RIB-Out), in no order.
-    pub fn advertised(&self) -> impl Iterator<Item = (&Nlri, &Arc<AttrSet>)> {
-        self.routes
-            .iter()
-            .filter_map(|(n, r)| r.sent.as_ref().map(|s| (n, s)))
+    pub fn advertised(&self) -> impl Iterator<Item = (Nlri, &Arc<AttrSet>)> {
+        self.sent.iter()
     }
 
     /// How many prefixes changed since the last flush (an upper bound on
     /// the routes it will send: some changes cancel out).
     pub fn pending_len(&self) -> usize {
-        self.dirty.len()
+        self.pending.len()
     }
 
     /// Whether a flush would produce nothing new to send.
     pub fn is_idle(&self) -> bool {
-        self.dirty.is_empty()
+        self.pending.is_empty()
             && self.refresh_begin.is_empty()
             && self.refresh_end.is_empty()
             && self.end_of_rib.is_empty()
@@ -396,22 +496,20 @@ impl UpdatePacker {
         let max = params.max_message_len();
         let mut withdrawals = Vec::new();
         let mut announcements = Vec::new();
-        for nlri in std::mem::take(&mut self.dirty) {
-            let Some(route) = self.routes.get_mut(&nlri) else {
-                continue;
-            };
-            route.queued = false;
-            let resend = std::mem::take(&mut route.resend);
-            match (&route.wanted, &route.sent) {
-                (None, sent) => {
-                    if sent.is_some() {
-                        withdrawals.push(nlri);
-                    }
-                    self.routes.remove(&nlri);
+        for (nlri, pending) in self.pending.drain() {
+            match (pending.wanted, self.sent.get(&nlri)) {
+                (None, None) => {}
+                (None, Some(_)) => {
+                    self.sent.remove(&nlri);
+                    withdrawals.push(nlri);
                 }
-                (Some(w), Some(s)) if !resend && (Arc::ptr_eq(w, s) || w == s) => {}
-                (Some(w), _) => announcements.push((nlri, Arc::clone(w))),
+                (Some(w), Some(s)) if !pending.resend && (Arc::ptr_eq(&w, s) || w == *s) => {}
+                (Some(w), _) => announcements.push((nlri, w)),
             }
+        }
+        if self.pending.capacity() > 4096 {
+            // A burst (a full table) is over: give its memory back.
+            self.pending.shrink_to(1024);
         }
 
         let mut groups = group_by_wire_attributes(announcements, &params);
@@ -443,17 +541,14 @@ impl UpdatePacker {
                 }
             };
             for nlri in &group.prefixes {
-                if let Some(route) = self.routes.get_mut(nlri) {
-                    route.sent = Some(Arc::clone(&group.attrs));
-                }
+                self.sent.insert(*nlri, Arc::clone(&group.attrs));
             }
             if let Some((prefixes, error)) = error {
                 for nlri in &prefixes {
-                    if let Some(route) = self.routes.get_mut(nlri) {
-                        if route.sent.take().is_some() {
-                            withdrawals.push(*nlri);
-                        }
+                    if self.sent.remove(nlri).is_some() {
+                        withdrawals.push(*nlri);
                     }
+                    self.unsent.insert(*nlri, Arc::clone(&group.attrs));
                 }
                 rejected.push(Rejected { prefixes, error });
             }
@@ -577,8 +672,8 @@ fn group_by_wire_attributes(
     params: &SessionParams,
 ) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut by_pointer: HashMap<*const AttrSet, usize> = HashMap::new();
-    let mut by_bytes: HashMap<Bytes, usize> = HashMap::new();
+    let mut by_pointer: PrefixHashMap<*const AttrSet, usize> = PrefixHashMap::default();
+    let mut by_bytes: PrefixHashMap<Bytes, usize> = PrefixHashMap::default();
     for (nlri, attrs) in announcements {
         let index = match by_pointer.get(&Arc::as_ptr(&attrs)) {
             Some(&i) => i,

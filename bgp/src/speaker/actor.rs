@@ -6,6 +6,7 @@ use super::{
     SpeakerConfig, SpeakerError, SpeakerStatus, BATCH_INTERVAL, CONNECT_RETRY, STALE_PATH_TIME,
 };
 use crate::fsm::{DownReason, Negotiated, PeerAsn, PeerConfig};
+use crate::rib::hash::PrefixHashMap;
 use crate::rib::pack::{AttrSet, UpdatePacker};
 use crate::rib::{
     family_of, Changes, PathAttributes, PeerId, PeerInfo, PeerPolicy, PrefixList, Rib, RibConfig,
@@ -743,7 +744,7 @@ impl Actor {
             self.subscribers
                 .retain(|s| best.iter().all(|c| s.send(c.clone()).is_ok()));
         }
-        let mut sets: HashMap<usize, Option<Arc<AttrSet>>> = HashMap::new();
+        let mut sets: PrefixHashMap<usize, Option<Arc<AttrSet>>> = PrefixHashMap::default();
         let mut queued = false;
         for (id, out) in changes.out {
             if out.is_empty() {
