@@ -18,9 +18,11 @@
 //! answers a decode error with the codec's NOTIFICATION, which is written
 //! and flushed before the connection is closed (RFC 4271 §6).
 
+mod backlog;
 mod listener;
 pub mod sockopt;
 
+pub use backlog::UpdateBacklog;
 pub use listener::{Listener, UnknownSourceSender};
 
 use crate::fsm::{Action, ConfigError, DownReason, Event, Fsm, Negotiated, PeerConfig, State};
@@ -30,6 +32,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -77,6 +80,11 @@ pub struct SessionConfig {
     /// over and none is left, the task ends (a dynamic neighbour of a
     /// listen range, which exists only while the peer is connected).
     pub single_connection: bool,
+    /// Flow control for received UPDATEs: the session stops reading while
+    /// the consumer has this many unprocessed (it calls
+    /// [`UpdateBacklog::processed`] for each). `None`: read at once,
+    /// however far behind the consumer is.
+    pub update_backlog: Option<Arc<UpdateBacklog>>,
 }
 
 impl SessionConfig {
@@ -92,6 +100,7 @@ impl SessionConfig {
             ttl: None,
             gtsm_hops: None,
             single_connection: false,
+            update_backlog: None,
         }
     }
 }
@@ -396,6 +405,8 @@ enum Wake {
     Read(Which, io::Result<usize>),
     Connected(io::Result<TcpStream>),
     Timer,
+    /// The consumer caught up with the UPDATE backlog: read again.
+    Resume,
 }
 
 struct Driver {
@@ -443,6 +454,13 @@ async fn read_some_opt(conn: &mut Option<Conn>) -> io::Result<usize> {
 async fn await_connect(f: &mut Option<ConnectFuture>) -> io::Result<TcpStream> {
     match f {
         Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn backlog_drained(backlog: &Option<Arc<UpdateBacklog>>) {
+    match backlog {
+        Some(b) => b.wait_below_limit().await,
         None => std::future::pending().await,
     }
 }
@@ -504,10 +522,16 @@ impl Driver {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let paused = self
+                .config
+                .update_backlog
+                .as_ref()
+                .is_some_and(|b| b.is_full());
             let wake = tokio::select! {
                 c = self.commands.recv() => Wake::Command(c),
-                r = read_some(&mut self.primary) => Wake::Read(Which::Primary, r),
-                r = read_some_opt(&mut self.secondary) => Wake::Read(Which::Secondary, r),
+                r = read_some(&mut self.primary), if !paused => Wake::Read(Which::Primary, r),
+                r = read_some_opt(&mut self.secondary), if !paused => Wake::Read(Which::Secondary, r),
+                () = backlog_drained(&self.config.update_backlog), if paused => Wake::Resume,
                 r = await_connect(&mut self.connecting) => Wake::Connected(r),
                 () = sleep_until(deadline) => Wake::Timer,
             };
@@ -549,6 +573,7 @@ impl Driver {
                         }
                     }
                 }
+                Wake::Resume => {}
                 Wake::Timer => {
                     let t = now();
                     let actions = self.primary.fsm.handle_timeout(t);
@@ -711,6 +736,9 @@ impl Driver {
                     let _ = self.events.send(SessionEvent::Established(n));
                 }
                 Action::Update(u) => {
+                    if let Some(backlog) = &self.config.update_backlog {
+                        backlog.handed_over();
+                    }
                     let _ = self.events.send(SessionEvent::Update(u));
                 }
                 Action::RouteRefresh(r) => {

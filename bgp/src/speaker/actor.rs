@@ -4,6 +4,7 @@
 use super::{
     BestPathChange, Command, ListenRange, NeighborConfig, PathView, PeerStatus, RouteView,
     SpeakerConfig, SpeakerError, SpeakerStatus, BATCH_INTERVAL, CONNECT_RETRY, STALE_PATH_TIME,
+    UPDATE_BACKLOG,
 };
 use crate::fsm::{DownReason, Negotiated, PeerAsn, PeerConfig};
 use crate::rib::hash::PrefixHashMap;
@@ -12,7 +13,9 @@ use crate::rib::{
     family_of, Changes, PathAttributes, PeerId, PeerInfo, PeerPolicy, PrefixList, Rib, RibConfig,
     RibError, Route, RouteSource,
 };
-use crate::session::{Listener, Session, SessionConfig, SessionEvent, SessionHandle};
+use crate::session::{
+    Listener, Session, SessionConfig, SessionEvent, SessionHandle, UpdateBacklog,
+};
 use crate::wire::error::cease_subcode;
 use crate::wire::{
     AsPath, Family, GracefulRestart, GracefulRestartFamily, Message, Origin, RouteRefreshSubtype,
@@ -133,6 +136,9 @@ struct Peer {
     /// Bumped whenever the session comes up or goes down; batches packed
     /// for an older epoch are not sent.
     epoch: Arc<AtomicU64>,
+    /// Flow control with the session: UPDATEs it read and we have not
+    /// processed yet.
+    backlog: Arc<UpdateBacklog>,
     up: Option<UpState>,
     last_error: Option<String>,
     stale: Option<StaleState>,
@@ -325,6 +331,8 @@ impl Actor {
         session_config.local = n.local_address.map(|a| SocketAddr::new(a, 0));
         session_config.md5_key = n.password.as_ref().map(|p| p.as_bytes().to_vec());
         session_config.single_connection = dynamic;
+        let backlog = Arc::new(UpdateBacklog::new(UPDATE_BACKLOG));
+        session_config.update_backlog = Some(backlog.clone());
 
         let mut handle = Session::spawn(session_config)
             .map_err(|source| SpeakerError::Session { address, source })?;
@@ -411,6 +419,7 @@ impl Actor {
                     writer,
                 }),
                 epoch,
+                backlog,
                 up: None,
                 last_error: None,
                 stale: None,
@@ -511,7 +520,11 @@ impl Actor {
         };
         match session_event {
             SessionEvent::Established(n) => self.established(event.address, n),
-            SessionEvent::Update(u) => self.update(event.address, u),
+            SessionEvent::Update(u) => {
+                let backlog = peer.backlog.clone();
+                self.update(event.address, u);
+                backlog.processed();
+            }
             SessionEvent::RouteRefresh(r) => {
                 let Some(up) = peer.up.as_mut() else {
                     return;

@@ -43,6 +43,12 @@ use tokio::sync::{mpsc, oneshot};
 /// leaves in few, full UPDATE messages.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(20);
 
+/// How many received UPDATEs of one neighbour may wait for the RIB before
+/// its session stops reading ([`crate::session::UpdateBacklog`]): at most
+/// 4 KB each (64 KB with extended messages), so the queue stays small while
+/// a full table arrives.
+pub const UPDATE_BACKLOG: usize = 256;
+
 /// ConnectRetryTime, and the idle time before a dropped session reconnects
 /// by itself (RFC 4271 §10 suggests 120 s; a node agent wants its peers
 /// back sooner).
