@@ -444,3 +444,38 @@ async fn ipv4_mapped_ipv6_next_hop_is_unresolvable() {
     assert_eq!(p.accepted, 2, "{p:?}");
     s.shutdown(None).await;
 }
+
+/// `Speaker::refresh` sends the peer a ROUTE-REFRESH request per family;
+/// it is refused for an unknown neighbour and for one that is not up.
+#[tokio::test]
+async fn refresh_sends_route_refresh_requests() {
+    let s = speaker(65).await;
+    let mut n = NeighborConfig::new(ip(66), PEER_AS);
+    n.passive = true;
+    s.add_neighbor(n).await.unwrap();
+    assert!(matches!(
+        s.refresh(ip(66)).await,
+        Err(bgp::speaker::SpeakerError::Refresh { .. })
+    ));
+    assert!(matches!(
+        s.refresh(ip(67)).await,
+        Err(bgp::speaker::SpeakerError::UnknownNeighbor(_))
+    ));
+    let to = s.listen_addr().unwrap();
+    let mut peer = RawPeer::establish(ip(66), to, capabilities())
+        .await
+        .unwrap();
+    wait_peer(&s, |p| p.state == "Established").await;
+    s.refresh(ip(66)).await.unwrap();
+    let got = loop {
+        match peer.recv().await {
+            Message::RouteRefresh(r) => break r,
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        got,
+        RouteRefresh::new(Family::IPV4_UNICAST, RouteRefreshSubtype::Request)
+    );
+    s.shutdown(None).await;
+}

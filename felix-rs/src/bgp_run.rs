@@ -672,6 +672,10 @@ impl Handler for SpeakerHandler {
         let value = match request {
             Request::Status => serde_json::to_value(self.0.status().await),
             Request::Routes { prefix } => serde_json::to_value(self.0.routes(prefix).await),
+            Request::Refresh { peer } => match self.0.refresh(peer).await {
+                Ok(()) => Ok(serde_json::json!({ "refreshed": peer })),
+                Err(e) => return Err(e.to_string()),
+            },
         };
         value.map_err(|e| e.to_string())
     }

@@ -9,6 +9,7 @@
 //! {"cmd":"status"}                         -> SpeakerStatus as JSON
 //! {"cmd":"routes"}                         -> [RouteView, ...]
 //! {"cmd":"routes","prefix":"10.0.0.0/8"}   -> [RouteView, ...] (that prefix and the ones inside it)
+//! {"cmd":"refresh","peer":"10.0.0.2"}      -> {"refreshed":"10.0.0.2"} (ROUTE-REFRESH sent)
 //! anything wrong                           -> {"error":"..."}
 //! ```
 
@@ -43,6 +44,8 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prefix: Option<IpNet>,
     },
+    /// Ask the neighbour `peer` for a ROUTE-REFRESH (RFC 2918).
+    Refresh { peer: std::net::IpAddr },
 }
 
 /// The body of an error response.
@@ -319,6 +322,7 @@ mod tests {
                 Request::Status => Ok(json!({"ok": true})),
                 Request::Routes { prefix: Some(p) } => Ok(json!([p.to_string()])),
                 Request::Routes { prefix: None } => Err("no routes today".into()),
+                Request::Refresh { peer } => Ok(json!({ "refreshed": peer })),
             }
         }
     }
@@ -341,6 +345,12 @@ mod tests {
             Request::Routes { prefix: None }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"refresh","peer":"10.0.0.2"}"#).unwrap(),
+            Request::Refresh {
+                peer: "10.0.0.2".parse().unwrap()
+            }
+        );
     }
 
     fn runtime() -> tokio::runtime::Runtime {

@@ -78,6 +78,8 @@ enum BgpCommand {
     Status(QueryArgs),
     /// Show the running speaker's routes, all paths, best marked `*`.
     Routes(RoutesArgs),
+    /// Ask a neighbour to send its routes again (ROUTE-REFRESH, RFC 2918).
+    Refresh(RefreshArgs),
 }
 
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
@@ -104,6 +106,15 @@ struct RoutesArgs {
     /// Only this prefix and the prefixes inside it.
     #[arg(value_name = "PREFIX")]
     prefix: Option<ipnet::IpNet>,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+#[derive(Args)]
+struct RefreshArgs {
+    /// The neighbour's address.
+    #[arg(value_name = "PEER")]
+    peer: std::net::IpAddr,
     #[command(flatten)]
     query: QueryArgs,
 }
@@ -149,6 +160,7 @@ fn main() -> ExitCode {
         Command::Bgp(BgpCommand::Run(args)) => bgp_run(&args),
         Command::Bgp(BgpCommand::Status(args)) => bgp_status(&args),
         Command::Bgp(BgpCommand::Routes(args)) => bgp_routes(&args),
+        Command::Bgp(BgpCommand::Refresh(args)) => bgp_refresh(&args),
         Command::Node(NodeCommand::PodApi(args)) => node_pod_api(&args),
         Command::Ipam(args) => ipam_command(&args),
     }
@@ -280,6 +292,16 @@ fn bgp_run(args: &RunArgs) -> ExitCode {
 fn bgp_status(args: &QueryArgs) -> ExitCode {
     query(args, &Request::Status, |status: &SpeakerStatus| {
         status_view::render_status(status)
+    })
+}
+
+fn bgp_refresh(args: &RefreshArgs) -> ExitCode {
+    let request = Request::Refresh { peer: args.peer };
+    query(&args.query, &request, |answer: &serde_json::Value| {
+        format!(
+            "Route refresh requested from {}\n",
+            answer["refreshed"].as_str().unwrap_or("?")
+        )
     })
 }
 

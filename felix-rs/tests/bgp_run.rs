@@ -259,6 +259,33 @@ local_address = "127.0.0.2"
         "{text}"
     );
 
+    // ROUTE-REFRESH through the control socket.
+    let out = felix(&[
+        "bgp",
+        "refresh",
+        "127.0.0.2",
+        "--control-socket",
+        socket_a.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, "Route refresh requested from 127.0.0.2\n");
+    let refreshed = a.query(&["refresh", "127.0.0.2"]);
+    assert_eq!(refreshed["refreshed"], "127.0.0.2");
+    let out = felix(&[
+        "bgp",
+        "refresh",
+        "127.0.0.9",
+        "--control-socket",
+        socket_a.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no neighbor 127.0.0.9"), "{stderr}");
+    // B answers the refresh by sending its route again: A still has it.
+    let routes_a = a.query(&["routes", "10.2.0.0/24"]);
+    assert_eq!(routes_a[0]["paths"][0]["as_path"], "65002");
+
     // SIGTERM: clean exit, socket gone, the peer told why.
     let (status, stderr) = a.terminate();
     assert!(status.success(), "{status}: {stderr}");

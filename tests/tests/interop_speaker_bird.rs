@@ -57,6 +57,17 @@ protocol bgp felix {{
     )
 }
 
+/// The "received" column of BIRD's "Export updates:" line (routes BIRD's
+/// protocol was offered for export).
+fn export_updates(protocol_all: &str) -> u64 {
+    protocol_all
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Export updates:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn birdc(sock: &str, args: &[&str]) -> String {
     let out = Command::new("birdc")
         .args(["-s", sock])
@@ -158,6 +169,19 @@ fn speaker_exchanges_routes_with_bird() {
             let status = speaker.status().await;
             assert_eq!(status.peers[0].state, "Established");
             assert_eq!(status.peers[0].accepted, 2);
+
+            // ROUTE-REFRESH: BIRD exports its routes again (its "Export
+            // updates" counter grows by at least its two routes).
+            let exported = || export_updates(&birdc(&sock, &["show", "protocols", "all", "felix"]));
+            let before = exported();
+            speaker.refresh(bird_ip).await.unwrap();
+            assert!(
+                wait_until_async(Duration::from_secs(10), || exported() >= before + 2).await,
+                "BIRD did not re-send after ROUTE-REFRESH: {} -> {}\n{}",
+                before,
+                exported(),
+                birdc(&sock, &["show", "protocols", "all", "felix"])
+            );
 
             // felix's route in BIRD's table.
             let prefix: Prefix = "10.99.0.0/24".parse().unwrap();

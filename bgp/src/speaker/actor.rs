@@ -18,8 +18,8 @@ use crate::session::{
 };
 use crate::wire::error::cease_subcode;
 use crate::wire::{
-    AsPath, Family, GracefulRestart, GracefulRestartFamily, Message, Origin, RouteRefreshSubtype,
-    SegmentType, Update,
+    AsPath, Family, GracefulRestart, GracefulRestartFamily, Message, Origin, RouteRefresh,
+    RouteRefreshSubtype, SegmentType, Update,
 };
 use bytes::Bytes;
 use ipnet::IpNet;
@@ -225,6 +225,9 @@ impl Actor {
             Command::RemoveNeighbor(address, reply) => self.remove_neighbor(address, reply),
             Command::AddListenRange(range, reply) => {
                 let _ = reply.send(self.add_listen_range(*range));
+            }
+            Command::RefreshNeighbor(address, reply) => {
+                let _ = reply.send(self.refresh(address));
             }
             Command::RemoveListenRange(prefix, reply) => {
                 let _ = reply.send(self.remove_listen_range(prefix));
@@ -465,6 +468,37 @@ impl Actor {
             Err(e) => warn!(peer = %address, "removing from the RIB: {e}"),
         }
         Some(peer.session.map(|s| stop_session(s, how)))
+    }
+
+    /// Sends the neighbour a ROUTE-REFRESH request per family (RFC 2918 §3),
+    /// through its writer, after what is already queued.
+    fn refresh(&mut self, address: IpAddr) -> Result<(), SpeakerError> {
+        let Some(peer) = self.peers.get(&address) else {
+            return Err(SpeakerError::UnknownNeighbor(address));
+        };
+        let refused = |reason: &str| SpeakerError::Refresh {
+            address,
+            reason: reason.to_string(),
+        };
+        let (Some(up), Some(session)) = (&peer.up, &peer.session) else {
+            return Err(refused("the session is not Established"));
+        };
+        if !up.negotiated.route_refresh {
+            return Err(refused("the peer did not offer Route Refresh"));
+        }
+        let requests = up
+            .negotiated
+            .families
+            .iter()
+            .map(|&f| Message::RouteRefresh(RouteRefresh::new(f, RouteRefreshSubtype::Request)))
+            .collect();
+        peer.span
+            .in_scope(|| info!(families = ?up.negotiated.families, "asking for a route refresh"));
+        let epoch = peer.epoch.load(Ordering::SeqCst);
+        session
+            .outbox
+            .send((epoch, requests))
+            .map_err(|_| refused("the session has ended"))
     }
 
     async fn shutdown(&mut self, message: Option<String>) {

@@ -258,6 +258,10 @@ pub enum SpeakerError {
         address: IpAddr,
         source: crate::session::SessionError,
     },
+    /// The neighbour's session is not Established, or the neighbour did
+    /// not offer Route Refresh (RFC 2918).
+    #[error("cannot ask {address} for a route refresh: {reason}")]
+    Refresh { address: IpAddr, reason: String },
     /// The listen range cannot be added (or removed).
     #[error("listen range {prefix}: {reason}")]
     ListenRange { prefix: IpNet, reason: String },
@@ -299,6 +303,7 @@ pub(crate) enum Command {
     ),
     RemoveNeighbor(IpAddr, oneshot::Sender<Result<(), SpeakerError>>),
     AddListenRange(Box<ListenRange>, oneshot::Sender<Result<(), SpeakerError>>),
+    RefreshNeighbor(IpAddr, oneshot::Sender<Result<(), SpeakerError>>),
     RemoveListenRange(IpNet, oneshot::Sender<Result<(), SpeakerError>>),
     Originate(
         IpNet,
@@ -405,6 +410,14 @@ impl Speaker {
     /// The neighbour is told with Cease / Peer De-configured (RFC 4486).
     pub async fn remove_neighbor(&self, address: IpAddr) -> Result<(), SpeakerError> {
         self.request(|tx| Command::RemoveNeighbor(address, tx))
+            .await?
+    }
+
+    /// Asks the neighbour to send its routes again (ROUTE-REFRESH, RFC 2918,
+    /// one per family of the session): a "soft reset in", e.g. after an
+    /// import policy change. Returns once the requests are queued.
+    pub async fn refresh(&self, address: IpAddr) -> Result<(), SpeakerError> {
+        self.request(|tx| Command::RefreshNeighbor(address, tx))
             .await?
     }
 
