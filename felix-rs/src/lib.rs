@@ -5,10 +5,12 @@
 //! ([`bgp_run`], [`control`], [`status_view`]). The agent, route programmer,
 //! CNI API and lab come with issues 3–6.
 
+pub mod agent;
 pub mod bgp_run;
 pub mod control;
 pub mod decode;
 pub mod ipam_cli;
+pub mod lab;
 pub mod pcap;
 pub mod pod_api;
 pub mod status_view;

@@ -37,15 +37,22 @@ enum Command {
     /// decode what a peer sent (`decode`).
     #[command(subcommand)]
     Bgp(BgpCommand),
-    /// The node agent's parts.
+    /// The node agent: `felix node run` (and its parts).
     #[command(subcommand)]
     Node(NodeCommand),
     /// IPAM: pools, allocation, release, `show`, `check` and `gc` (like `calicoctl ipam`).
     Ipam(felix_rs::ipam_cli::IpamArgs),
+    /// One screen about the running node agent.
+    Status(felix_rs::agent::cli::StatusArgs),
+    /// A felix cluster in network namespaces on this machine (docs/lab.md).
+    #[command(subcommand)]
+    Lab(felix_rs::lab::cli::LabCommand),
 }
 
 #[derive(Subcommand)]
 enum NodeCommand {
+    /// Run the node agent until SIGINT/SIGTERM (docs/agent.md).
+    Run(felix_rs::agent::cli::NodeRunArgs),
     /// Serve the CNI plugin's pod API (addresses from IPAM) on a unix socket
     /// until SIGINT/SIGTERM; the part of `felix node run` that felix-cni talks to.
     PodApi(PodApiArgs),
@@ -163,6 +170,9 @@ fn main() -> ExitCode {
         Command::Bgp(BgpCommand::Refresh(args)) => bgp_refresh(&args),
         Command::Node(NodeCommand::PodApi(args)) => node_pod_api(&args),
         Command::Ipam(args) => ipam_command(&args),
+        Command::Node(NodeCommand::Run(args)) => felix_rs::agent::cli::node_run(&args),
+        Command::Status(args) => felix_rs::agent::cli::status(&args),
+        Command::Lab(command) => felix_rs::lab::cli::lab(&command),
     }
 }
 

@@ -227,6 +227,11 @@ fn usage_and_io_errors_exit_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a pcap"));
 
-    let output = felix(&["node", "run"], None);
+    // `felix node run` with a configuration that cannot be read.
+    let output = felix(
+        &["node", "run", "--config", missing.to_str().expect("path")],
+        None,
+    );
     assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no-such-file"));
 }

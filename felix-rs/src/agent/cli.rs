@@ -1,0 +1,115 @@
+//! `felix node run` and `felix status`: argument parsing and process set-up
+//! (logging, runtime, datastore) around [`run::run`](super::run::run).
+
+use super::config::{self, AgentConfig, LogFormat, DEFAULT_CONTROL_SOCKET};
+use super::run::{self, Plugins};
+use super::status;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags of `felix node run`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct NodeRunArgs {
+    /// TOML configuration file (docs/agent.md); `FELIX_*` variables override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Flags of `felix status`.
+#[derive(Args, Clone, Debug)]
+pub struct StatusArgs {
+    /// The agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Print the agent's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the agent: 0 after SIGINT/SIGTERM, 1 when it could not run, 2 for
+/// a bad configuration.
+pub fn node_run(args: &NodeRunArgs) -> ExitCode {
+    let env: std::collections::BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("FELIX_"))
+        .collect();
+    let config = match config::load(args.config.as_deref(), &env, config::detect_node_address) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("felix: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(&config) {
+        eprintln!("felix: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("felix: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(start(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("felix: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn start(config: AgentConfig) -> anyhow::Result<()> {
+    let store = ipam::store::open(&config.datastore)
+        .await
+        .map_err(|e| anyhow::anyhow!("datastore {}: {e}", config.datastore))?;
+    let plugins = Plugins::default();
+    run::run(config, store, plugins).await?;
+    Ok(())
+}
+
+fn init_logging(config: &AgentConfig) -> Result<(), String> {
+    let level: tracing::Level = config.log_level.parse().map_err(|_| {
+        format!(
+            "log_level {:?}: expected error, warn, info, debug or trace",
+            config.log_level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr);
+    let result = match config.log_format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| format!("logging: {e}"))
+}
+
+/// `felix status`: 0, or 1 when the agent could not be asked.
+pub fn status(args: &StatusArgs) -> ExitCode {
+    match status::query(&args.control_socket) {
+        Ok(s) if args.json => match serde_json::to_string_pretty(&s) {
+            Ok(j) => {
+                println!("{j}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("felix: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(s) => {
+            print!("{}", status::render(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("felix: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The agent's own configuration: a TOML file (see docs/agent.md for a
+//! complete example), then `FELIX_*` environment variables over it. BGP
+//! settings use Calico's names (`[bgp]` is a `BGPConfiguration` spec,
+//! `[[bgp_peers]]` are `BGPPeer` specs with a `name`); the datastore's
+//! objects of the same kinds are merged over them at run time.
+
+use super::resources::{BgpConfigurationSpec, BgpPeerSpec};
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Where the pieces live unless configured.
+pub const DEFAULT_DATASTORE: &str = "sqlite:/var/lib/felix/felix.db";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/felix/agent.sock";
+pub const DEFAULT_POD_API_SOCKET: &str = "/run/felix/pod-api.sock";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9099";
+
+/// Why the configuration was refused.
+#[derive(Debug, Error)]
+pub enum AgentConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}={value:?}: {message}")]
+    Env {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("node address: {0}")]
+    NodeAddress(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// A `[[bgp_peers]]` entry: a named `BGPPeer` spec.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct NamedPeer {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: BgpPeerSpec,
+}
+
+/// The file as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub node_name: Option<String>,
+    /// `ADDR/LEN`; detected when absent.
+    pub node_address: Option<Ipv4Net>,
+    pub router_id: Option<Ipv4Addr>,
+    /// This node's AS (the cluster's, `bgp.asNumber`, when absent).
+    pub as_number: Option<u32>,
+    /// Makes this node a route reflector (Calico node `routeReflectorClusterID`).
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+    pub datastore: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub control_socket: Option<PathBuf>,
+    pub pod_api_socket: Option<PathBuf>,
+    pub http_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    /// Periodic route resync, seconds.
+    pub resync_seconds: Option<u64>,
+    /// Announce the start as a graceful restart (kernel routes kept).
+    pub graceful_restart_recovery: Option<bool>,
+    #[serde(default)]
+    pub bgp: BgpConfigurationSpec,
+    #[serde(default)]
+    pub bgp_peers: Vec<NamedPeer>,
+}
+
+/// The resolved configuration the agent runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub node_address: Ipv4Net,
+    pub router_id: Ipv4Addr,
+    pub as_number: Option<u32>,
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+    pub datastore: String,
+    pub labels: BTreeMap<String, String>,
+    pub control_socket: PathBuf,
+    pub pod_api_socket: PathBuf,
+    pub http_listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub resync_seconds: u64,
+    pub graceful_restart_recovery: bool,
+    pub bgp: BgpConfigurationSpec,
+    pub bgp_peers: BTreeMap<String, BgpPeerSpec>,
+}
+
+/// Parses the TOML text of a configuration file.
+pub fn parse_file(text: &str) -> Result<AgentFile, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Reads `path` (if any), applies the environment `env` (name → value)
+/// and resolves defaults; `detect` finds the node address when neither
+/// gives one.
+pub fn load(
+    path: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    detect: impl FnOnce() -> Result<Ipv4Net, String>,
+) -> Result<AgentConfig, AgentConfigError> {
+    let mut file = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| AgentConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?;
+            parse_file(&text).map_err(|message| AgentConfigError::Parse {
+                path: p.to_path_buf(),
+                message,
+            })?
+        }
+        None => AgentFile::default(),
+    };
+    apply_env(&mut file, env)?;
+    resolve(file, detect)
+}
+
+fn env_parse<T: std::str::FromStr>(
+    env: &BTreeMap<String, String>,
+    name: &'static str,
+) -> Result<Option<T>, AgentConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match env.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e: T::Err| AgentConfigError::Env {
+                name,
+                value: v.clone(),
+                message: e.to_string(),
+            }),
+    }
+}
+
+/// `FELIX_NODE_NAME`, `FELIX_NODE_ADDRESS`, `FELIX_ROUTER_ID`,
+/// `FELIX_AS_NUMBER`, `FELIX_DATASTORE`, `FELIX_LOG_FORMAT`,
+/// `FELIX_LOG_LEVEL`, `FELIX_HTTP_LISTEN` override the file.
+fn apply_env(file: &mut AgentFile, env: &BTreeMap<String, String>) -> Result<(), AgentConfigError> {
+    if let Some(v) = env.get("FELIX_NODE_NAME") {
+        file.node_name = Some(v.clone());
+    }
+    if let Some(v) = env_parse(env, "FELIX_NODE_ADDRESS")? {
+        file.node_address = Some(v);
+    }
+    if let Some(v) = env_parse(env, "FELIX_ROUTER_ID")? {
+        file.router_id = Some(v);
+    }
+    if let Some(v) = env_parse(env, "FELIX_AS_NUMBER")? {
+        file.as_number = Some(v);
+    }
+    if let Some(v) = env.get("FELIX_DATASTORE") {
+        file.datastore = Some(v.clone());
+    }
+    if let Some(v) = env.get("FELIX_LOG_FORMAT") {
+        file.log_format = Some(match v.as_str() {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            _ => {
+                return Err(AgentConfigError::Env {
+                    name: "FELIX_LOG_FORMAT",
+                    value: v.clone(),
+                    message: "expected human or json".into(),
+                })
+            }
+        });
+    }
+    if let Some(v) = env.get("FELIX_LOG_LEVEL") {
+        file.log_level = Some(v.clone());
+    }
+    if let Some(v) = env_parse(env, "FELIX_HTTP_LISTEN")? {
+        file.http_listen = Some(v);
+    }
+    Ok(())
+}
+
+fn resolve(
+    file: AgentFile,
+    detect: impl FnOnce() -> Result<Ipv4Net, String>,
+) -> Result<AgentConfig, AgentConfigError> {
+    let node_name = match file.node_name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .map_err(|e| AgentConfigError::Invalid(format!("no node_name and no hostname: {e}")))?,
+    };
+    if !valid_object_name(&node_name) {
+        return Err(AgentConfigError::Invalid(format!(
+            "node_name {node_name:?} is not a valid object name (lower-case letters, digits, '-', '.', at most 253)"
+        )));
+    }
+    let node_address = match file.node_address {
+        Some(a) => a,
+        None => detect().map_err(AgentConfigError::NodeAddress)?,
+    };
+    if node_address.addr().is_unspecified() || node_address.addr().is_loopback() {
+        return Err(AgentConfigError::NodeAddress(format!(
+            "{node_address} cannot be a node address"
+        )));
+    }
+    let mut bgp_peers = BTreeMap::new();
+    for p in file.bgp_peers {
+        if bgp_peers.insert(p.name.clone(), p.spec).is_some() {
+            return Err(AgentConfigError::Invalid(format!(
+                "bgp_peers: {:?} appears twice",
+                p.name
+            )));
+        }
+    }
+    if file.as_number == Some(0) || file.bgp.as_number == Some(0) {
+        return Err(AgentConfigError::Invalid("AS number 0 is reserved".into()));
+    }
+    let http_listen = match file.http_listen {
+        Some(a) => a,
+        None => DEFAULT_HTTP_LISTEN
+            .parse()
+            .map_err(|e| AgentConfigError::Invalid(format!("{e}")))?,
+    };
+    Ok(AgentConfig {
+        node_name,
+        router_id: file.router_id.unwrap_or(node_address.addr()),
+        node_address,
+        as_number: file.as_number,
+        route_reflector_cluster_id: file.route_reflector_cluster_id,
+        datastore: file
+            .datastore
+            .unwrap_or_else(|| DEFAULT_DATASTORE.to_string()),
+        labels: file.labels,
+        control_socket: file
+            .control_socket
+            .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+        pod_api_socket: file
+            .pod_api_socket
+            .unwrap_or_else(|| DEFAULT_POD_API_SOCKET.into()),
+        http_listen,
+        log_format: file.log_format.unwrap_or_default(),
+        log_level: file.log_level.unwrap_or_else(|| "info".into()),
+        resync_seconds: file.resync_seconds.unwrap_or(60),
+        graceful_restart_recovery: file.graceful_restart_recovery.unwrap_or(false),
+        bgp: file.bgp,
+        bgp_peers,
+    })
+}
+
+/// A DNS-1123 subdomain (what every datastore backend accepts as a name).
+pub fn valid_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// The IPv4 address (with prefix length) of the interface that holds the
+/// IPv4 default route, read from `/proc/net/route` and the interface's
+/// addresses.
+pub fn detect_node_address() -> Result<Ipv4Net, String> {
+    let table = std::fs::read_to_string("/proc/net/route")
+        .map_err(|e| format!("reading /proc/net/route: {e}"))?;
+    let iface = default_route_interface(&table)
+        .ok_or("no IPv4 default route: set node_address or FELIX_NODE_ADDRESS")?;
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("listing addresses: {e}"))?;
+    for a in addrs {
+        if a.interface_name != iface {
+            continue;
+        }
+        let (Some(addr), Some(mask)) = (
+            a.address.as_ref().and_then(|s| s.as_sockaddr_in()),
+            a.netmask.as_ref().and_then(|s| s.as_sockaddr_in()),
+        ) else {
+            continue;
+        };
+        let len = u32::from(mask.ip()).count_ones() as u8;
+        return Ipv4Net::new(addr.ip(), len).map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "interface {iface} (default route) has no IPv4 address"
+    ))
+}
+
+/// The interface of the first default route in a `/proc/net/route` dump.
+pub fn default_route_interface(table: &str) -> Option<String> {
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.len() > 7 && cols[1] == "00000000" && cols[7] == "00000000")
+            .then(|| cols[0].to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// The example in docs/agent.md, kept in sync by this test.
+    const EXAMPLE: &str = r#"
+node_name = "node-1"
+node_address = "10.0.0.1/24"
+router_id = "10.0.0.1"
+as_number = 64512
+datastore = "sqlite:/var/lib/felix/felix.db"
+labels = { rack = "r1" }
+control_socket = "/run/felix/agent.sock"
+pod_api_socket = "/run/felix/pod-api.sock"
+http_listen = "127.0.0.1:9099"
+log_format = "json"
+log_level = "info"
+resync_seconds = 60
+graceful_restart_recovery = false
+
+[bgp]
+nodeToNodeMeshEnabled = true
+asNumber = 64512
+listenPort = 179
+
+[[bgp_peers]]
+name = "tor"
+peerIP = "10.0.0.254"
+asNumber = 65000
+nodeSelector = "rack == 'r1'"
+password = "s3cret"
+sourceAddress = "UseNodeIP"
+"#;
+
+    fn no_detect() -> Result<Ipv4Net, String> {
+        Err("not in this test".into())
+    }
+
+    #[test]
+    fn the_documented_example_parses_completely() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/agent.md"))
+            .unwrap();
+        assert!(
+            doc.contains(EXAMPLE.trim()),
+            "docs/agent.md must carry EXAMPLE verbatim"
+        );
+        let file = parse_file(EXAMPLE).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, EXAMPLE).unwrap();
+        let c = load(Some(&path), &BTreeMap::new(), no_detect).unwrap();
+        assert_eq!(c.node_name, "node-1");
+        assert_eq!(c.node_address, "10.0.0.1/24".parse().unwrap());
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.bgp.mesh());
+        assert_eq!(c.bgp_peers["tor"].as_number, Some(65000));
+        assert_eq!(file.labels["rack"], "r1");
+    }
+
+    #[test]
+    fn environment_overrides_and_detection_fills_in() {
+        let env: BTreeMap<String, String> = [
+            ("FELIX_NODE_NAME", "n7"),
+            ("FELIX_AS_NUMBER", "65010"),
+            ("FELIX_DATASTORE", "sqlite:/tmp/x.db"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+        let c = load(None, &env, || Ok("192.0.2.5/24".parse().unwrap())).unwrap();
+        assert_eq!(c.node_name, "n7");
+        assert_eq!(c.as_number, Some(65010));
+        assert_eq!(c.router_id, "192.0.2.5".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(c.datastore, "sqlite:/tmp/x.db");
+        assert_eq!(c.http_listen, DEFAULT_HTTP_LISTEN.parse().unwrap());
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_message_naming_it() {
+        let env = |k: &str, v: &str| -> BTreeMap<String, String> {
+            [
+                ("FELIX_NODE_NAME".into(), "n1".into()),
+                (k.to_string(), v.to_string()),
+            ]
+            .into()
+        };
+        let ok = || Ok("192.0.2.5/24".parse().unwrap());
+        let e = load(None, &env("FELIX_AS_NUMBER", "x"), ok).unwrap_err();
+        assert!(e.to_string().contains("FELIX_AS_NUMBER"), "{e}");
+        let e = load(None, &env("FELIX_NODE_NAME", "Bad_Name"), ok).unwrap_err();
+        assert!(e.to_string().contains("Bad_Name"), "{e}");
+        let e = load(None, &env("FELIX_LOG_FORMAT", "xml"), ok).unwrap_err();
+        assert!(e.to_string().contains("human or json"), "{e}");
+        let e = load(None, &env("FELIX_NODE_ADDRESS", "127.0.0.1/8"), ok).unwrap_err();
+        assert!(e.to_string().contains("127.0.0.1"), "{e}");
+        let e = load(None, &env("X", "y"), no_detect).unwrap_err();
+        assert!(matches!(e, AgentConfigError::NodeAddress(_)), "{e}");
+        assert!(parse_file("node_nam = \"x\"")
+            .unwrap_err()
+            .contains("node_nam"));
+        let twice = "[[bgp_peers]]\nname = \"a\"\n[[bgp_peers]]\nname = \"a\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, twice).unwrap();
+        let e = load(Some(&path), &env("X", "y"), ok).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn default_route_interface_from_proc_net_route() {
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth1\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_route_interface(table).as_deref(), Some("eth0"));
+        assert_eq!(default_route_interface("Iface\n"), None);
+    }
+}

@@ -1,0 +1,318 @@
+//! Which BGP neighbours this node should have, from what the datastore
+//! says (Calico's rules, as confd renders them for BIRD):
+//!
+//! - with `nodeToNodeMeshEnabled`, every other registered node, at its
+//!   address, in its AS (the cluster's when it sets none);
+//! - every `BGPPeer` that applies to this node (`node` is this node,
+//!   `nodeSelector` selects it, or neither is set: a global peer), towards
+//!   `peerIP`/`asNumber` or towards every node `peerSelector` selects;
+//! - a route reflector (a node with `routeReflectorClusterID`) treats the
+//!   nodes it peers with that are not in its cluster as RR clients.
+//!
+//! Pure: the agent diffs the result against the speaker's neighbours.
+
+use super::resources::{BgpConfigurationSpec, BgpPeerSpec, FelixNode, SourceAddress};
+use super::selector::Selector;
+use bgp::speaker::NeighborConfig;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// The neighbours to have, and what could not be honoured (bad selectors,
+/// peers without an AS, settings the speaker cannot apply per peer).
+#[derive(Debug, Default)]
+pub struct PeeringPlan {
+    pub neighbors: BTreeMap<IpAddr, NeighborConfig>,
+    /// Human-readable, each naming the object it comes from.
+    pub warnings: Vec<String>,
+}
+
+/// What the plan is computed from.
+pub struct PeeringInputs<'a> {
+    pub node_name: &'a str,
+    pub node: &'a FelixNode,
+    /// Every registered node, this one included.
+    pub nodes: &'a BTreeMap<String, FelixNode>,
+    pub bgp: &'a BgpConfigurationSpec,
+    /// `BGPPeer`s by name.
+    pub peers: &'a BTreeMap<String, BgpPeerSpec>,
+}
+
+/// Computes the neighbours (see the module doc).
+pub fn plan(inputs: &PeeringInputs<'_>) -> PeeringPlan {
+    let mut out = PeeringPlan::default();
+    let me = inputs.node;
+    let my_addr = me.address();
+    let cluster_asn = inputs.bgp.asn();
+    let port = inputs.bgp.port();
+    let node_asn = |n: &FelixNode| n.bgp.as_number.unwrap_or(cluster_asn);
+    let add = |out: &mut PeeringPlan, address: IpAddr, asn: u32, target: Option<&FelixNode>| {
+        let mut n = NeighborConfig::new(address, asn);
+        n.port = port;
+        n.local_address = Some(my_addr);
+        let my_cluster = me.bgp.route_reflector_cluster_id;
+        n.rr_client = my_cluster.is_some()
+            && asn == node_asn(me)
+            && target.is_some_and(|t| t.bgp.route_reflector_cluster_id != my_cluster);
+        out.neighbors.insert(address, n);
+    };
+
+    if inputs.bgp.mesh() {
+        for (name, node) in inputs.nodes {
+            if name != inputs.node_name && node.address() != my_addr {
+                add(&mut out, node.address(), node_asn(node), Some(node));
+            }
+        }
+    }
+
+    for (peer_name, peer) in inputs.peers {
+        match applies_to_me(peer, inputs) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                out.warnings.push(format!("BGPPeer {peer_name}: {e}"));
+                continue;
+            }
+        }
+        let mut targets: Vec<(IpAddr, u32, Option<&FelixNode>)> = Vec::new();
+        match (&peer.peer_ip, &peer.peer_selector) {
+            (Some(ip), None) => {
+                let Some(asn) = peer.as_number else {
+                    out.warnings.push(format!(
+                        "BGPPeer {peer_name}: peerIP without asNumber; ignored"
+                    ));
+                    continue;
+                };
+                let node = inputs.nodes.values().find(|n| n.address() == *ip);
+                targets.push((*ip, asn, node));
+            }
+            (None, Some(selector)) => match Selector::parse(selector) {
+                Ok(sel) => {
+                    for (name, node) in inputs.nodes {
+                        if name != inputs.node_name && sel.matches(&node.labels) {
+                            targets.push((node.address(), node_asn(node), Some(node)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    out.warnings.push(format!("BGPPeer {peer_name}: {e}"));
+                    continue;
+                }
+            },
+            _ => {
+                out.warnings.push(format!(
+                    "BGPPeer {peer_name}: exactly one of peerIP and peerSelector must be set; ignored"
+                ));
+                continue;
+            }
+        }
+        if peer.max_restart_time.is_some() || peer.ttl_security.is_some() {
+            out.warnings.push(format!(
+                "BGPPeer {peer_name}: maxRestartTime/ttlSecurity are accepted but not applied \
+                 (the speaker has no per-neighbour restart time or GTSM yet)"
+            ));
+        }
+        for (address, asn, node) in targets {
+            if address == my_addr {
+                continue;
+            }
+            add(&mut out, address, asn, node);
+            if let Some(n) = out.neighbors.get_mut(&address) {
+                n.password = peer.password.clone();
+                if peer.source_address == Some(SourceAddress::None) {
+                    n.local_address = None;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn applies_to_me(peer: &BgpPeerSpec, inputs: &PeeringInputs<'_>) -> Result<bool, String> {
+    match (&peer.node, &peer.node_selector) {
+        (None, None) => Ok(true),
+        (Some(node), None) => Ok(node == inputs.node_name),
+        (None, Some(sel)) => Ok(Selector::parse(sel)
+            .map_err(|e| e.to_string())?
+            .matches(&inputs.node.labels)),
+        (Some(_), Some(_)) => Err("both node and nodeSelector set; ignored".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::agent::resources::NodeBgp;
+
+    fn node(addr: &str, labels: &[(&str, &str)], cluster: Option<&str>) -> FelixNode {
+        FelixNode {
+            bgp: NodeBgp {
+                ipv4_address: addr.parse().unwrap(),
+                as_number: None,
+                route_reflector_cluster_id: cluster.map(|c| c.parse().unwrap()),
+            },
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ipv4_vxlan_tunnel_addr: None,
+            vxlan_tunnel_mac_addr: None,
+            ipv4_ipip_tunnel_addr: None,
+        }
+    }
+
+    fn nodes() -> BTreeMap<String, FelixNode> {
+        [
+            ("n1", node("10.0.0.1/24", &[("rack", "a")], None)),
+            ("n2", node("10.0.0.2/24", &[("rack", "a")], None)),
+            ("n3", node("10.0.0.3/24", &[("rack", "b")], None)),
+            (
+                "rr",
+                node("10.0.0.9/24", &[("role", "rr")], Some("10.255.0.1")),
+            ),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect()
+    }
+
+    fn run(
+        me: &str,
+        nodes: &BTreeMap<String, FelixNode>,
+        bgp: &BgpConfigurationSpec,
+        peers: &BTreeMap<String, BgpPeerSpec>,
+    ) -> PeeringPlan {
+        plan(&PeeringInputs {
+            node_name: me,
+            node: &nodes[me],
+            nodes,
+            bgp,
+            peers,
+        })
+    }
+
+    fn addrs(p: &PeeringPlan) -> Vec<String> {
+        p.neighbors.keys().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn mesh_peers_with_every_other_node_from_the_node_address() {
+        let p = run("n1", &nodes(), &Default::default(), &BTreeMap::new());
+        assert_eq!(addrs(&p), ["10.0.0.2", "10.0.0.3", "10.0.0.9"]);
+        let n = &p.neighbors[&"10.0.0.2".parse().unwrap()];
+        assert_eq!(n.asn, 64512);
+        assert_eq!(n.local_address, Some("10.0.0.1".parse().unwrap()));
+        assert!(!n.rr_client);
+        assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn mesh_off_route_reflector_by_selector() {
+        let bgp = BgpConfigurationSpec {
+            node_to_node_mesh_enabled: Some(false),
+            ..Default::default()
+        };
+        let peers: BTreeMap<_, _> = [
+            (
+                "to-rr".to_string(),
+                BgpPeerSpec {
+                    node_selector: Some("!has(role)".into()),
+                    peer_selector: Some("role == 'rr'".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "rr-clients".to_string(),
+                BgpPeerSpec {
+                    node_selector: Some("role == 'rr'".into()),
+                    peer_selector: Some("!has(role)".into()),
+                    ..Default::default()
+                },
+            ),
+        ]
+        .into();
+        let p = run("n2", &nodes(), &bgp, &peers);
+        assert_eq!(addrs(&p), ["10.0.0.9"]);
+        assert!(!p.neighbors[&"10.0.0.9".parse().unwrap()].rr_client);
+        let rr = run("rr", &nodes(), &bgp, &peers);
+        assert_eq!(addrs(&rr), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert!(rr.neighbors.values().all(|n| n.rr_client));
+    }
+
+    #[test]
+    fn explicit_peers_per_node_and_global_with_their_settings() {
+        let bgp = BgpConfigurationSpec {
+            node_to_node_mesh_enabled: Some(false),
+            ..Default::default()
+        };
+        let peers: BTreeMap<_, _> = [
+            (
+                "tor-a".to_string(),
+                BgpPeerSpec {
+                    node_selector: Some("rack == 'a'".into()),
+                    peer_ip: Some("10.0.0.254".parse().unwrap()),
+                    as_number: Some(65000),
+                    password: Some("k".into()),
+                    source_address: Some(SourceAddress::None),
+                    ..Default::default()
+                },
+            ),
+            (
+                "only-n3".to_string(),
+                BgpPeerSpec {
+                    node: Some("n3".into()),
+                    peer_ip: Some("10.0.0.253".parse().unwrap()),
+                    as_number: Some(65001),
+                    ..Default::default()
+                },
+            ),
+            (
+                "global".to_string(),
+                BgpPeerSpec {
+                    peer_ip: Some("10.0.0.252".parse().unwrap()),
+                    as_number: Some(65002),
+                    max_restart_time: Some("60s".into()),
+                    ..Default::default()
+                },
+            ),
+        ]
+        .into();
+        let p1 = run("n1", &nodes(), &bgp, &peers);
+        assert_eq!(addrs(&p1), ["10.0.0.252", "10.0.0.254"]);
+        let tor = &p1.neighbors[&"10.0.0.254".parse().unwrap()];
+        assert_eq!((tor.asn, tor.password.as_deref()), (65000, Some("k")));
+        assert_eq!(tor.local_address, None);
+        assert_eq!(p1.warnings.len(), 1, "{:?}", p1.warnings);
+        assert!(p1.warnings[0].contains("global"));
+        let p3 = run("n3", &nodes(), &bgp, &peers);
+        assert_eq!(addrs(&p3), ["10.0.0.252", "10.0.0.253"]);
+    }
+
+    #[test]
+    fn malformed_peers_are_skipped_with_a_warning_naming_them() {
+        let peers: BTreeMap<_, _> = [
+            (
+                "no-as".to_string(),
+                BgpPeerSpec {
+                    peer_ip: Some("10.9.9.9".parse().unwrap()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "bad-sel".to_string(),
+                BgpPeerSpec {
+                    peer_selector: Some("a == b".into()),
+                    ..Default::default()
+                },
+            ),
+            ("neither".to_string(), BgpPeerSpec::default()),
+        ]
+        .into();
+        let p = run("n1", &nodes(), &Default::default(), &peers);
+        assert_eq!(p.neighbors.len(), 3, "the mesh stays");
+        let w = p.warnings.join("\n");
+        for name in ["no-as", "bad-sel", "neither"] {
+            assert!(w.contains(name), "{w}");
+        }
+    }
+}

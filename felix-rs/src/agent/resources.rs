@@ -1,0 +1,229 @@
+//! The objects the agent keeps in the datastore, as JSON specs with
+//! Calico's field names (projectcalico.org/v3 `Node`, `BGPPeer`,
+//! `BGPConfiguration`), so that users can carry their YAML's `spec:` over.
+//!
+//! - [`FelixNode`] (kind `FelixNode`, named after the node): what the
+//!   agent registers about itself: address, AS, route-reflector cluster
+//!   id, tunnel addresses, labels. Other agents build their mesh from it.
+//! - [`BgpPeerSpec`] (kind `BGPPeer`): an explicit peering, for every node
+//!   or for the nodes `node` / `nodeSelector` picks, towards `peerIP` or
+//!   towards the nodes `peerSelector` picks.
+//! - [`BgpConfigurationSpec`] (kind `BGPConfiguration`, the object named
+//!   `default`): cluster-wide BGP settings.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The name of the cluster-wide [`BgpConfigurationSpec`] (Calico's).
+pub const DEFAULT_BGP_CONFIGURATION: &str = "default";
+
+/// The default AS number of a Calico cluster.
+pub const DEFAULT_AS_NUMBER: u32 = 64512;
+
+/// A registered node (Calico `Node` spec, labels folded in).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FelixNode {
+    pub bgp: NodeBgp,
+    /// The node's labels (Calico keeps them in metadata).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// This node's VXLAN tunnel device address (Calico's field name).
+    #[serde(
+        default,
+        rename = "ipv4VXLANTunnelAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_vxlan_tunnel_addr: Option<Ipv4Addr>,
+    /// MAC address of the node's VXLAN device (Calico's field name).
+    #[serde(
+        default,
+        rename = "vxlanTunnelMACAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vxlan_tunnel_mac_addr: Option<String>,
+    /// The node's IPIP tunnel address (`tunl0`).
+    #[serde(
+        default,
+        rename = "ipv4IPIPTunnelAddr",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_ipip_tunnel_addr: Option<Ipv4Addr>,
+}
+
+/// The BGP part of a node (Calico `NodeBGPSpec`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeBgp {
+    /// The node's address with its prefix length (the subnet tells other
+    /// nodes whether it is directly reachable).
+    #[serde(rename = "ipv4Address")]
+    pub ipv4_address: ipnet::Ipv4Net,
+    /// The node's AS; the cluster's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// Set on route reflectors (Calico `routeReflectorClusterID`).
+    #[serde(
+        default,
+        rename = "routeReflectorClusterID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+}
+
+impl FelixNode {
+    /// The node's address.
+    pub fn address(&self) -> IpAddr {
+        IpAddr::V4(self.bgp.ipv4_address.addr())
+    }
+
+    /// Whether `other` is on one of this node's directly connected subnets.
+    pub fn same_subnet(&self, other: IpAddr) -> bool {
+        IpNet::V4(self.bgp.ipv4_address.trunc()).contains(&other)
+    }
+}
+
+/// Cluster-wide BGP settings (Calico `BGPConfigurationSpec`, the fields
+/// felix uses).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpConfigurationSpec {
+    /// Full mesh between all nodes (Calico's default: on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_to_node_mesh_enabled: Option<bool>,
+    /// The cluster's AS for nodes that set none (64512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// The BGP port every node listens on (179).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<u16>,
+}
+
+impl BgpConfigurationSpec {
+    /// `other`'s fields where set, else ours (the datastore object
+    /// overrides the local file).
+    pub fn overridden_by(&self, other: &BgpConfigurationSpec) -> BgpConfigurationSpec {
+        BgpConfigurationSpec {
+            node_to_node_mesh_enabled: other
+                .node_to_node_mesh_enabled
+                .or(self.node_to_node_mesh_enabled),
+            as_number: other.as_number.or(self.as_number),
+            listen_port: other.listen_port.or(self.listen_port),
+        }
+    }
+
+    pub fn mesh(&self) -> bool {
+        self.node_to_node_mesh_enabled.unwrap_or(true)
+    }
+
+    pub fn asn(&self) -> u32 {
+        self.as_number.unwrap_or(DEFAULT_AS_NUMBER)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listen_port.unwrap_or(179)
+    }
+}
+
+/// Calico `BGPPeer` spec.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpPeerSpec {
+    /// Only this node has the peering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The nodes that have the peering (a selector, see `selector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<String>,
+    /// The peer's address (with `asNumber`).
+    #[serde(default, rename = "peerIP", skip_serializing_if = "Option::is_none")]
+    pub peer_ip: Option<IpAddr>,
+    /// The peer's AS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// Peer with every node this selects instead of `peerIP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_selector: Option<String>,
+    /// TCP MD5 password (Calico takes a secretKeyRef; felix the value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// `UseNodeIP` (default: connect from the node address) or `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<SourceAddress>,
+    /// Graceful-restart time asked of this peer, e.g. `"120s"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_restart_time: Option<String>,
+    /// GTSM hop count (RFC 5082).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<u8>,
+}
+
+/// Calico `sourceAddress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceAddress {
+    UseNodeIP,
+    None,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn calico_field_names_round_trip() {
+        let peer: BgpPeerSpec = serde_json::from_str(
+            r#"{"peerIP":"10.0.0.254","asNumber":65000,"nodeSelector":"rack == 'r1'",
+                "password":"s3cret","sourceAddress":"None","maxRestartTime":"90s","ttlSecurity":1}"#,
+        )
+        .unwrap();
+        assert_eq!(peer.peer_ip, Some("10.0.0.254".parse().unwrap()));
+        assert_eq!(peer.as_number, Some(65000));
+        assert_eq!(peer.source_address, Some(SourceAddress::None));
+        assert_eq!(peer.ttl_security, Some(1));
+        let back: BgpPeerSpec =
+            serde_json::from_str(&serde_json::to_string(&peer).unwrap()).unwrap();
+        assert_eq!(back, peer);
+
+        let node: FelixNode = serde_json::from_str(
+            r#"{"bgp":{"ipv4Address":"10.0.0.1/24","asNumber":64512,
+                "routeReflectorClusterID":"10.255.0.1"},"labels":{"rack":"r1"},
+                "ipv4VXLANTunnelAddr":"10.244.0.1","vxlanTunnelMACAddr":"66:00:00:00:00:01"}"#,
+        )
+        .unwrap();
+        assert_eq!(node.address(), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert!(node.same_subnet("10.0.0.200".parse().unwrap()));
+        assert!(!node.same_subnet("10.0.1.2".parse().unwrap()));
+        let json = serde_json::to_value(&node).unwrap();
+        assert_eq!(json["bgp"]["routeReflectorClusterID"], "10.255.0.1");
+        assert_eq!(json["ipv4VXLANTunnelAddr"], "10.244.0.1");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<BgpPeerSpec>(r#"{"peerIp":"10.0.0.1"}"#).is_err());
+        assert!(
+            serde_json::from_str::<BgpConfigurationSpec>(r#"{"nodeToNodeMesh":true}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn datastore_configuration_overrides_the_file() {
+        let file = BgpConfigurationSpec {
+            node_to_node_mesh_enabled: Some(true),
+            as_number: Some(65001),
+            listen_port: None,
+        };
+        let store = BgpConfigurationSpec {
+            node_to_node_mesh_enabled: Some(false),
+            ..Default::default()
+        };
+        let merged = file.overridden_by(&store);
+        assert!(!merged.mesh());
+        assert_eq!(merged.asn(), 65001);
+        assert_eq!(merged.port(), 179);
+        assert!(BgpConfigurationSpec::default().mesh());
+    }
+}

@@ -1,0 +1,567 @@
+//! `felix node run`: the agent's main loop.
+//!
+//! 1. Registers the node ([`FelixNode`]) in the datastore.
+//! 2. Starts the BGP speaker on the node address.
+//! 3. Follows `FelixNode`, `BGPPeer`, `BGPConfiguration` (and the block
+//!    affinities when a [`BlockSource`] is attached): every change re-plans
+//!    the neighbours ([`peering::plan`]) and adds/removes only the
+//!    difference, so a new node or peer takes effect without a restart.
+//! 4. Originates the node's affine blocks; withdraws a block whose affinity
+//!    is gone.
+//! 5. Turns the speaker's best paths into [`DesiredRoutes`] and hands them
+//!    to the [`RouteSink`] (on every change and every `resync_seconds`).
+//! 6. Serves `felix status` (control socket) and `/metrics`, `/livez`,
+//!    `/readyz`.
+//!
+//! On SIGINT/SIGTERM the speaker stops its sessions; kernel routes and the
+//! node's registration stay (a restart neither flushes routes nor makes
+//! the node leave the mesh).
+
+use super::config::AgentConfig;
+use super::follow::{self, KindUpdate};
+use super::forwarding::{self, DesiredRoutes, Encapsulation, RemoteRoute};
+use super::http::{self, Counters, Responder};
+use super::peering::{self, PeeringInputs};
+use super::resources::{
+    BgpConfigurationSpec, BgpPeerSpec, FelixNode, NodeBgp, DEFAULT_BGP_CONFIGURATION,
+};
+use super::status::{self, AgentStatus};
+use bgp::speaker::{BestPathChange, NeighborConfig, Speaker, SpeakerConfig};
+use ipam::store::{Datastore, Kind, StoreError};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// How many recent errors `felix status` shows.
+pub const LAST_ERRORS: usize = 10;
+
+/// The node's affine blocks, from IPAM.
+#[async_trait::async_trait]
+pub trait BlockSource: Send + Sync {
+    /// Claims a first block for the node if it has none (so that its pods'
+    /// first ADD does not wait for BGP), then lists its affine blocks.
+    async fn affine_blocks(&self, node: &str) -> Result<BTreeSet<IpNet>, String>;
+    /// The encapsulation of the pool holding `prefix`.
+    async fn encapsulation(&self, prefix: IpNet) -> Encapsulation;
+}
+
+/// Where the desired routes go: the route programmer.
+#[async_trait::async_trait]
+pub trait RouteSink: Send {
+    /// Converges the kernel to `desired`; returns how many routes it holds.
+    async fn program(&mut self, desired: &DesiredRoutes) -> Result<usize, String>;
+}
+
+/// What the agent is built with.
+#[derive(Default)]
+pub struct Plugins {
+    pub blocks: Option<Arc<dyn BlockSource>>,
+    pub routes: Option<Box<dyn RouteSink>>,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("registering node {node}: {source}")]
+    Register { node: String, source: StoreError },
+    #[error("starting the BGP speaker: {0}")]
+    Speaker(#[from] bgp::speaker::SpeakerError),
+    #[error("control socket {path}: {source}")]
+    Control {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HTTP listener {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("signals: {0}")]
+    Signal(std::io::Error),
+}
+
+/// What the status socket, metrics and the loop share.
+#[derive(Default)]
+struct Shared {
+    status: AgentStatus,
+    counters: Counters,
+    errors: VecDeque<(Instant, String)>,
+}
+
+impl Shared {
+    fn error(&mut self, message: String) {
+        tracing::warn!("{message}");
+        if self.errors.len() == LAST_ERRORS {
+            self.errors.pop_front();
+        }
+        self.errors.push_back((Instant::now(), message));
+    }
+
+    fn snapshot(&self) -> AgentStatus {
+        let mut s = self.status.clone();
+        s.last_errors = self
+            .errors
+            .iter()
+            .map(|(at, m)| format!("{}s ago: {m}", at.elapsed().as_secs()))
+            .collect();
+        s
+    }
+}
+
+/// The node object this agent registers.
+pub fn node_object(config: &AgentConfig) -> FelixNode {
+    FelixNode {
+        bgp: NodeBgp {
+            ipv4_address: config.node_address,
+            as_number: config.as_number,
+            route_reflector_cluster_id: config.route_reflector_cluster_id,
+        },
+        labels: config.labels.clone(),
+        ipv4_vxlan_tunnel_addr: None,
+        vxlan_tunnel_mac_addr: None,
+        ipv4_ipip_tunnel_addr: None,
+    }
+}
+
+/// Creates or updates the node's object (compare-and-swap, retried on a
+/// concurrent change).
+pub async fn register(
+    store: &dyn Datastore,
+    name: &str,
+    node: &FelixNode,
+) -> Result<(), StoreError> {
+    let value = serde_json::to_vec(node).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    for _ in 0..10 {
+        match store.create(Kind::FelixNode, name, value.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let current = match store.get(Kind::FelixNode, name).await {
+            Ok(o) => o,
+            Err(StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        if current.value == value {
+            return Ok(());
+        }
+        match store
+            .update(Kind::FelixNode, name, value.clone(), &current.revision)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "FelixNode {name:?} kept changing while registering"
+    )))
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(
+    config: AgentConfig,
+    store: Arc<dyn Datastore>,
+    mut plugins: Plugins,
+) -> Result<(), AgentError> {
+    let me = node_object(&config);
+    register(&*store, &config.node_name, &me)
+        .await
+        .map_err(|source| AgentError::Register {
+            node: config.node_name.clone(),
+            source,
+        })?;
+    tracing::info!(node = %config.node_name, address = %config.node_address, "node registered");
+
+    let asn = config
+        .as_number
+        .or(config.bgp.as_number)
+        .unwrap_or(super::resources::DEFAULT_AS_NUMBER);
+    let mut sc = SpeakerConfig::new(asn, config.router_id);
+    sc.listen = Some(SocketAddr::new(
+        IpAddr::V4(config.node_address.addr()),
+        config.bgp.port(),
+    ));
+    sc.cluster_id = config.route_reflector_cluster_id;
+    sc.max_paths = 8;
+    sc.restarting = config.graceful_restart_recovery;
+    let speaker = Speaker::start(sc).await?;
+    let mut best = speaker.subscribe();
+
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    if let Ok(mut s) = shared.lock() {
+        s.status.node = config.node_name.clone();
+        s.status.address = config.node_address.to_string();
+        s.status.asn = asn;
+        s.status.router_id = Some(config.router_id);
+        s.status.datastore = config.datastore.clone();
+        s.status.programming = plugins.routes.is_some();
+    }
+
+    let control = status::bind(&config.control_socket).map_err(|source| AgentError::Control {
+        path: config.control_socket.clone(),
+        source,
+    })?;
+    tokio::spawn(serve_status(control, shared.clone()));
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| AgentError::Http {
+            addr: config.http_listen,
+            source,
+        })?;
+    tokio::spawn(http::serve(http_listener, responder(shared.clone())));
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut kinds = vec![Kind::FelixNode, Kind::BgpPeer, Kind::BgpConfiguration];
+    if plugins.blocks.is_some() {
+        kinds.push(Kind::BlockAffinity);
+    }
+    for kind in kinds {
+        tokio::spawn(follow::follow(store.clone(), kind, tx.clone()));
+    }
+    drop(tx);
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    let mut state = LoopState {
+        config: &config,
+        me,
+        speaker: speaker.clone(),
+        shared: shared.clone(),
+        nodes: BTreeMap::new(),
+        store_peers: BTreeMap::new(),
+        store_bgp: BgpConfigurationSpec::default(),
+        neighbors: BTreeMap::new(),
+        blocks: BTreeSet::new(),
+        learned: BTreeMap::new(),
+        desired: DesiredRoutes::default(),
+        encap: BTreeMap::new(),
+        reconciled: false,
+        seen: BTreeSet::new(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let resync = Duration::from_secs(config.resync_seconds.max(1));
+    let mut last_sync = Instant::now();
+    let mut routes_dirty = true;
+    loop {
+        tokio::select! {
+            update = rx.recv() => {
+                let Some(update) = update else { break };
+                let blocks_changed = state.apply(update, plugins.blocks.as_deref()).await;
+                routes_dirty |= blocks_changed;
+            }
+            change = best.recv() => {
+                let Some(change) = change else { break };
+                state.learn(change, plugins.blocks.as_deref()).await;
+                // Drain what else is queued, to program a burst at once.
+                while let Ok(change) = best.try_recv() {
+                    state.learn(change, plugins.blocks.as_deref()).await;
+                }
+                routes_dirty = true;
+            }
+            _ = tick.tick() => {
+                if last_sync.elapsed() >= resync {
+                    routes_dirty = true;
+                }
+                state.refresh_status().await;
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+        if routes_dirty {
+            routes_dirty = false;
+            last_sync = Instant::now();
+            state.program(plugins.routes.as_deref_mut()).await;
+        }
+    }
+    tracing::info!("stopping: BGP sessions closed, kernel routes and registration kept");
+    speaker
+        .shutdown(Some("felix node agent stopping".into()))
+        .await;
+    let _ = std::fs::remove_file(&config.control_socket);
+    Ok(())
+}
+
+struct LoopState<'a> {
+    config: &'a AgentConfig,
+    me: FelixNode,
+    speaker: Speaker,
+    shared: Arc<Mutex<Shared>>,
+    nodes: BTreeMap<String, FelixNode>,
+    store_peers: BTreeMap<String, BgpPeerSpec>,
+    store_bgp: BgpConfigurationSpec,
+    neighbors: BTreeMap<IpAddr, NeighborConfig>,
+    blocks: BTreeSet<IpNet>,
+    learned: BTreeMap<IpNet, Vec<IpAddr>>,
+    desired: DesiredRoutes,
+    encap: BTreeMap<IpNet, Encapsulation>,
+    reconciled: bool,
+    /// Kinds heard from at least once (the plan waits for all three).
+    seen: BTreeSet<Kind>,
+}
+
+impl LoopState<'_> {
+    fn error(&self, message: String) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.error(message);
+        }
+    }
+
+    /// Applies a datastore update; true when the node's blocks changed.
+    async fn apply(&mut self, update: KindUpdate, blocks: Option<&dyn BlockSource>) -> bool {
+        let (kind, objects) = match update {
+            KindUpdate::Error { kind, message } => {
+                self.error(format!("datastore ({kind}): {message}"));
+                if let Ok(mut s) = self.shared.lock() {
+                    s.status.datastore_ok = false;
+                }
+                return false;
+            }
+            KindUpdate::Snapshot { kind, objects } => (kind, objects),
+        };
+        if let Ok(mut s) = self.shared.lock() {
+            s.status.datastore_ok = true;
+        }
+        self.seen.insert(kind);
+        let mut bad = Vec::new();
+        match kind {
+            Kind::FelixNode => {
+                let (nodes, b) = follow::decode_all::<FelixNode>(kind, &objects);
+                bad = b;
+                self.nodes = nodes;
+                // Our own object may have been deleted (node removal):
+                // keep peering as ourselves.
+                self.nodes
+                    .insert(self.config.node_name.clone(), self.me.clone());
+            }
+            Kind::BgpPeer => {
+                let (peers, b) = follow::decode_all::<BgpPeerSpec>(kind, &objects);
+                bad = b;
+                self.store_peers = peers;
+            }
+            Kind::BgpConfiguration => {
+                let (configs, b) = follow::decode_all::<BgpConfigurationSpec>(kind, &objects);
+                bad = b;
+                self.store_bgp = configs
+                    .get(DEFAULT_BGP_CONFIGURATION)
+                    .cloned()
+                    .unwrap_or_default();
+            }
+            Kind::BlockAffinity => {
+                return self.refresh_blocks(blocks).await;
+            }
+            _ => {}
+        }
+        for b in bad {
+            self.error(b);
+        }
+        if [Kind::FelixNode, Kind::BgpPeer, Kind::BgpConfiguration]
+            .iter()
+            .all(|k| self.seen.contains(k))
+        {
+            self.replan().await;
+        }
+        false
+    }
+
+    async fn refresh_blocks(&mut self, blocks: Option<&dyn BlockSource>) -> bool {
+        let Some(source) = blocks else { return false };
+        let now = match source.affine_blocks(&self.config.node_name).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.error(format!("listing affine blocks: {e}"));
+                return false;
+            }
+        };
+        if now == self.blocks {
+            return false;
+        }
+        for gone in self.blocks.difference(&now) {
+            tracing::info!(block = %gone, "affinity released: withdrawing");
+            if let Err(e) = self.speaker.withdraw(*gone).await {
+                self.error(format!("withdrawing {gone}: {e}"));
+            }
+        }
+        for new in now.difference(&self.blocks) {
+            tracing::info!(block = %new, "affine block: originating");
+            if let Err(e) = self.speaker.originate(*new, Vec::new()).await {
+                self.error(format!("originating {new}: {e}"));
+            }
+        }
+        self.blocks = now;
+        if let Ok(mut s) = self.shared.lock() {
+            s.status.blocks = self.blocks.iter().copied().collect();
+        }
+        true
+    }
+
+    async fn replan(&mut self) {
+        let bgp = self.config.bgp.overridden_by(&self.store_bgp);
+        let mut peers = self.config.bgp_peers.clone();
+        peers.extend(self.store_peers.clone());
+        let plan = peering::plan(&PeeringInputs {
+            node_name: &self.config.node_name,
+            node: &self.me,
+            nodes: &self.nodes,
+            bgp: &bgp,
+            peers: &peers,
+        });
+        let mut changes = 0;
+        let stale: Vec<IpAddr> = self
+            .neighbors
+            .iter()
+            .filter(|(a, n)| plan.neighbors.get(a) != Some(n))
+            .map(|(a, _)| *a)
+            .collect();
+        for address in stale {
+            tracing::info!(peer = %address, "removing neighbour");
+            if let Err(e) = self.speaker.remove_neighbor(address).await {
+                self.error(format!("removing neighbour {address}: {e}"));
+            }
+            self.neighbors.remove(&address);
+            changes += 1;
+        }
+        for (address, n) in &plan.neighbors {
+            if self.neighbors.contains_key(address) {
+                continue;
+            }
+            tracing::info!(peer = %address, asn = n.asn, rr_client = n.rr_client, "adding neighbour");
+            match self.speaker.add_neighbor(n.clone()).await {
+                Ok(()) => {
+                    self.neighbors.insert(*address, n.clone());
+                    changes += 1;
+                }
+                Err(e) => self.error(format!("adding neighbour {address}: {e}")),
+            }
+        }
+        if let Ok(mut s) = self.shared.lock() {
+            s.counters.neighbor_changes += changes;
+            s.status.mesh = bgp.mesh();
+            s.status.warnings = plan.warnings;
+            s.status.nodes = self
+                .nodes
+                .iter()
+                .map(|(n, v)| (n.clone(), v.bgp.ipv4_address.to_string()))
+                .collect();
+        }
+    }
+
+    async fn learn(&mut self, change: BestPathChange, blocks: Option<&dyn BlockSource>) {
+        if change.is_withdrawal() || change.local || change.next_hops.is_empty() {
+            self.learned.remove(&change.prefix);
+            return;
+        }
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.encap.entry(change.prefix) {
+            slot.insert(match blocks {
+                Some(b) => b.encapsulation(change.prefix).await,
+                None => Encapsulation::None,
+            });
+        }
+        self.learned.insert(change.prefix, change.next_hops);
+    }
+
+    async fn program(&mut self, sink: Option<&mut (dyn RouteSink + '_)>) {
+        let me = &self.me;
+        let remote = self
+            .learned
+            .iter()
+            .filter(|(p, _)| !self.blocks.contains(p))
+            .map(|(p, hops)| {
+                let encap = self.encap.get(p).copied().unwrap_or_default();
+                let via = forwarding::via(encap, hops, |h| me.same_subnet(h));
+                (
+                    *p,
+                    RemoteRoute {
+                        next_hops: hops.clone(),
+                        via,
+                    },
+                )
+            })
+            .collect();
+        self.desired = DesiredRoutes {
+            blackholes: self.blocks.clone(),
+            remote,
+        };
+        let started = Instant::now();
+        let result = match sink {
+            Some(sink) => Some(sink.program(&self.desired).await),
+            None => None,
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        self.reconciled = true;
+        let failed = matches!(result, Some(Err(_)));
+        if let Ok(mut s) = self.shared.lock() {
+            s.status.routes = self.desired.remote.clone();
+            s.counters.reconciles += 1;
+            s.counters.reconcile_seconds = elapsed;
+            match result {
+                Some(Ok(n)) => s.status.routes_programmed = Some(n),
+                Some(Err(e)) => {
+                    s.counters.reconcile_errors += 1;
+                    s.error(format!("programming routes: {e}"));
+                }
+                None => {}
+            }
+        }
+        if failed {
+            tracing::warn!("route reconcile failed; retried at the next change or resync");
+        }
+    }
+
+    async fn refresh_status(&mut self) {
+        let speaker = self.speaker.status().await;
+        let ready = self.reconciled
+            && self.seen.len() >= 3
+            && speaker
+                .peers
+                .iter()
+                .filter(|p| self.neighbors.contains_key(&p.address))
+                .all(|p| p.state == "Established");
+        if let Ok(mut s) = self.shared.lock() {
+            s.status.peers = speaker.peers;
+            s.status.ready = ready;
+        }
+    }
+}
+
+async fn serve_status(listener: tokio::net::UnixListener, shared: Arc<Mutex<Shared>>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let body = shared
+            .lock()
+            .ok()
+            .and_then(|s| serde_json::to_vec(&s.snapshot()).ok())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            let _ = stream.write_all(&body).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+fn responder(shared: Arc<Mutex<Shared>>) -> Responder {
+    Arc::new(move |path| {
+        let Ok(s) = shared.lock() else {
+            return (503, "state poisoned\n".into());
+        };
+        match path {
+            "/livez" => (200, "ok\n".into()),
+            "/readyz" if s.status.ready => (200, "ready\n".into()),
+            "/readyz" => (
+                503,
+                "not ready: waiting for configured BGP sessions and the first reconcile\n".into(),
+            ),
+            "/metrics" => (200, http::metrics(&s.snapshot(), &s.counters)),
+            _ => (404, "not found\n".into()),
+        }
+    })
+}

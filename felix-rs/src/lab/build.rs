@@ -1,0 +1,736 @@
+//! Making and removing a lab: namespaces and links through `ip`, agents
+//! as detached `felix node run` processes, pods through the `felix-cni`
+//! binary, and the ping matrix.
+
+use super::plan::{LabPlan, NodePlan, CLUSTER_AS, POD_POOL, TOR_AS};
+use super::state::{state_dir, LabPod, LabProcess, LabState};
+use crate::agent::status::{self, AgentStatus};
+use std::fmt::Write as _;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why a lab step failed.
+#[derive(Debug, Error)]
+pub enum LabError {
+    #[error("lab {prefix:?} exists already ({dir}); run `felix lab down --prefix {prefix}` first")]
+    Exists { prefix: String, dir: PathBuf },
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Plan(#[from] super::plan::PlanError),
+    #[error("{0}")]
+    NotReady(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+/// Runs a command, returns its stdout; a failure carries its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io(format!("running {program}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LabError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String, LabError> {
+    run("ip", args)
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String, LabError> {
+    let mut all = vec!["netns", "exec", ns];
+    all.extend_from_slice(args);
+    ip(&all)
+}
+
+/// The binaries the lab runs.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub felix: PathBuf,
+    pub cni: PathBuf,
+}
+
+impl Binaries {
+    /// `felix` is this executable; `felix-cni` lies next to it.
+    pub fn beside_current_exe() -> Result<Binaries, LabError> {
+        let felix = std::env::current_exe().map_err(io("locating the felix binary"))?;
+        let cni = felix.with_file_name("felix-cni");
+        Ok(Binaries { felix, cni })
+    }
+}
+
+/// A lab being built: the plan, where its files go, what is made so far.
+struct Builder<'a> {
+    plan: &'a LabPlan,
+    dir: PathBuf,
+    state: LabState,
+    bins: &'a Binaries,
+}
+
+impl Builder<'_> {
+    fn save(&self) -> Result<(), LabError> {
+        self.state
+            .save(&self.dir)
+            .map_err(io("writing the lab state"))
+    }
+
+    fn netns(&mut self, name: &str) -> Result<(), LabError> {
+        // Recorded first: a namespace half made is still swept.
+        self.state.namespaces.push(name.to_string());
+        self.save()?;
+        ip(&["netns", "add", name])?;
+        in_ns(name, &["ip", "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// A veth from the lab namespace's bridge `bridge` to `eth0` in `ns`.
+    fn underlay_link(&self, lab_link: &str, ns: &str, bridge: &str) -> Result<(), LabError> {
+        let lab = &self.plan.lab_netns;
+        ip(&[
+            "link", "add", lab_link, "netns", lab, "type", "veth", "peer", "name", "eth0", "netns",
+            ns,
+        ])?;
+        ip(&["-n", lab, "link", "set", lab_link, "master", bridge, "up"])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    fn spawn(
+        &mut self,
+        ns: &str,
+        what: &str,
+        log: &Path,
+        program: &Path,
+        args: &[&str],
+    ) -> Result<u32, LabError> {
+        let logfile =
+            std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
+        let errfile = logfile.try_clone().map_err(io("log file"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(logfile)
+            .stderr(errfile)
+            .process_group(0)
+            .spawn()
+            .map_err(io(format!("starting {what}")))?;
+        let pid = child.id();
+        let marker = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.state.processes.push(LabProcess {
+            pid,
+            what: what.to_string(),
+            cmdline_contains: marker,
+        });
+        self.save()?;
+        Ok(pid)
+    }
+}
+
+fn agent_toml(plan: &LabPlan, node: &NodePlan, dir: &Path) -> String {
+    let mut t = String::new();
+    let db = dir.join("felix.db");
+    let _ = writeln!(t, "node_name = \"{}\"", node.name);
+    let _ = writeln!(t, "node_address = \"{}/{}\"", node.address, node.prefix_len);
+    let _ = writeln!(t, "datastore = \"sqlite:{}\"", db.display());
+    let _ = writeln!(
+        t,
+        "control_socket = \"{}\"",
+        dir.join(format!("{}.sock", node.name)).display()
+    );
+    let _ = writeln!(
+        t,
+        "pod_api_socket = \"{}\"",
+        dir.join(format!("{}-pod-api.sock", node.name)).display()
+    );
+    let _ = writeln!(t, "http_listen = \"{}:9099\"", node.address);
+    let _ = writeln!(t, "resync_seconds = 30");
+    let _ = writeln!(t, "labels = {{ subnet = \"s{}\" }}", node.subnet);
+    let _ = writeln!(t, "\n[bgp]");
+    let _ = writeln!(t, "asNumber = {CLUSTER_AS}");
+    let _ = writeln!(
+        t,
+        "nodeToNodeMeshEnabled = {}",
+        plan.route_reflector.is_none()
+    );
+    if let Some(rr) = &plan.route_reflector {
+        let _ = writeln!(t, "\n[[bgp_peers]]\nname = \"route-reflector\"");
+        let _ = writeln!(t, "peerIP = \"{}\"\nasNumber = {CLUSTER_AS}", rr.address);
+    }
+    if let Some(tor) = &plan.tor {
+        let _ = writeln!(t, "\n[[bgp_peers]]\nname = \"tor\"");
+        let _ = writeln!(t, "peerIP = \"{}\"\nasNumber = {TOR_AS}", tor.address);
+    }
+    t
+}
+
+/// Builds the lab; progress lines go to `out`. On failure the lab is left
+/// as far as it got (recorded): `felix lab down` removes it.
+pub fn up(plan: &LabPlan, bins: &Binaries, out: &mut dyn Write) -> Result<LabState, LabError> {
+    let dir = state_dir(&plan.options.prefix);
+    if dir.join("state.json").exists() {
+        return Err(LabError::Exists {
+            prefix: plan.options.prefix.clone(),
+            dir,
+        });
+    }
+    if plan.options.datastore != super::plan::LabDatastore::Sqlite {
+        return Err(LabError::Unsupported(
+            "--datastore etcd: the agent's etcd backend is not on main yet; only sqlite".into(),
+        ));
+    }
+    if let Some(t) = plan.options.tor {
+        if t != super::plan::Tor::Bird {
+            return Err(LabError::Unsupported(format!(
+                "--tor {t:?}: only bird is built so far"
+            )));
+        }
+    }
+    if !bins.felix.exists() {
+        return Err(LabError::Unsupported(format!(
+            "{} not found",
+            bins.felix.display()
+        )));
+    }
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let mut b = Builder {
+        plan,
+        dir: dir.clone(),
+        state: LabState {
+            prefix: plan.options.prefix.clone(),
+            options: serde_json::to_value(&plan.options).unwrap_or_default(),
+            ..Default::default()
+        },
+        bins,
+    };
+    b.save()?;
+    let say = |out: &mut dyn Write, line: String| {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+
+    // The underlay: bridges in the lab namespace, which routes between them.
+    let lab = plan.lab_netns.clone();
+    b.netns(&lab)?;
+    for k in 0..plan.options.subnets {
+        let br = format!("br{k}");
+        ip(&["-n", &lab, "link", "add", &br, "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &lab,
+            "addr",
+            "add",
+            &format!("10.0.{k}.254/24"),
+            "dev",
+            &br,
+        ])?;
+        ip(&["-n", &lab, "link", "set", &br, "up"])?;
+    }
+    in_ns(&lab, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    say(
+        out,
+        format!(
+            "underlay: {} bridge(s) in namespace {lab}",
+            plan.options.subnets
+        ),
+    );
+
+    for node in &plan.nodes {
+        b.netns(&node.netns)?;
+        b.underlay_link(&node.lab_link, &node.netns, &format!("br{}", node.subnet))?;
+        let addr = format!("{}/{}", node.address, node.prefix_len);
+        ip(&["-n", &node.netns, "addr", "add", &addr, "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &node.netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &node.gateway.to_string(),
+        ])?;
+        in_ns(&node.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    }
+    say(
+        out,
+        format!("nodes: {} namespaces on the underlay", plan.nodes.len()),
+    );
+
+    if let Some(rr) = &plan.route_reflector {
+        b.netns(&rr.netns)?;
+        b.underlay_link(&rr.lab_link, &rr.netns, "br0")?;
+        ip(&[
+            "-n",
+            &rr.netns,
+            "addr",
+            "add",
+            &format!("{}/24", rr.address),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &rr.netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.0.0.254",
+        ])?;
+        let mut args: Vec<String> = vec![
+            "bgp".into(),
+            "run".into(),
+            "--asn".into(),
+            CLUSTER_AS.to_string(),
+            "--router-id".into(),
+            rr.address.to_string(),
+            "--listen".into(),
+            rr.address.to_string(),
+            "--control-socket".into(),
+            dir.join("rr.sock").display().to_string(),
+        ];
+        for n in &plan.nodes {
+            args.push("--neighbor".into());
+            args.push(format!("{}:{CLUSTER_AS}", n.address));
+            args.push("--rr-client".into());
+            args.push(n.address.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ns = rr.netns.clone();
+        let felix = bins.felix.clone();
+        b.spawn(&ns, "route reflector", &dir.join("rr.log"), &felix, &args)?;
+        say(
+            out,
+            format!("route reflector: felix bgp run in {ns} at {}", rr.address),
+        );
+    }
+
+    if let Some(tor) = &plan.tor {
+        b.netns(&tor.netns)?;
+        b.underlay_link(&tor.lab_link, &tor.netns, "br0")?;
+        ip(&[
+            "-n",
+            &tor.netns,
+            "addr",
+            "add",
+            &format!("{}/24", tor.address),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &tor.netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.0.0.254",
+        ])?;
+        let mut conf = format!(
+            "router id {};\nprotocol device {{}}\nprotocol kernel {{ ipv4 {{ export all; }}; }}\n",
+            tor.address
+        );
+        for (i, n) in plan.nodes.iter().enumerate() {
+            let _ = writeln!(
+                conf,
+                "protocol bgp node{i} {{ local {} as {TOR_AS}; neighbor {} as {CLUSTER_AS}; \
+                 connect delay time 1; connect retry time 1; error wait time 1, 5; \
+                 ipv4 {{ import all; export all; }}; }}",
+                tor.address, n.address
+            );
+        }
+        let conf_path = dir.join("bird.conf");
+        std::fs::write(&conf_path, conf).map_err(io("writing bird.conf"))?;
+        let sock = dir.join("bird.ctl");
+        let pidfile = dir.join("bird.pid");
+        in_ns(
+            &tor.netns,
+            &[
+                "bird",
+                "-c",
+                &conf_path.display().to_string(),
+                "-s",
+                &sock.display().to_string(),
+                "-P",
+                &pidfile.display().to_string(),
+            ],
+        )?;
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            b.state.processes.push(LabProcess {
+                pid,
+                what: "ToR bird".into(),
+                cmdline_contains: "bird".into(),
+            });
+            b.save()?;
+        }
+        say(
+            out,
+            format!(
+                "ToR: BIRD 2 in {} at {}, AS {TOR_AS}",
+                tor.netns, tor.address
+            ),
+        );
+    }
+
+    for node in &plan.nodes {
+        let cfg = dir.join(format!("{}.toml", node.name));
+        std::fs::write(&cfg, agent_toml(plan, node, &dir)).map_err(io("writing agent config"))?;
+        let cfg_s = cfg.display().to_string();
+        let felix = bins.felix.clone();
+        b.spawn(
+            &node.netns,
+            &format!("agent {}", node.name),
+            &dir.join(format!("{}.log", node.name)),
+            &felix,
+            &["node", "run", "--config", &cfg_s],
+        )?;
+        b.state
+            .control_sockets
+            .push((node.name.clone(), dir.join(format!("{}.sock", node.name))));
+        b.save()?;
+    }
+    say(
+        out,
+        format!(
+            "agents: {} `felix node run` started (logs in {})",
+            plan.nodes.len(),
+            dir.display()
+        ),
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Each node's sessions: the mesh (or the reflector), and the ToR.
+    let peers = if plan.route_reflector.is_some() {
+        1
+    } else {
+        plan.nodes.len() - 1
+    } + usize::from(plan.tor.is_some());
+    wait_ready(&b.state, peers, deadline)?;
+    say(out, "agents: every BGP session Established".into());
+
+    let pods = create_pods(&mut b, out)?;
+    if !pods.is_empty() {
+        wait_routes(&b.state, deadline)?;
+    }
+    b.state.complete = true;
+    b.save()?;
+    Ok(b.state)
+}
+
+/// Waits until every agent answers ready.
+fn wait_ready(state: &LabState, peers: usize, deadline: Instant) -> Result<(), LabError> {
+    loop {
+        let mut waiting = Vec::new();
+        for (node, sock) in &state.control_sockets {
+            match status::query(sock) {
+                Ok(s) if s.ready && s.peers.len() >= peers => {}
+                Ok(s) => waiting.push(format!("{node}: {}", summary(&s))),
+                Err(e) => waiting.push(format!("{node}: {e}")),
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::NotReady(format!(
+                "agents not ready in time (see the logs next to the state file):\n  {}",
+                waiting.join("\n  ")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until every agent has a route for every other node's blocks.
+fn wait_routes(state: &LabState, deadline: Instant) -> Result<(), LabError> {
+    loop {
+        let statuses: Vec<AgentStatus> = state
+            .control_sockets
+            .iter()
+            .filter_map(|(_, s)| status::query(s).ok())
+            .collect();
+        let all_blocks: usize = statuses.iter().map(|s| s.blocks.len()).sum();
+        let done = statuses.len() == state.control_sockets.len()
+            && statuses
+                .iter()
+                .all(|s| s.routes.len() + s.blocks.len() >= all_blocks);
+        if done {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::NotReady(
+                "not every node learned every other node's blocks in time".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One line about an agent.
+pub fn summary(s: &AgentStatus) -> String {
+    let up = s.peers.iter().filter(|p| p.state == "Established").count();
+    format!(
+        "{} peers {up}/{} Established, {} blocks, {} routes{}",
+        if s.ready { "ready" } else { "not ready" },
+        s.peers.len(),
+        s.blocks.len(),
+        s.routes.len(),
+        s.last_errors
+            .last()
+            .map(|e| format!(", last error: {e}"))
+            .unwrap_or_default()
+    )
+}
+
+/// Creates the pods through `felix-cni` when this build has a working
+/// plugin and IPAM; otherwise says why no pods were made.
+fn create_pods(b: &mut Builder<'_>, out: &mut dyn Write) -> Result<Vec<LabPod>, LabError> {
+    let _ = (POD_POOL, &b.bins.cni);
+    let _ = writeln!(
+        out,
+        "pods: NOT CREATED: the pod API / IPAM allocator are not wired into the agent in this build (docs/lab.md)"
+    );
+    Ok(Vec::new())
+}
+
+/// Pings every pod from every other pod; the matrix as rows of booleans.
+pub fn ping_matrix(pods: &[LabPod]) -> Vec<Vec<Option<bool>>> {
+    let mut handles = Vec::new();
+    for (i, src) in pods.iter().enumerate() {
+        for (j, dst) in pods.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let ns = src.netns.clone();
+            let addr = dst.address.clone();
+            handles.push((
+                i,
+                j,
+                std::thread::spawn(move || {
+                    in_ns(&ns, &["ping", "-c", "1", "-W", "2", "-q", &addr]).is_ok()
+                }),
+            ));
+        }
+    }
+    let mut m = vec![vec![None; pods.len()]; pods.len()];
+    for (i, j, h) in handles {
+        m[i][j] = Some(h.join().unwrap_or(false));
+    }
+    m
+}
+
+/// The ping matrix as a table: `ok`, `FAIL`, `-` on the diagonal.
+pub fn render_matrix(pods: &[LabPod], m: &[Vec<Option<bool>>]) -> String {
+    let w = pods.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4);
+    let mut o = String::new();
+    let _ = write!(o, "{:<w$} {:<15}", "from \\ to", "");
+    for p in pods {
+        let _ = write!(o, " {:>15}", p.address);
+    }
+    o.push('\n');
+    for (i, p) in pods.iter().enumerate() {
+        let _ = write!(o, "{:<w$} {:<15}", p.name, p.address);
+        for cell in &m[i] {
+            let c = match cell {
+                None => "-",
+                Some(true) => "ok",
+                Some(false) => "FAIL",
+            };
+            let _ = write!(o, " {c:>15}");
+        }
+        o.push('\n');
+    }
+    o
+}
+
+/// What `down` removed.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    pub processes: usize,
+    pub namespaces: usize,
+}
+
+fn cmdline(pid: u32) -> Option<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+}
+
+fn kill_and_wait(pids: &[u32]) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let alive = |pid: u32| {
+        // A zombie child of ours counts as gone.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    };
+    for &pid in pids {
+        if let Ok(p) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &pid in pids {
+        if alive(pid) {
+            if let Ok(p) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Removes lab `prefix`: the processes and namespaces its state lists,
+/// then every namespace (and the processes in it) and root-namespace link
+/// named `PREFIX-…`, then its state directory.
+pub fn down(prefix: &str) -> Result<DownReport, LabError> {
+    if !super::plan::valid_prefix(prefix) {
+        return Err(LabError::Plan(super::plan::PlanError::Prefix(
+            prefix.into(),
+        )));
+    }
+    let dir = state_dir(prefix);
+    let state = LabState::load(&dir).map_err(io(format!("reading {}", dir.display())))?;
+    let mut report = DownReport::default();
+    let mut pids: Vec<u32> = state
+        .iter()
+        .flat_map(|s| s.processes.iter())
+        .filter(|p| cmdline(p.pid).is_some_and(|c| c.contains(&p.cmdline_contains)))
+        .map(|p| p.pid)
+        .collect();
+    let mine = format!("{prefix}-");
+    let listed = ip(&["netns", "list"])?;
+    let mut namespaces: Vec<String> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&mine))
+        .map(str::to_string)
+        .collect();
+    for s in state.iter() {
+        for n in &s.namespaces {
+            if !namespaces.contains(n)
+                && listed
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(n))
+            {
+                namespaces.push(n.clone());
+            }
+        }
+    }
+    for ns in &namespaces {
+        if let Ok(out) = ip(&["netns", "pids", ns]) {
+            pids.extend(out.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    report.processes = pids.len();
+    kill_and_wait(&pids);
+    for ns in &namespaces {
+        ip(&["netns", "del", ns])?;
+        report.namespaces += 1;
+    }
+    if let Ok(links) = ip(&["-o", "link", "show"]) {
+        for l in links.lines() {
+            let name = l
+                .split(':')
+                .nth(1)
+                .map(|n| n.trim().split('@').next().unwrap_or(""));
+            if let Some(name) = name.filter(|n| n.starts_with(&mine)) {
+                let _ = ip(&["link", "del", name]);
+            }
+        }
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(format!("removing {}", dir.display()))(e)),
+    }
+    Ok(report)
+}
+
+/// `felix lab status`: the state and one line per agent.
+pub fn status_text(prefix: &str) -> Result<String, LabError> {
+    let dir = state_dir(prefix);
+    let Some(state) = LabState::load(&dir).map_err(io(format!("reading {}", dir.display())))?
+    else {
+        return Ok(format!(
+            "no lab {prefix:?} (no {})\n",
+            dir.join("state.json").display()
+        ));
+    };
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "lab {prefix}: {} ({} namespaces, {} processes, {} pods) state in {}",
+        if state.complete {
+            "up"
+        } else {
+            "INCOMPLETE (run felix lab down)"
+        },
+        state.namespaces.len(),
+        state.processes.len(),
+        state.pods.len(),
+        dir.display()
+    );
+    let _ = writeln!(o, "options: {}", state.options);
+    for p in &state.processes {
+        let alive = cmdline(p.pid).is_some_and(|c| c.contains(&p.cmdline_contains));
+        let _ = writeln!(
+            o,
+            "  pid {:<8} {:<20} {}",
+            p.pid,
+            p.what,
+            if alive { "running" } else { "GONE" }
+        );
+    }
+    for (node, sock) in &state.control_sockets {
+        let line = match status::query(sock) {
+            Ok(s) => summary(&s),
+            Err(e) => e.to_string(),
+        };
+        let _ = writeln!(o, "  {node:<10} {line}");
+    }
+    for p in &state.pods {
+        let _ = writeln!(o, "  pod {:<16} {:<10} {}", p.name, p.node, p.address);
+    }
+    let _ = writeln!(
+        o,
+        "per node: felix status --control-socket {}/NODE.sock",
+        dir.display()
+    );
+    Ok(o)
+}

@@ -1,0 +1,264 @@
+//! The lab's topology, computed before anything is made: names and
+//! addresses of the underlay, the nodes, the pods and the extra routers.
+//! Pure, so that every name can be checked (and swept by prefix later).
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use thiserror::Error;
+
+/// The ToR daemons the lab can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tor {
+    Bird,
+    Gobgp,
+    Frr,
+}
+
+/// The datastores the lab can use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LabDatastore {
+    #[default]
+    Sqlite,
+    Etcd,
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabOptions {
+    /// Prefix of every namespace, link and the state directory's name.
+    pub prefix: String,
+    pub nodes: u8,
+    pub pods_per_node: u8,
+    pub route_reflector: bool,
+    pub tor: Option<Tor>,
+    /// 1, or 2 (nodes alternate between two L3 subnets behind a router).
+    pub subnets: u8,
+    pub datastore: LabDatastore,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            prefix: "fxl".into(),
+            nodes: 3,
+            pods_per_node: 2,
+            route_reflector: false,
+            tor: None,
+            subnets: 1,
+            datastore: LabDatastore::Sqlite,
+        }
+    }
+}
+
+/// Options that cannot make a lab.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("--nodes {0}: between 1 and 50")]
+    Nodes(u8),
+    #[error("--pods {0}: between 0 and 50")]
+    Pods(u8),
+    #[error("--subnets {0}: 1 or 2")]
+    Subnets(u8),
+    #[error("prefix {0:?}: 1 to 8 lower-case letters or digits, starting with a letter")]
+    Prefix(String),
+}
+
+/// The lab's cluster AS (Calico's default) and the ToR's.
+pub const CLUSTER_AS: u32 = 64512;
+pub const TOR_AS: u32 = 65000;
+/// The pod pool.
+pub const POD_POOL: &str = "10.244.0.0/16";
+
+/// One node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlan {
+    /// Node name, e.g. `node-1`.
+    pub name: String,
+    /// Its namespace, e.g. `fxl-n1`.
+    pub netns: String,
+    /// Its underlay address and subnet length.
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The router address on its subnet (its default gateway).
+    pub gateway: Ipv4Addr,
+    /// Which underlay bridge (0 or 1).
+    pub subnet: u8,
+    /// The lab-side end of its underlay veth.
+    pub lab_link: String,
+    pub pods: Vec<PodPlan>,
+}
+
+/// One pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPlan {
+    /// e.g. `node-1-pod-2`.
+    pub name: String,
+    /// e.g. `fxl-n1-p2`.
+    pub netns: String,
+    /// The CNI container id.
+    pub container_id: String,
+}
+
+/// A router namespace on subnet 0 (route reflector or ToR).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterPlan {
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub lab_link: String,
+}
+
+/// The whole topology.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabPlan {
+    pub options: LabOptions,
+    /// The namespace holding the underlay bridges (and routing between them).
+    pub lab_netns: String,
+    pub nodes: Vec<NodePlan>,
+    pub route_reflector: Option<RouterPlan>,
+    pub tor: Option<RouterPlan>,
+}
+
+/// The underlay subnet `k`: 10.0.k.0/24, router at .254.
+fn subnet_addr(k: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, k, host)
+}
+
+impl LabPlan {
+    /// Checks the options and lays out the lab.
+    pub fn new(options: LabOptions) -> Result<LabPlan, PlanError> {
+        if options.nodes == 0 || options.nodes > 50 {
+            return Err(PlanError::Nodes(options.nodes));
+        }
+        if options.pods_per_node > 50 {
+            return Err(PlanError::Pods(options.pods_per_node));
+        }
+        if !(1..=2).contains(&options.subnets) {
+            return Err(PlanError::Subnets(options.subnets));
+        }
+        if !valid_prefix(&options.prefix) {
+            return Err(PlanError::Prefix(options.prefix.clone()));
+        }
+        let p = &options.prefix;
+        let nodes = (1..=options.nodes)
+            .map(|i| {
+                let subnet = (i - 1) % options.subnets;
+                NodePlan {
+                    name: format!("node-{i}"),
+                    netns: format!("{p}-n{i}"),
+                    address: subnet_addr(subnet, i),
+                    prefix_len: 24,
+                    gateway: subnet_addr(subnet, 254),
+                    subnet,
+                    lab_link: format!("{p}-n{i}"),
+                    pods: (1..=options.pods_per_node)
+                        .map(|j| PodPlan {
+                            name: format!("node-{i}-pod-{j}"),
+                            netns: format!("{p}-n{i}-p{j}"),
+                            container_id: format!("{p}-n{i}-p{j}"),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let router = |what: &str, host: u8| RouterPlan {
+            netns: format!("{p}-{what}"),
+            address: subnet_addr(0, host),
+            lab_link: format!("{p}-{what}"),
+        };
+        Ok(LabPlan {
+            lab_netns: format!("{p}-lab"),
+            nodes,
+            route_reflector: options.route_reflector.then(|| router("rr", 250)),
+            tor: options.tor.map(|_| router("tor", 253)),
+            options,
+        })
+    }
+
+    /// Every namespace the lab makes, routers and pods included.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut all = vec![self.lab_netns.clone()];
+        for n in &self.nodes {
+            all.push(n.netns.clone());
+            all.extend(n.pods.iter().map(|p| p.netns.clone()));
+        }
+        all.extend(self.route_reflector.iter().map(|r| r.netns.clone()));
+        all.extend(self.tor.iter().map(|r| r.netns.clone()));
+        all
+    }
+}
+
+/// A lab prefix: short enough that `PREFIX-nNN-pNN` fits a namespace name
+/// and `PREFIX-nNN` an interface name (15 bytes).
+pub fn valid_prefix(p: &str) -> bool {
+    (1..=8).contains(&p.len())
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && p.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn default_lab_three_nodes_two_pods_one_subnet() {
+        let plan = LabPlan::new(LabOptions::default()).unwrap();
+        assert_eq!(plan.nodes.len(), 3);
+        assert_eq!(plan.nodes[2].address, Ipv4Addr::new(10, 0, 0, 3));
+        assert_eq!(plan.nodes[2].pods[1].netns, "fxl-n3-p2");
+        assert_eq!(plan.namespaces().len(), 1 + 3 + 6);
+        assert!(plan.namespaces().iter().all(|n| n.starts_with("fxl-")));
+        assert!(plan.route_reflector.is_none() && plan.tor.is_none());
+    }
+
+    #[test]
+    fn two_subnets_alternate_and_names_fit_interface_limits() {
+        let plan = LabPlan::new(LabOptions {
+            prefix: "fxt12345".into(),
+            nodes: 50,
+            subnets: 2,
+            route_reflector: true,
+            tor: Some(Tor::Bird),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(plan.nodes[0].address, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(plan.nodes[1].address, Ipv4Addr::new(10, 0, 1, 2));
+        assert_eq!(plan.nodes[1].gateway, Ipv4Addr::new(10, 0, 1, 254));
+        for n in &plan.nodes {
+            assert!(n.lab_link.len() <= 15, "{}", n.lab_link);
+        }
+        assert!(plan.tor.as_ref().unwrap().lab_link.len() <= 15);
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let bad = |o: LabOptions| LabPlan::new(o).unwrap_err();
+        assert_eq!(
+            bad(LabOptions {
+                nodes: 0,
+                ..Default::default()
+            }),
+            PlanError::Nodes(0)
+        );
+        assert_eq!(
+            bad(LabOptions {
+                subnets: 3,
+                ..Default::default()
+            }),
+            PlanError::Subnets(3)
+        );
+        for p in ["", "UP", "1abc", "toolongname", "a-b"] {
+            assert_eq!(
+                bad(LabOptions {
+                    prefix: p.into(),
+                    ..Default::default()
+                }),
+                PlanError::Prefix(p.into())
+            );
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Shared by the lab tests: the binaries, a lab guard that removes the lab
+//! on drop (also when the test fails), and status helpers.
+
+#![allow(dead_code)]
+
+use felix_rs::agent::status::{self, AgentStatus};
+use felix_rs::lab::build::{self, Binaries};
+use felix_rs::lab::plan::{LabOptions, LabPlan};
+use felix_rs::lab::state::LabState;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// True (after printing SKIPPED) when the test cannot run here.
+pub fn skip() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("SKIPPED: needs root (network namespaces)");
+        return true;
+    }
+    false
+}
+
+/// Builds `felix` and `felix-cni` (a no-op when up to date) and returns them.
+pub fn binaries() -> Binaries {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "-p",
+            "felix-rs",
+            "--bin",
+            "felix",
+            "-p",
+            "felix-cni",
+        ])
+        .current_dir(&root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build of felix / felix-cni failed");
+    Binaries {
+        felix: target.join("debug").join("felix"),
+        cni: target.join("debug").join("felix-cni"),
+    }
+}
+
+/// A running lab; `felix lab down` on drop.
+pub struct Lab {
+    pub prefix: String,
+    pub state: LabState,
+    pub plan: LabPlan,
+}
+
+impl Lab {
+    /// `lab up` with a prefix unique to this process and `tag`.
+    pub fn up(tag: &str, mut options: LabOptions) -> Lab {
+        let prefix = format!("{tag}{}", std::process::id() % 100_000);
+        options.prefix = prefix.clone();
+        let plan = LabPlan::new(options).unwrap();
+        let bins = binaries();
+        let mut out = Vec::new();
+        let result = build::up(&plan, &bins, &mut out);
+        let state = match result {
+            Ok(s) => s,
+            Err(e) => {
+                let logs = logs(&prefix);
+                let _ = build::down(&prefix);
+                panic!(
+                    "lab up failed: {e}\n{}\n{logs}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        };
+        Lab {
+            prefix,
+            state,
+            plan,
+        }
+    }
+
+    pub fn socket(&self, node: &str) -> PathBuf {
+        felix_rs::lab::state::state_dir(&self.prefix).join(format!("{node}.sock"))
+    }
+
+    pub fn status(&self, node: &str) -> AgentStatus {
+        status::query(&self.socket(node)).unwrap()
+    }
+
+    pub fn datastore_url(&self) -> String {
+        format!(
+            "sqlite:{}",
+            felix_rs::lab::state::state_dir(&self.prefix)
+                .join("felix.db")
+                .display()
+        )
+    }
+
+    pub fn logs(&self) -> String {
+        logs(&self.prefix)
+    }
+}
+
+fn logs(prefix: &str) -> String {
+    let dir = felix_rs::lab::state::state_dir(prefix);
+    let mut all = String::new();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                all.push_str(&format!("== {}\n", e.path().display()));
+                for l in tail.into_iter().rev() {
+                    all.push_str(l);
+                    all.push('\n');
+                }
+            }
+        }
+    }
+    all
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = build::down(&self.prefix) {
+            eprintln!("lab down {}: {e}", self.prefix);
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Established peers of a node, by address.
+pub fn established(s: &AgentStatus) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .peers
+        .iter()
+        .filter(|p| p.state == "Established")
+        .map(|p| p.address.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Namespaces whose name starts with `prefix-`.
+pub fn namespaces_with(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(str::to_string)
+        .collect()
+}
