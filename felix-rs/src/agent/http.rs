@@ -196,6 +196,7 @@ mod tests {
                 accepted: 2,
                 advertised: 1,
                 last_error: None,
+                dynamic: false,
             }],
             blocks: vec!["10.244.0.0/26".parse().unwrap()],
             ..Default::default()
