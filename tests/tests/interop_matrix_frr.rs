@@ -266,7 +266,7 @@ fn frr_md5_wrong_key_never_established() {
 
 /// IPv6 over the IPv4 session (the neighbour activated in both address
 /// families): bgpd without zebra knows no interface address and sends an
-/// IPv4-mapped next hop (`::ffff:PEER4`); felix does not export IPv6 routes
+/// IPv4-mapped next hop (`::ffff:PEER4`), unresolvable at felix; felix does not export IPv6 routes
 /// on a session without an IPv6 local address.
 #[test]
 fn frr_one_ipv4_session_both_families() {
@@ -278,7 +278,11 @@ fn frr_one_ipv4_session_both_families() {
     let frr = start_frr(&mut pair, &a, FRR_AS, None, true);
     let r = run_single_ipv4_session(&pair, &a, frr, case(FRR_AS, None));
     assert!(r.v4_at_felix && r.v4_at_daemon, "{r:?}");
-    let mapped: std::net::IpAddr = format!("::ffff:{}", a.peer4).parse().unwrap();
-    assert_eq!(r.v6_at_felix, Some(mapped), "{r:?}");
+    // The IPv6 route arrives (received counts it beside the IPv4 one) with
+    // next hop ::ffff:PEER4, which nothing can forward to: unresolvable, so
+    // it is not in felix's Loc-RIB (docs/bgp-speaker.md, resolvable next
+    // hops).
+    assert!(r.received >= 2, "{r:?}");
+    assert_eq!(r.v6_at_felix, None, "{r:?}");
     assert!(!r.v6_at_daemon, "{r:?}");
 }

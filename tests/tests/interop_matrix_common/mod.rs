@@ -411,9 +411,12 @@ pub fn run_matrix_md5_wrong(
 pub struct SingleSession {
     /// The daemon's IPv4 prefix at felix.
     pub v4_at_felix: bool,
-    /// The next hop of the daemon's IPv6 prefix at felix (`None`: did not
-    /// arrive).
+    /// The next hop of the daemon's IPv6 prefix in felix's Loc-RIB
+    /// (`None`: did not arrive, or arrived with an unresolvable next hop).
     pub v6_at_felix: Option<IpAddr>,
+    /// Prefixes felix received from the daemon, both families, before
+    /// next-hop resolution.
+    pub received: u64,
     /// felix's IPv4 prefix at the daemon.
     pub v4_at_daemon: bool,
     /// felix's IPv6 prefix at the daemon (felix has no IPv6 address on an
@@ -480,11 +483,14 @@ pub fn run_single_ipv4_session(
                 d.has_route(case.felix_prefixes[1], "")
             })
             .await;
-            let state = speaker.status().await.peers[0].state.clone();
+            let status = speaker.status().await;
+            let state = status.peers[0].state.clone();
+            let received = status.peers[0].received;
             speaker.shutdown(None).await;
             SingleSession {
                 v4_at_felix,
                 v6_at_felix,
+                received,
                 v4_at_daemon,
                 v6_at_daemon,
                 state,
