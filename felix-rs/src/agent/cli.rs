@@ -2,6 +2,7 @@
 //! (logging, runtime, datastore) around [`run::run`](super::run::run).
 
 use super::config::{self, AgentConfig, LogFormat, DEFAULT_CONTROL_SOCKET};
+use super::ipam_blocks::IpamBlocks;
 use super::run::{self, Plugins};
 use super::status;
 use clap::Args;
@@ -68,8 +69,31 @@ async fn start(config: AgentConfig) -> anyhow::Result<()> {
     let store = ipam::store::open(&config.datastore)
         .await
         .map_err(|e| anyhow::anyhow!("datastore {}: {e}", config.datastore))?;
-    let plugins = Plugins::default();
-    run::run(config, store, plugins).await?;
+    let allocator = std::sync::Arc::new(ipam::Allocator::new(
+        store.clone(),
+        ipam::AllocatorConfig::default(),
+    ));
+    // The CNI plugin's socket: addresses come from this node's blocks.
+    let server = crate::pod_api::PodApiServer::bind(&config.pod_api_socket)
+        .await
+        .map_err(|e| anyhow::anyhow!("pod API: {e}"))?;
+    let api = std::sync::Arc::new(crate::pod_api::PodApi::new(
+        allocator.clone(),
+        config.node_name.clone(),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let pod_api = tokio::spawn(server.serve(api, async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(socket = %config.pod_api_socket.display(), "pod API serving");
+    let plugins = Plugins {
+        blocks: Some(std::sync::Arc::new(IpamBlocks { allocator })),
+        routes: None,
+    };
+    let result = run::run(config, store, plugins).await;
+    let _ = stop_tx.send(());
+    let _ = pod_api.await;
+    result?;
     Ok(())
 }
 

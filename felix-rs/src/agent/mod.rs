@@ -9,6 +9,7 @@ pub mod config;
 pub mod follow;
 pub mod forwarding;
 pub mod http;
+pub mod ipam_blocks;
 pub mod peering;
 pub mod resources;
 pub mod run;

@@ -44,8 +44,8 @@ pub const LAST_ERRORS: usize = 10;
 /// The node's affine blocks, from IPAM.
 #[async_trait::async_trait]
 pub trait BlockSource: Send + Sync {
-    /// Claims a first block for the node if it has none (so that its pods'
-    /// first ADD does not wait for BGP), then lists its affine blocks.
+    /// The blocks confirmed affine to `node` (claimed by its first pod's
+    /// allocation through the pod API).
     async fn affine_blocks(&self, node: &str) -> Result<BTreeSet<IpNet>, String>;
     /// The encapsulation of the pool holding `prefix`.
     async fn encapsulation(&self, prefix: IpNet) -> Encapsulation;
