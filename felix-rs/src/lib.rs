@@ -13,4 +13,5 @@ pub mod ipam_cli;
 pub mod lab;
 pub mod pcap;
 pub mod pod_api;
+pub mod routes;
 pub mod status_view;
