@@ -28,7 +28,11 @@ impl Drop for Ns {
 
 fn sh(cmd: &str) {
     let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn block(i: u32) -> IpNet {
@@ -54,18 +58,27 @@ fn felix_round(ns: &str, n: u32) -> (Duration, Duration) {
     let path = format!("/var/run/netns/{ns}");
     std::thread::spawn(move || {
         setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let mut table = DesiredRoutes::new();
             for i in 0..n {
-                table.via_gateway(block(i), "192.0.2.2".parse().unwrap()).unwrap();
+                table
+                    .via_gateway(block(i), "192.0.2.2".parse().unwrap())
+                    .unwrap();
             }
             let mut p = RouteProgrammer::new().unwrap();
             p.set_desired(table);
             let t = Instant::now();
             let add = p.reconcile().await.unwrap();
             let add_time = t.elapsed();
-            assert!(add.errors.is_empty(), "{:?}", &add.errors[..add.errors.len().min(3)]);
+            assert!(
+                add.errors.is_empty(),
+                "{:?}",
+                &add.errors[..add.errors.len().min(3)]
+            );
             assert_eq!(add.added, n as usize);
             p.set_desired(DesiredRoutes::new());
             let t = Instant::now();
@@ -86,14 +99,23 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let n: u32 = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let ns = Ns(format!("felixbench-{}", std::process::id()));
     sh(&format!("ip netns add {}", ns.0));
     sh(&format!("ip -n {} link set lo up", ns.0));
-    sh(&format!("ip -n {} link add under0 type veth peer name under0p", ns.0));
-    sh(&format!("ip -n {0} link set under0 up && ip -n {0} link set under0p up", ns.0));
+    sh(&format!(
+        "ip -n {} link add under0 type veth peer name under0p",
+        ns.0
+    ));
+    sh(&format!(
+        "ip -n {0} link set under0 up && ip -n {0} link set under0p up",
+        ns.0
+    ));
     sh(&format!("ip -n {} addr add 192.0.2.1/24 dev under0", ns.0));
     let base = route_count(&ns.0);
 
@@ -113,7 +135,11 @@ fn main() {
     let (mut ip_add, mut ip_del, mut fx_add, mut fx_del) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
         // Alternate who goes first so that neither always gets a warm cache.
-        for who in if round % 2 == 0 { ["ip", "felix"] } else { ["felix", "ip"] } {
+        for who in if round % 2 == 0 {
+            ["ip", "felix"]
+        } else {
+            ["felix", "ip"]
+        } {
             if who == "ip" {
                 ip_add.push(ip_batch(&ns.0, add_file));
                 assert_eq!(route_count(&ns.0), base + n as usize);
@@ -134,11 +160,20 @@ fn main() {
             fx_del[round]
         );
     }
-    let (ia, id, fa, fd) = (median(ip_add), median(ip_del), median(fx_add), median(fx_del));
+    let (ia, id, fa, fd) = (
+        median(ip_add),
+        median(ip_del),
+        median(fx_add),
+        median(fx_del),
+    );
     println!("route programming, {n} /26 routes via a gateway, median of {rounds} rounds");
     println!("| step   | ip -batch | felix    | felix / ip |");
     println!("| ---    | ---:      | ---:     | ---:       |");
-    for (step, i, f) in [("add", ia, fa), ("delete", id, fd), ("total", ia + id, fa + fd)] {
+    for (step, i, f) in [
+        ("add", ia, fa),
+        ("delete", id, fd),
+        ("total", ia + id, fa + fd),
+    ] {
         println!(
             "| {step:<6} | {:>7.3} s | {:>6.3} s | {:>9.2}x |",
             i.as_secs_f64(),

@@ -15,3 +15,4 @@ pub mod pcap;
 pub mod pod_api;
 pub mod routes;
 pub mod status_view;
+pub mod tunnel;
