@@ -17,6 +17,8 @@ apt_packages=(tshark bird2 gobgpd frr etcd-server etcd-client protobuf-compiler 
 # iptables (portmap's backend), podman + runc + busybox-static (a real
 # runtime driving felix-cni, cni-plugin/tests/podman.rs).
 apt_packages+=(containernetworking-plugins iputils-ping iptables nftables podman runc busybox-static)
+# The route-programmer tests (felix-rs/tests/routes.rs, tunnels.rs): ip, bridge, sysctl.
+apt_packages+=(iproute2 procps)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
