@@ -33,9 +33,9 @@ fn three_node_mesh_from_registrations_then_down_removes_everything() {
             assert_eq!(s.blocks.len(), 1, "{node}: {:?}", s.blocks);
             assert_eq!(s.routes.len(), 2, "{node}: {:?}", s.routes);
         }
-        // Six pods through felix-cni, distinct addresses; pods on the same
-        // node reach each other (cross-node needs the route programmer,
-        // not wired yet: docs/lab.md).
+        // Six pods through felix-cni, distinct addresses; every pod reaches
+        // every other, on its node through the host and across nodes over
+        // the routes the agents programmed from BGP.
         assert_eq!(lab.state.pods.len(), 6);
         let mut addrs: Vec<&str> = lab.state.pods.iter().map(|p| p.address.as_str()).collect();
         addrs.sort();
@@ -44,10 +44,14 @@ fn three_node_mesh_from_registrations_then_down_removes_everything() {
         let m = felix_rs::lab::build::ping_matrix(&lab.state.pods);
         for (i, a) in lab.state.pods.iter().enumerate() {
             for (j, b) in lab.state.pods.iter().enumerate() {
-                if i != j && a.node == b.node {
+                if i != j {
                     assert_eq!(m[i][j], Some(true), "{} -> {}", a.name, b.name);
                 }
             }
+        }
+        for node in ["node-1", "node-2", "node-3"] {
+            // A blackhole for its own block and a route to each other block.
+            assert_eq!(lab.status(node).routes_programmed, Some(3), "{node}");
         }
         // The probes and metrics answer inside the node's namespace.
         let out = std::process::Command::new("ip")

@@ -86,9 +86,11 @@ async fn start(config: AgentConfig) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     tracing::info!(socket = %config.pod_api_socket.display(), "pod API serving");
+    let routes = super::kernel_routes::KernelRoutes::open()
+        .map_err(|e| anyhow::anyhow!("route programmer: {e}"))?;
     let plugins = Plugins {
         blocks: Some(std::sync::Arc::new(IpamBlocks { allocator })),
-        routes: None,
+        routes: Some(Box::new(routes)),
     };
     let result = run::run(config, store, plugins).await;
     let _ = stop_tx.send(());

@@ -10,6 +10,7 @@ pub mod follow;
 pub mod forwarding;
 pub mod http;
 pub mod ipam_blocks;
+pub mod kernel_routes;
 pub mod peering;
 pub mod resources;
 pub mod run;
