@@ -23,7 +23,8 @@ if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-cargo build --release --locked -p felix-rs --bin felix -p felix-cni
+# Both binaries: `felix lab up` runs the agents and calls felix-cni next to it.
+cargo build --release --locked -p felix-rs -p felix-cni --bin felix --bin felix-cni
 felix=./target/release/felix
 
 # A lab left by an earlier run (or a crash) is removed first.
@@ -32,6 +33,7 @@ status=0
 $felix lab up "$@" || status=$?
 for sock in /run/felix-lab/fxl/node-*.sock; do
     [[ -S $sock ]] || continue
+    [[ $sock == *-pod-api.sock ]] && continue # the CNI plugin's socket
     printf '\n== felix status --control-socket %s\n' "$sock"
     $felix status --control-socket "$sock" || true
 done
