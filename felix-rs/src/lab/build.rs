@@ -472,7 +472,9 @@ fn wait_ready(state: &LabState, peers: usize, deadline: Instant) -> Result<(), L
     }
 }
 
-/// Waits until every agent has a route for every other node's blocks.
+/// Waits until every agent has learned a route for every other node's
+/// blocks and has programmed them (with a blackhole per own block) into its
+/// kernel: only then can the ping matrix expect answers.
 fn wait_routes(state: &LabState, deadline: Instant) -> Result<(), LabError> {
     loop {
         let statuses: Vec<AgentStatus> = state
@@ -482,15 +484,16 @@ fn wait_routes(state: &LabState, deadline: Instant) -> Result<(), LabError> {
             .collect();
         let all_blocks: usize = statuses.iter().map(|s| s.blocks.len()).sum();
         let done = statuses.len() == state.control_sockets.len()
-            && statuses
-                .iter()
-                .all(|s| s.routes.len() + s.blocks.len() >= all_blocks);
+            && statuses.iter().all(|s| {
+                s.routes.len() + s.blocks.len() >= all_blocks
+                    && s.routes_programmed == Some(s.routes.len() + s.blocks.len())
+            });
         if done {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(LabError::NotReady(
-                "not every node learned every other node's blocks in time".into(),
+                "not every node learned and programmed every other node's blocks in time".into(),
             ));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -635,7 +638,13 @@ pub fn ping_matrix(pods: &[LabPod]) -> Vec<Vec<Option<bool>>> {
                 i,
                 j,
                 std::thread::spawn(move || {
-                    in_ns(&ns, &["ping", "-c", "1", "-W", "2", "-q", &addr]).is_ok()
+                    // Three probes: a cell is `ok` when any is answered, so one packet lost
+                    // to a neighbour entry still resolving does not fail the cell.
+                    in_ns(
+                        &ns,
+                        &["ping", "-c", "3", "-i", "0.3", "-W", "1", "-q", &addr],
+                    )
+                    .is_ok()
                 }),
             ));
         }
