@@ -576,19 +576,7 @@ impl Allocator {
     /// Allocates `num_v4` IPv4 and `num_v6` IPv6 addresses for a handle on
     /// a node; all or nothing.
     pub async fn auto_assign(&self, req: &AutoAssignRequest) -> Result<Assigned, IpamError> {
-        if req.handle.is_empty() {
-            return Err(IpamError::Invalid("empty handle id".into()));
-        }
-        if !is_valid_object_name(&req.node) {
-            return Err(IpamError::Invalid(format!(
-                "node {:?} is not a valid Kubernetes node name",
-                req.node
-            )));
-        }
-        let mut attrs = req.attrs.clone();
-        if attrs.node.is_none() {
-            attrs.node = Some(req.node.clone());
-        }
+        let attrs = owner_attrs(&req.handle, &req.node, &req.attrs)?;
         let labels = self.node_labels(&req.node, &req.node_labels).await?;
         let pools: Vec<IpPool> = self
             .pools()
@@ -915,19 +903,7 @@ impl Allocator {
         let Some(ip) = req.ip else {
             return Err(IpamError::Invalid("no address given".into()));
         };
-        if req.handle.is_empty() {
-            return Err(IpamError::Invalid("empty handle id".into()));
-        }
-        if !is_valid_object_name(&req.node) {
-            return Err(IpamError::Invalid(format!(
-                "node {:?} is not a valid Kubernetes node name",
-                req.node
-            )));
-        }
-        let mut attrs = req.attrs.clone();
-        if attrs.node.is_none() {
-            attrs.node = Some(req.node.clone());
-        }
+        let attrs = owner_attrs(&req.handle, &req.node, &req.attrs)?;
         let pools = self.pools().await?;
         let cidr = pools
             .iter()
@@ -1199,4 +1175,26 @@ impl Allocator {
         }
         Err(self.too_many(format!("block {cidr}")))
     }
+}
+/// Checks the owner of a request (a handle id, a valid node name) and gives
+/// the attributes to store with its addresses, naming the node when the
+/// caller did not.
+fn owner_attrs(
+    handle: &str,
+    node: &str,
+    attrs: &AllocationAttrs,
+) -> Result<AllocationAttrs, IpamError> {
+    if handle.is_empty() {
+        return Err(IpamError::Invalid("empty handle id".into()));
+    }
+    if !is_valid_object_name(node) {
+        return Err(IpamError::Invalid(format!(
+            "node {node:?} is not a valid Kubernetes node name"
+        )));
+    }
+    let mut attrs = attrs.clone();
+    if attrs.node.is_none() {
+        attrs.node = Some(node.to_string());
+    }
+    Ok(attrs)
 }
