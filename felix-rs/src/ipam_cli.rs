@@ -263,6 +263,7 @@ async fn allocate(
         pod: a.pod.clone(),
         node: None,
         interface: a.interface.clone(),
+        kind: None,
     };
     let leases = if let Some(ip) = a.ip {
         vec![
@@ -286,6 +287,7 @@ async fn allocate(
                 attrs,
                 pools: a.pools.clone(),
                 node_labels: None,
+                ..AutoAssignRequest::default()
             })
             .await?
             .leases

@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use felix_cni::api::{ApiError, ApiErrorKind, Attachment, Request, Response, MAX_MESSAGE_BYTES};
-use ipam::block::{InUse, IpamBlockSpec};
+use ipam::block::InUse;
 use ipam::handle::IpamHandleSpec;
-use ipam::names::{cidr_name, handle_name};
 use ipam::store::{Kind, StoreError};
 use ipam::{AllocationAttrs, Allocator, AutoAssignRequest, IpamError};
 use ipnet::IpNet;
@@ -139,6 +138,7 @@ impl PodApi {
                 pod: pod_name,
                 node: Some(self.node.clone()),
                 interface: Some(attachment.ifname.clone()),
+                kind: None,
             },
             ..AutoAssignRequest::default()
         };
@@ -178,44 +178,9 @@ impl PodApi {
             .collect())
     }
 
-    /// The addresses a handle holds (with their blocks), read from its
-    /// `IPAMHandle` and the blocks it names.
+    /// The addresses a handle holds (with their blocks).
     async fn holdings(&self, handle: &str) -> Result<Vec<(IpNet, InUse)>, IpamError> {
-        let store = self.allocator.store();
-        let name = handle_name(handle);
-        let object = match store.get(Kind::IpamHandle, &name).await {
-            Ok(object) => object,
-            Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let spec: IpamHandleSpec =
-            serde_json::from_slice(&object.value).map_err(|e| StoreError::Corrupt {
-                kind: Kind::IpamHandle,
-                name: name.clone(),
-                reason: e.to_string(),
-            })?;
-        if spec.handle_id != handle {
-            return Ok(Vec::new());
-        }
-        let mut held = Vec::new();
-        for cidr in spec.block.keys() {
-            let Ok(cidr) = cidr.parse::<IpNet>() else {
-                continue;
-            };
-            let block = match store.get(Kind::IpamBlock, &cidr_name(&cidr)).await {
-                Ok(object) => IpamBlockSpec::from_object(&object)?,
-                Err(StoreError::NotFound { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            held.extend(
-                block
-                    .in_use()
-                    .into_iter()
-                    .filter(|u| u.handle_id.as_deref() == Some(handle))
-                    .map(|u| (cidr, u)),
-            );
-        }
-        Ok(held)
+        self.allocator.holdings(handle).await
     }
 
     /// Releases this node's attachments of `network` that are not in

@@ -30,7 +30,7 @@ use serde::Serialize;
 use tracing::{debug, warn};
 
 use crate::affinity::{AffinityState, BlockAffinity, BlockAffinitySpec};
-use crate::block::{AllocationAttrs, BlockRelease, IpamBlockSpec, Lease, ReleaseCheck};
+use crate::block::{AllocationAttrs, BlockRelease, InUse, IpamBlockSpec, Lease, ReleaseCheck};
 use crate::codec::{decode, encode};
 use crate::handle::IpamHandleSpec;
 use crate::names::{affinity_name, cidr_name, handle_name, is_valid_object_name};
@@ -136,6 +136,9 @@ pub struct AutoAssignRequest {
     /// The node's labels for pool `nodeSelector`s; when `None`, read from
     /// the node's `FelixNode` object (`labels`), empty if there is none.
     pub node_labels: Option<BTreeMap<String, String>>,
+    /// What the addresses are for: only pools whose `allowedUses` lists it
+    /// qualify (Calico's `IntendedUse`; pods are `Workload`, the default).
+    pub intended_use: crate::pool::AllowedUse,
 }
 
 /// Addresses given to one request. Addresses carry the host prefix length
@@ -340,7 +343,7 @@ impl Allocator {
         Ok(removed)
     }
 
-    async fn node_labels(
+    pub(crate) async fn node_labels(
         &self,
         node: &str,
         given: &Option<BTreeMap<String, String>>,
@@ -442,6 +445,41 @@ impl Allocator {
             });
         }
         Ok(spec)
+    }
+
+    /// The addresses `handle` holds, each with its block: read from its
+    /// `IPAMHandle` (which names the blocks) and those blocks. Empty when
+    /// the handle does not exist or its name belongs to another handle id.
+    pub async fn holdings(&self, handle: &str) -> Result<Vec<(IpNet, InUse)>, IpamError> {
+        let name = handle_name(handle);
+        let obj = match self.store.get(Kind::IpamHandle, &name).await {
+            Ok(obj) => obj,
+            Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let spec: IpamHandleSpec = decode(&obj)?;
+        if spec.handle_id != handle {
+            return Ok(Vec::new());
+        }
+        let mut held = Vec::new();
+        for cidr in spec.block.keys() {
+            let Ok(cidr) = cidr.parse::<IpNet>() else {
+                continue;
+            };
+            let block = match self.store.get(Kind::IpamBlock, &cidr_name(&cidr)).await {
+                Ok(obj) => IpamBlockSpec::from_object(&obj)?,
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            held.extend(
+                block
+                    .in_use()
+                    .into_iter()
+                    .filter(|u| u.handle_id.as_deref() == Some(handle))
+                    .map(|u| (cidr, u)),
+            );
+        }
+        Ok(held)
     }
 
     /// Counts `n` more addresses of `handle` in `block` (written before the
@@ -594,9 +632,7 @@ impl Allocator {
                 .filter(|p| {
                     Family::of(&p.spec.cidr) == family
                         && !p.spec.disabled
-                        && p.spec
-                            .allowed_uses
-                            .contains(&crate::pool::AllowedUse::Workload)
+                        && p.spec.allowed_uses.contains(&req.intended_use)
                         && p.spec.selects(&labels)
                 })
                 .collect();

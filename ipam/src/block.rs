@@ -35,6 +35,9 @@ pub struct AllocationAttrs {
     pub pod: Option<String>,
     pub node: Option<String>,
     pub interface: Option<String>,
+    /// Calico's `type` attribute: what the address is for when it is not a
+    /// pod's (`vxlanTunnelAddress`, `ipipTunnelAddress`).
+    pub kind: Option<String>,
 }
 
 impl AllocationAttrs {
@@ -44,6 +47,7 @@ impl AllocationAttrs {
             ("pod", &self.pod),
             ("node", &self.node),
             ("interface", &self.interface),
+            ("type", &self.kind),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))

@@ -35,6 +35,7 @@ pub struct LiveSet {
     /// Nodes that exist.
     pub nodes: Option<HashSet<String>>,
     /// Handle ids whose owner exists (e.g. from the pods on each node).
+    /// Tunnel handles (`vxlan-tunnel-addr-NODE`) are judged by `nodes`.
     pub owners: Option<HashSet<String>>,
 }
 
@@ -128,7 +129,11 @@ impl Allocator {
         let affinities = store.list(Kind::BlockAffinity, "").await?;
         let handles = store.list(Kind::IpamHandle, "").await?;
         let node_known = |n: &str| live.nodes.as_ref().is_none_or(|s| s.contains(n));
-        let owner_known = |h: &str| live.owners.as_ref().is_none_or(|s| s.contains(h));
+        // A tunnel address belongs to its node, not to a pod.
+        let owner_known = |h: &str| match crate::tunnel::tunnel_owner(h) {
+            Some(node) => node_known(node),
+            None => live.owners.as_ref().is_none_or(|s| s.contains(h)),
+        };
 
         let mut held: BTreeMap<(String, String), u64> = BTreeMap::new();
         let mut block_specs = Vec::new();

@@ -15,6 +15,7 @@ pub mod names;
 pub mod pool;
 pub mod selector;
 pub mod store;
+pub mod tunnel;
 
 pub use allocator::{
     Allocator, AllocatorConfig, AssignIpRequest, Assigned, AutoAssignRequest, IpamError,
@@ -22,5 +23,6 @@ pub use allocator::{
 };
 pub use block::{AllocationAttrs, BlockRelease, Lease};
 pub use gc::{CheckReport, GcReport, LiveSet};
+pub use tunnel::TunnelKind;
 #[cfg(feature = "testing")]
 pub mod testing;

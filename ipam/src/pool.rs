@@ -46,8 +46,9 @@ impl fmt::Display for EncapMode {
 }
 
 /// What addresses from a pool may be used for (Calico's `allowedUses`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AllowedUse {
+    #[default]
     Workload,
     Tunnel,
 }

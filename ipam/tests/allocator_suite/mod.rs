@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use ipam::affinity::AffinityState;
 use ipam::block::BlockRelease;
-use ipam::pool::{parse_cidr, IpPoolSpec, PoolError};
+use ipam::pool::{parse_cidr, AllowedUse, EncapMode, IpPoolSpec, PoolError};
 use ipam::store::{Datastore, Kind, StoreError};
 use ipam::{
     Allocator, AllocatorConfig, AssignIpRequest, AutoAssignRequest, IpamError, ReleaseRequest,
+    TunnelKind,
 };
 
 /// Generates one `#[tokio::test]` per suite case for a store expression.
@@ -41,6 +42,7 @@ macro_rules! allocator_suite {
             check_finds_dead_owners_and_gc_returns_them,
             gc_repairs_interrupted_claims_and_give_backs,
             removing_a_node_releases_its_blocks,
+            tunnel_addresses_follow_the_pools,
         }
     };
 }
@@ -757,4 +759,154 @@ pub async fn removing_a_node_releases_its_blocks(store: Arc<dyn Datastore>) {
     let done = alloc.gc(&live).await.unwrap();
     assert_eq!(done.blocks_released, [block1]);
     assert!(alloc.check(&live).await.unwrap().is_clean());
+}
+
+/// Rewrites a stored pool's spec (what `kubectl edit ippool` does).
+async fn edit_pool(store: &Arc<dyn Datastore>, name: &str, f: impl FnOnce(&mut IpPoolSpec)) {
+    let obj = store.get(Kind::IpPool, name).await.unwrap();
+    let mut spec: IpPoolSpec = serde_json::from_slice(&obj.value).unwrap();
+    f(&mut spec);
+    store
+        .update(
+            Kind::IpPool,
+            name,
+            serde_json::to_vec(&spec).unwrap(),
+            &obj.revision,
+        )
+        .await
+        .unwrap();
+}
+
+pub async fn tunnel_addresses_follow_the_pools(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    let vxlan = TunnelKind::Vxlan;
+    // No pool has VXLAN on: no tunnel address.
+    pool(&alloc, "plain", "10.20.0.0/24", 26).await;
+    assert_eq!(
+        alloc
+            .ensure_tunnel_address("node1", vxlan, None)
+            .await
+            .unwrap(),
+        None
+    );
+    // VXLAN on, but the pool is for workloads only: still none.
+    let mut spec = IpPoolSpec::new(parse_cidr("10.21.0.0/24").unwrap());
+    spec.block_size = 26;
+    spec.vxlan_mode = EncapMode::CrossSubnet;
+    spec.allowed_uses = vec![AllowedUse::Workload];
+    alloc.create_pool("vx-pods", spec).await.unwrap();
+    assert_eq!(
+        alloc
+            .ensure_tunnel_address("node1", vxlan, None)
+            .await
+            .unwrap(),
+        None
+    );
+    // A VXLAN pool for tunnels only.
+    let mut spec = IpPoolSpec::new(parse_cidr("10.22.0.0/24").unwrap());
+    spec.block_size = 26;
+    spec.vxlan_mode = EncapMode::CrossSubnet;
+    spec.allowed_uses = vec![AllowedUse::Tunnel];
+    alloc.create_pool("vx-tunnels", spec).await.unwrap();
+    let a = alloc
+        .ensure_tunnel_address("node1", vxlan, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(parse_cidr("10.22.0.0/24").unwrap().contains(&IpAddr::V4(a)));
+    // Asked again (an agent restart): the same address, nothing new taken.
+    assert_eq!(
+        alloc
+            .ensure_tunnel_address("node1", vxlan, None)
+            .await
+            .unwrap(),
+        Some(a)
+    );
+    assert_eq!(held(&alloc).await, 1);
+    // From a block affine to the node, under Calico's handle and attributes.
+    let holding = alloc.holdings("vxlan-tunnel-addr-node1").await.unwrap();
+    assert_eq!(holding.len(), 1);
+    let (block, used) = &holding[0];
+    assert_eq!(used.ip, IpAddr::V4(a));
+    assert_eq!(alloc.blocks_affine_to("node1").await.unwrap(), [*block]);
+    assert_eq!(used.attributes["node"], "node1");
+    assert_eq!(used.attributes["type"], "vxlanTunnelAddress");
+    // No IPIP pool: no IPIP address.
+    assert_eq!(
+        alloc
+            .ensure_tunnel_address("node1", TunnelKind::Ipip, None)
+            .await
+            .unwrap(),
+        None
+    );
+    // A pod never gets an address from the tunnel-only pool.
+    let mut pod = req("pod", "node1", 1, 0);
+    pod.pools = vec!["vx-tunnels".into()];
+    let err = alloc.auto_assign(&pod).await;
+    assert!(matches!(err, Err(IpamError::NoPool { .. })), "{err:?}");
+    // Another node gets its own.
+    let b = alloc
+        .ensure_tunnel_address("node2", vxlan, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(a, b);
+    // GC: a tunnel address belongs to its node, not to a pod.
+    let live = ipam::LiveSet {
+        nodes: Some(["node1".to_owned(), "node2".to_owned()].into()),
+        owners: owners(&[]),
+    };
+    let report = alloc.check(&live).await.unwrap();
+    assert!(report.leaked.is_empty(), "{:?}", report.leaked);
+    assert!(
+        report.stale_handles.is_empty(),
+        "{:?}",
+        report.stale_handles
+    );
+    let live = ipam::LiveSet {
+        nodes: Some(["node2".to_owned()].into()),
+        owners: owners(&[]),
+    };
+    let report = alloc.check(&live).await.unwrap();
+    let leaked: Vec<IpAddr> = report.leaked.iter().map(|l| l.ip).collect();
+    assert_eq!(leaked, [IpAddr::V4(a)]);
+    // The pool stops asking for VXLAN: the address is given back.
+    edit_pool(&store, "vx-tunnels", |s| s.vxlan_mode = EncapMode::Never).await;
+    assert_eq!(
+        alloc
+            .ensure_tunnel_address("node1", vxlan, None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(alloc
+        .holdings("vxlan-tunnel-addr-node1")
+        .await
+        .unwrap()
+        .is_empty());
+    // Moved to another pool: the old address is released, a new one taken.
+    let mut spec = IpPoolSpec::new(parse_cidr("10.23.0.0/24").unwrap());
+    spec.block_size = 26;
+    spec.vxlan_mode = EncapMode::Always;
+    alloc.create_pool("vx-new", spec).await.unwrap();
+    let c = alloc
+        .ensure_tunnel_address("node2", vxlan, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(parse_cidr("10.23.0.0/24").unwrap().contains(&IpAddr::V4(c)));
+    let node2: Vec<IpAddr> = alloc
+        .holdings("vxlan-tunnel-addr-node2")
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, u)| u.ip)
+        .collect();
+    assert_eq!(node2, [IpAddr::V4(c)], "{b} was not released");
+    // Released by handle (tunnel switched off for good).
+    assert_eq!(
+        alloc.release_tunnel_address("node2", vxlan).await.unwrap(),
+        [IpAddr::V4(c)]
+    );
+    assert_eq!(held(&alloc).await, 0);
 }
