@@ -14,5 +14,4 @@ pub mod kernel_routes;
 pub mod peering;
 pub mod resources;
 pub mod run;
-pub mod selector;
 pub mod status;

@@ -12,8 +12,8 @@
 //! Pure: the agent diffs the result against the speaker's neighbours.
 
 use super::resources::{BgpConfigurationSpec, BgpPeerSpec, FelixNode, SourceAddress};
-use super::selector::Selector;
 use bgp::speaker::NeighborConfig;
+use ipam::selector::Selector;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -85,7 +85,7 @@ pub fn plan(inputs: &PeeringInputs<'_>) -> PeeringPlan {
                 let node = inputs.nodes.values().find(|n| n.address() == *ip);
                 targets.push((*ip, asn, node));
             }
-            (None, Some(selector)) => match Selector::parse(selector) {
+            (None, Some(selector)) => match peer_selector(selector) {
                 Ok(sel) => {
                     for (name, node) in inputs.nodes {
                         if name != inputs.node_name && sel.matches(&node.labels) {
@@ -127,13 +127,23 @@ pub fn plan(inputs: &PeeringInputs<'_>) -> PeeringPlan {
     out
 }
 
+/// Parses a BGPPeer `nodeSelector`/`peerSelector`. An empty one is
+/// refused rather than read as `all()`: on a BGPPeer, Calico treats an
+/// empty selector as unset, and "unset" is already the `None` case.
+fn peer_selector(text: &str) -> Result<Selector, String> {
+    if text.trim().is_empty() {
+        return Err(format!(
+            "selector {text:?}: empty (leave the field out instead)"
+        ));
+    }
+    Selector::parse(text).map_err(|e| e.to_string())
+}
+
 fn applies_to_me(peer: &BgpPeerSpec, inputs: &PeeringInputs<'_>) -> Result<bool, String> {
     match (&peer.node, &peer.node_selector) {
         (None, None) => Ok(true),
         (Some(node), None) => Ok(node == inputs.node_name),
-        (None, Some(sel)) => Ok(Selector::parse(sel)
-            .map_err(|e| e.to_string())?
-            .matches(&inputs.node.labels)),
+        (None, Some(sel)) => Ok(peer_selector(sel)?.matches(&inputs.node.labels)),
         (Some(_), Some(_)) => Err("both node and nodeSelector set; ignored".to_string()),
     }
 }
@@ -305,13 +315,33 @@ mod tests {
                     ..Default::default()
                 },
             ),
+            (
+                "empty-sel".to_string(),
+                BgpPeerSpec {
+                    peer_selector: Some(" ".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "or-sel".to_string(),
+                BgpPeerSpec {
+                    node_selector: Some("rack == 'a' || rack == 'b'".into()),
+                    peer_ip: Some("10.9.9.8".parse().unwrap()),
+                    as_number: Some(65000),
+                    ..Default::default()
+                },
+            ),
             ("neither".to_string(), BgpPeerSpec::default()),
         ]
         .into();
         let p = run("n1", &nodes(), &Default::default(), &peers);
-        assert_eq!(p.neighbors.len(), 3, "the mesh stays");
+        assert_eq!(
+            p.neighbors.len(),
+            3,
+            "the mesh stays, no peer from a bad selector"
+        );
         let w = p.warnings.join("\n");
-        for name in ["no-as", "bad-sel", "neither"] {
+        for name in ["no-as", "bad-sel", "empty-sel", "or-sel", "neither"] {
             assert!(w.contains(name), "{w}");
         }
     }
