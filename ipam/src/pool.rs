@@ -277,7 +277,7 @@ mod tests {
         v6.ipip_mode = EncapMode::Always;
         assert!(matches!(v6.validate(), Err(PoolError::IpipOnIpv6(_))));
         let mut bad_sel = IpPoolSpec::new(parse_cidr("10.1.0.0/16").unwrap());
-        bad_sel.node_selector = "zone in {'a'}".into();
+        bad_sel.node_selector = "zone == 'a' || zone == 'b'".into();
         assert!(matches!(bad_sel.validate(), Err(PoolError::Selector(_))));
     }
 
