@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod bgp_run;
 pub mod control;
+pub mod crds;
 pub mod decode;
 pub mod ipam_cli;
 pub mod lab;

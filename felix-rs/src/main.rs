@@ -47,6 +47,8 @@ enum Command {
     /// A felix cluster in network namespaces on this machine (docs/lab.md).
     #[command(subcommand)]
     Lab(felix_rs::lab::cli::LabCommand),
+    /// Print (or write, or check) the CustomResourceDefinitions generated from felix's types.
+    Crds(felix_rs::crds::CrdsArgs),
 }
 
 #[derive(Subcommand)]
@@ -173,6 +175,7 @@ fn main() -> ExitCode {
         Command::Node(NodeCommand::Run(args)) => felix_rs::agent::cli::node_run(&args),
         Command::Status(args) => felix_rs::agent::cli::status(&args),
         Command::Lab(command) => felix_rs::lab::cli::lab(&command),
+        Command::Crds(args) => felix_rs::crds::command(&args),
     }
 }
 

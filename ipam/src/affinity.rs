@@ -6,10 +6,12 @@
 //! blocks over BGP.
 
 use ipnet::IpNet;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where an affinity is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum AffinityState {
     Pending,
@@ -17,12 +19,39 @@ pub enum AffinityState {
     PendingDeletion,
 }
 
-/// The stored spec, with Calico's field names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The stored spec, with Calico's field names; also the `BlockAffinity`
+/// custom resource ([`BlockAffinityResource`]). Written by felix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, CustomResource, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// Each printcolumn repeats `type_ = …`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "crd.felix-rs.io",
+    version = "v1",
+    kind = "BlockAffinity",
+    plural = "blockaffinities",
+    root = "BlockAffinityResource",
+    category = "felix",
+    doc = "Which node a block belongs to: the per-node index the agents watch (Calico BlockAffinity). Written by felix.",
+    derive = "PartialEq",
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
+    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
+    printcolumn(name = "State", type_ = "string", json_path = ".spec.state"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[schemars(description = "Which node owns which block, and where the claim is in its life.")]
 pub struct BlockAffinitySpec {
+    /// pending -> confirmed on a claim; pendingDeletion while given back.
     pub state: AffinityState,
+    /// The node's name (its `FelixNode`).
+    #[schemars(length(min = 1, max = 253))]
     pub node: String,
+    /// The block's CIDR.
+    #[schemars(schema_with = "crate::crd::cidr_schema")]
     pub cidr: IpNet,
 }
 

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::corrupt;
@@ -20,10 +22,12 @@ use crate::store::{Object, StoreError};
 
 /// Who holds an address: the handle, and free-form attributes (Calico keeps
 /// `namespace`, `pod`, `node` under `secondary`; felix adds `interface`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AllocationAttribute {
+    /// The owner's IPAM handle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handle_id: Option<String>,
+    /// `namespace`, `pod`, `node`, `interface` of the owner.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secondary: BTreeMap<String, String>,
 }
@@ -56,22 +60,57 @@ impl AllocationAttrs {
 }
 
 /// The stored spec of a block, with Calico's field names (`emptySince` is
-/// felix's: when the block last became empty, unix seconds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// felix's: when the block last became empty, unix seconds); also the
+/// `IPAMBlock` custom resource ([`IpamBlockResource`]). Written by felix
+/// only: operators read it (`felix ipam show`), never edit it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, CustomResource, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// Each printcolumn repeats `type_ = …`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "crd.felix-rs.io",
+    version = "v1",
+    kind = "IPAMBlock",
+    plural = "ipamblocks",
+    root = "IpamBlockResource",
+    category = "felix",
+    doc = "A block of pod addresses, affine to one node, with one slot per address (Calico IPAMBlock). Written by felix.",
+    derive = "PartialEq",
+    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
+    printcolumn(name = "Affinity", type_ = "string", json_path = ".spec.affinity"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[schemars(
+    description = "The block's addresses and who holds them; felix's bookkeeping, not to be edited."
+)]
 pub struct IpamBlockSpec {
+    /// The block's CIDR (a /26 of an IPv4 pool by default).
+    #[schemars(schema_with = "crate::crd::cidr_schema")]
     pub cidr: IpNet,
     /// `host:NODE`, or none for a block whose node is gone.
     #[serde(default)]
+    #[schemars(regex(pattern = "^host:"))]
     pub affinity: Option<String>,
+    /// One slot per address of the block: index into `attributes`, or null
+    /// when free.
     pub allocations: Vec<Option<usize>>,
+    /// The free ordinals, least recently released first.
     pub unallocated: Vec<usize>,
+    /// Who holds the addresses (referenced from `allocations`).
     #[serde(default)]
     pub attributes: Vec<AllocationAttribute>,
+    /// Sequence number the next allocation takes.
     #[serde(default)]
     pub sequence_number: u64,
+    /// Ordinal -> sequence number of its allocation (a release naming an
+    /// older sequence is refused).
     #[serde(default)]
     pub sequence_number_for_allocation: BTreeMap<String, u64>,
+    /// felix's: unix seconds since which the block has been empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_since: Option<u64>,
 }

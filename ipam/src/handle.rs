@@ -9,12 +9,39 @@
 
 use std::collections::BTreeMap;
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The stored spec, with Calico's field names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The stored spec, with Calico's field names; also the `IPAMHandle`
+/// custom resource ([`IpamHandleResource`]). Written by felix.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, CustomResource, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
+// Each printcolumn repeats `type_ = …`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "crd.felix-rs.io",
+    version = "v1",
+    kind = "IPAMHandle",
+    plural = "ipamhandles",
+    root = "IpamHandleResource",
+    category = "felix",
+    doc = "An address owner (a pod's attachment) and how many addresses it holds in which blocks (Calico IPAMHandle). Written by felix.",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn(name = "Handle", type_ = "string", json_path = ".spec.handleID"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[schemars(description = "An address owner and its address count per block.")]
 pub struct IpamHandleSpec {
+    /// The owner's exact id (`felix-cni:NETWORK:CONTAINER:IFNAME`); the
+    /// object's name is derived from it.
     #[serde(rename = "handleID")]
     pub handle_id: String,
     /// Block CIDR -> addresses the handle holds there.

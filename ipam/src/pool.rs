@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use ipnet::IpNet;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::selector::Selector;
@@ -15,7 +17,7 @@ pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
 pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
 
 /// Encapsulation mode for IP-in-IP and VXLAN (Calico's values).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum EncapMode {
     Always,
     CrossSubnet,
@@ -46,7 +48,7 @@ impl fmt::Display for EncapMode {
 }
 
 /// What addresses from a pool may be used for (Calico's `allowedUses`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AllowedUse {
     #[default]
     Workload,
@@ -61,23 +63,70 @@ fn default_uses() -> Vec<AllowedUse> {
     vec![AllowedUse::Workload, AllowedUse::Tunnel]
 }
 
-/// The stored spec of a pool, with Calico's field names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The stored spec of a pool, with Calico's field names; also the
+/// `IPPool` custom resource ([`IpPoolResource`]). The CEL rules repeat
+/// [`IpPoolSpec::validate`]'s family checks so that `kubectl apply` refuses
+/// what felix would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, CustomResource, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+// Each printcolumn repeats `type_ = …`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "crd.felix-rs.io",
+    version = "v1",
+    kind = "IPPool",
+    plural = "ippools",
+    root = "IpPoolResource",
+    category = "felix",
+    doc = "A range of pod addresses that felix carves into blocks (Calico IPPool).",
+    derive = "PartialEq",
+    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
+    printcolumn(name = "Block", type_ = "integer", json_path = ".spec.blockSize"),
+    printcolumn(name = "IPIP", type_ = "string", json_path = ".spec.ipipMode"),
+    printcolumn(name = "VXLAN", type_ = "string", json_path = ".spec.vxlanMode"),
+    printcolumn(name = "NAT", type_ = "boolean", json_path = ".spec.natOutgoing"),
+    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[schemars(
+    description = "The pool: its CIDR, block size, encapsulation and which nodes may use it. blockSize is required (Calico defaults it)."
+)]
+#[x_kube(
+    validation = Rule::new("self.cidr.contains(':') ? (self.blockSize >= 116 && self.blockSize <= 128) : (self.blockSize >= 20 && self.blockSize <= 32)").message("blockSize must be 20-32 for an IPv4 pool, 116-128 for an IPv6 pool"),
+    validation = Rule::new("!self.cidr.contains(':') || !has(self.ipipMode) || self.ipipMode == 'Never'").message("ipipMode must be Never for an IPv6 pool"),
+    validation = Rule::new("!has(self.ipipMode) || !has(self.vxlanMode) || self.ipipMode == 'Never' || self.vxlanMode == 'Never'").message("ipipMode and vxlanMode cannot both be enabled"),
+    validation = Rule::new("!has(self.allowedUses) || size(self.allowedUses) > 0").message("a pool needs at least one allowed use")
+)]
 pub struct IpPoolSpec {
+    #[schemars(schema_with = "crate::crd::cidr_schema")]
     pub cidr: IpNet,
     /// Prefix length of the blocks carved from the pool.
+    #[schemars(range(min = 20, max = 128))]
     pub block_size: u8,
+    /// IP-in-IP towards other nodes: Always, CrossSubnet (only to nodes on
+    /// another subnet) or Never. IPv4 pools only.
     #[serde(default)]
     pub ipip_mode: EncapMode,
+    /// VXLAN towards other nodes: Always, CrossSubnet or Never.
     #[serde(default)]
     pub vxlan_mode: EncapMode,
+    /// Masquerade traffic from the pool's pods to destinations outside every
+    /// pool (stored; the agent does not apply it yet).
     #[serde(default)]
     pub nat_outgoing: bool,
+    /// No new blocks or addresses from this pool; existing ones stay.
     #[serde(default)]
     pub disabled: bool,
+    /// Which nodes may take blocks from the pool: `all()`, `has(k)`,
+    /// `!has(k)`, `k == 'v'`, `k != 'v'`, `k in {'a'}`, `k not in {'a'}`,
+    /// joined by `&&`.
     #[serde(default = "default_selector")]
     pub node_selector: String,
+    /// What the addresses may be used for: Workload (pods), Tunnel.
     #[serde(default = "default_uses")]
     pub allowed_uses: Vec<AllowedUse>,
 }

@@ -10,8 +10,14 @@
 //!   towards the nodes `peerSelector` picks.
 //! - [`BgpConfigurationSpec`] (kind `BGPConfiguration`, the object named
 //!   `default`): cluster-wide BGP settings.
+//!
+//! Each is also a Kubernetes custom resource (`kube`'s `CustomResource`
+//! derive, group `crd.felix-rs.io`, version `v1`): `felix crds` prints the
+//! CustomResourceDefinitions generated from these types.
 
 use ipnet::IpNet;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,10 +28,44 @@ pub const DEFAULT_BGP_CONFIGURATION: &str = "default";
 /// The default AS number of a Calico cluster.
 pub const DEFAULT_AS_NUMBER: u32 = 64512;
 
-/// A registered node (Calico `Node` spec, labels folded in).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A registered node (Calico `Node` spec, labels folded in); also the
+/// `FelixNode` custom resource ([`FelixNodeResource`]), written by the
+/// node's agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, CustomResource, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Each printcolumn repeats `type_ = …`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "crd.felix-rs.io",
+    version = "v1",
+    kind = "FelixNode",
+    plural = "felixnodes",
+    root = "FelixNodeResource",
+    category = "felix",
+    doc = "A node as its felix agent registered it: address, AS, labels, tunnel addresses (Calico Node). Written by the agent.",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Address",
+        type_ = "string",
+        json_path = ".spec.bgp.ipv4Address"
+    ),
+    printcolumn(name = "AS", type_ = "integer", json_path = ".spec.bgp.asNumber"),
+    printcolumn(
+        name = "RR Cluster",
+        type_ = "string",
+        json_path = ".spec.bgp.routeReflectorClusterID"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[schemars(
+    description = "What the node's agent registered: its BGP address and AS, labels, tunnel addresses."
+)]
 pub struct FelixNode {
+    /// The node's BGP identity.
     pub bgp: NodeBgp,
     /// The node's labels (Calico keeps them in metadata).
     #[serde(default)]
@@ -36,6 +76,7 @@ pub struct FelixNode {
         rename = "ipv4VXLANTunnelAddr",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "ipam::crd::optional_ipv4_schema")]
     pub ipv4_vxlan_tunnel_addr: Option<Ipv4Addr>,
     /// MAC address of the node's VXLAN device (Calico's field name).
     #[serde(
@@ -43,6 +84,7 @@ pub struct FelixNode {
         rename = "vxlanTunnelMACAddr",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(regex(pattern = "^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$"))]
     pub vxlan_tunnel_mac_addr: Option<String>,
     /// The node's IPIP tunnel address (`tunl0`).
     #[serde(
@@ -50,19 +92,22 @@ pub struct FelixNode {
         rename = "ipv4IPIPTunnelAddr",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "ipam::crd::optional_ipv4_schema")]
     pub ipv4_ipip_tunnel_addr: Option<Ipv4Addr>,
 }
 
 /// The BGP part of a node (Calico `NodeBGPSpec`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeBgp {
     /// The node's address with its prefix length (the subnet tells other
     /// nodes whether it is directly reachable).
     #[serde(rename = "ipv4Address")]
+    #[schemars(schema_with = "ipam::crd::ipv4_interface_schema")]
     pub ipv4_address: ipnet::Ipv4Net,
     /// The node's AS; the cluster's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub as_number: Option<u32>,
     /// Set on route reflectors (Calico `routeReflectorClusterID`).
     #[serde(
@@ -70,6 +115,7 @@ pub struct NodeBgp {
         rename = "routeReflectorClusterID",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "ipam::crd::optional_ipv4_schema")]
     pub route_reflector_cluster_id: Option<Ipv4Addr>,
 }
 
@@ -86,18 +132,51 @@ impl FelixNode {
 }
 
 /// Cluster-wide BGP settings (Calico `BGPConfigurationSpec`, the fields
-/// felix uses).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// felix uses); also the `BGPConfiguration` custom resource
+/// ([`BgpConfigurationResource`]); the agents read the one named `default`.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, CustomResource, JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Each printcolumn repeats `type_ = …`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "crd.felix-rs.io",
+    version = "v1",
+    kind = "BGPConfiguration",
+    plural = "bgpconfigurations",
+    root = "BgpConfigurationResource",
+    category = "felix",
+    doc = "Cluster-wide BGP settings; felix reads the object named default (Calico BGPConfiguration).",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn(
+        name = "Mesh",
+        type_ = "boolean",
+        json_path = ".spec.nodeToNodeMeshEnabled"
+    ),
+    printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"),
+    printcolumn(name = "Port", type_ = "integer", json_path = ".spec.listenPort"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[schemars(
+    description = "Cluster-wide BGP settings; unset fields take the agent file's [bgp] values, then the defaults."
+)]
 pub struct BgpConfigurationSpec {
     /// Full mesh between all nodes (Calico's default: on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_to_node_mesh_enabled: Option<bool>,
     /// The cluster's AS for nodes that set none (64512).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub as_number: Option<u32>,
     /// The BGP port every node listens on (179).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub listen_port: Option<u16>,
 }
 
@@ -127,9 +206,52 @@ impl BgpConfigurationSpec {
     }
 }
 
-/// Calico `BGPPeer` spec.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Calico `BGPPeer` spec; also the `BGPPeer` custom resource
+/// ([`BgpPeerResource`]). The CEL rules refuse at `kubectl apply` the peers
+/// the agent would skip with a warning (`agent::peering`).
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, CustomResource, KubeSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Each printcolumn repeats `type_ = …`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "crd.felix-rs.io",
+    version = "v1",
+    kind = "BGPPeer",
+    plural = "bgppeers",
+    root = "BgpPeerResource",
+    category = "felix",
+    doc = "An explicit BGP peering for some or all nodes, towards an address or towards the nodes a selector picks (Calico BGPPeer).",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn(name = "Peer IP", type_ = "string", json_path = ".spec.peerIP"),
+    printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
+    printcolumn(
+        name = "Node Selector",
+        type_ = "string",
+        json_path = ".spec.nodeSelector"
+    ),
+    printcolumn(
+        name = "Peer Selector",
+        type_ = "string",
+        json_path = ".spec.peerSelector"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[schemars(
+    description = "Which nodes peer (node, nodeSelector, or every node when neither is set) with whom (peerIP and asNumber, or peerSelector)."
+)]
+#[x_kube(
+    validation = Rule::new("has(self.peerIP) != has(self.peerSelector)").message("exactly one of peerIP and peerSelector must be set"),
+    validation = Rule::new("!has(self.peerIP) || has(self.asNumber)").message("peerIP needs asNumber"),
+    validation = Rule::new("!(has(self.node) && has(self.nodeSelector))").message("node and nodeSelector cannot both be set")
+)]
 pub struct BgpPeerSpec {
     /// Only this node has the peering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,9 +261,11 @@ pub struct BgpPeerSpec {
     pub node_selector: Option<String>,
     /// The peer's address (with `asNumber`).
     #[serde(default, rename = "peerIP", skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "ipam::crd::optional_ip_schema")]
     pub peer_ip: Option<IpAddr>,
     /// The peer's AS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub as_number: Option<u32>,
     /// Peer with every node this selects instead of `peerIP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +278,7 @@ pub struct BgpPeerSpec {
     pub source_address: Option<SourceAddress>,
     /// Graceful-restart time asked of this peer, e.g. `"120s"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"))]
     pub max_restart_time: Option<String>,
     /// GTSM hop count (RFC 5082).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,7 +286,7 @@ pub struct BgpPeerSpec {
 }
 
 /// Calico `sourceAddress`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum SourceAddress {
     UseNodeIP,
     None,
