@@ -19,6 +19,8 @@ apt_packages=(tshark bird2 gobgpd frr etcd-server etcd-client protobuf-compiler 
 apt_packages+=(containernetworking-plugins iputils-ping iptables nftables podman runc busybox-static)
 # The route-programmer tests (felix-rs/tests/routes.rs, tunnels.rs): ip, bridge, sysctl.
 apt_packages+=(iproute2 procps)
+# The deploy/ manifest tests (felix-rs/tests/manifests.rs): yamllint.
+apt_packages+=(yamllint)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
