@@ -58,6 +58,9 @@ enum NodeCommand {
     /// Serve the CNI plugin's pod API (addresses from IPAM) on a unix socket
     /// until SIGINT/SIGTERM; the part of `felix node run` that felix-cni talks to.
     PodApi(PodApiArgs),
+    /// Take a stopped node out of the cluster: delete its FelixNode (its
+    /// peers drop it and its routes), release its addresses, give back its blocks.
+    Remove(felix_rs::agent::cli::NodeRemoveArgs),
 }
 
 #[derive(Args)]
@@ -173,6 +176,7 @@ fn main() -> ExitCode {
         Command::Node(NodeCommand::PodApi(args)) => node_pod_api(&args),
         Command::Ipam(args) => ipam_command(&args),
         Command::Node(NodeCommand::Run(args)) => felix_rs::agent::cli::node_run(&args),
+        Command::Node(NodeCommand::Remove(args)) => felix_rs::agent::cli::node_remove(&args),
         Command::Status(args) => felix_rs::agent::cli::status(&args),
         Command::Lab(command) => felix_rs::lab::cli::lab(&command),
         Command::Crds(args) => felix_rs::crds::command(&args),

@@ -202,6 +202,7 @@ mod tests {
             advertised: 0,
             last_error: None,
             dynamic: false,
+            end_of_rib: false,
         }
     }
 

@@ -161,6 +161,67 @@ fn a_restarted_programmer_with_the_same_table_changes_nothing_then_removes_only_
 }
 
 #[test]
+fn after_a_restart_unlisted_routes_stay_until_keep_unlisted_is_lifted() {
+    let ns = node("keep");
+    ns.run(|| async {
+        let mut p = RouteProgrammer::new().unwrap();
+        p.set_desired(sample_table());
+        p.reconcile().await.unwrap()
+    });
+    let installed = felix_routes(&ns);
+    // The restarted agent: it finds the previous run's routes, and while
+    // its table is still partial (one route re-learned, one changed) it
+    // adds and replaces but removes nothing.
+    fn partial_table() -> DesiredRoutes {
+        let mut t = DesiredRoutes::new();
+        t.blackhole(net("10.65.0.0/26")).unwrap();
+        t.via_gateway(net("10.66.0.0/26"), ip("192.0.2.3")).unwrap();
+        t
+    }
+    let (found, partial) = ns.run(|| async {
+        let mut p = RouteProgrammer::new().unwrap();
+        let found = p.kernel_route_count().await.unwrap();
+        p.keep_unlisted(true);
+        p.set_desired(partial_table());
+        (found, p.reconcile().await.unwrap())
+    });
+    assert_eq!(found, 6);
+    assert_eq!(
+        (
+            partial.added,
+            partial.replaced,
+            partial.deleted,
+            partial.unchanged
+        ),
+        (0, 1, 0, 1),
+        "{partial:?}"
+    );
+    let kept = felix_routes(&ns);
+    assert_eq!(kept.len(), 6, "{kept:#?}");
+    assert!(kept.contains(&"10.66.0.0/26 via 192.0.2.3 dev under0".to_string()));
+    // Re-learned: lifting it removes what the table does not list.
+    let complete = ns.run(|| async {
+        let mut p = RouteProgrammer::new().unwrap();
+        p.keep_unlisted(true);
+        p.set_desired(partial_table());
+        p.reconcile().await.unwrap();
+        p.keep_unlisted(false);
+        p.reconcile().await.unwrap()
+    });
+    assert_eq!(complete.deleted, 4, "{complete:?}");
+    let mut after = felix_routes(&ns);
+    after.sort();
+    assert_eq!(
+        after,
+        vec![
+            "10.66.0.0/26 via 192.0.2.3 dev under0".to_string(),
+            "blackhole 10.65.0.0/26".to_string(),
+        ],
+        "before: {installed:#?}"
+    );
+}
+
+#[test]
 fn a_changed_route_is_replaced_in_place() {
     let ns = node("replace");
     let (r1, r2) = ns.run(|| async {

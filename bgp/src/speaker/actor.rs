@@ -894,6 +894,12 @@ impl Actor {
                         .map_or(0, |u| u.packer.advertised().count() as u64),
                     last_error: p.last_error.clone(),
                     dynamic: p.dynamic,
+                    end_of_rib: p.up.as_ref().is_some_and(|u| {
+                        u.negotiated
+                            .families
+                            .iter()
+                            .all(|f| u.end_of_rib.contains(f))
+                    }),
                 }
             })
             .collect();

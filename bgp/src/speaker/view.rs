@@ -45,6 +45,10 @@ pub struct PeerStatus {
     /// (it goes away with its session).
     #[serde(default)]
     pub dynamic: bool,
+    /// The neighbour has sent End-of-RIB (RFC 4724 §2) for every family of
+    /// the current session: its initial table is complete.
+    #[serde(default)]
+    pub end_of_rib: bool,
 }
 
 /// One prefix in the RIB with all its paths.

@@ -17,6 +17,17 @@ pub struct NodeRunArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Flags of `felix node remove`.
+#[derive(Args, Clone, Debug)]
+pub struct NodeRemoveArgs {
+    /// The node's name (its `FelixNode` object).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The datastore (sqlite:PATH, etcd://HOST:PORT, kubernetes).
+    #[arg(long, value_name = "URL", default_value = ipam::store::DEFAULT_DATASTORE)]
+    pub datastore: String,
+}
+
 /// Flags of `felix status`.
 #[derive(Args, Clone, Debug)]
 pub struct StatusArgs {
@@ -56,7 +67,12 @@ pub fn node_run(args: &NodeRunArgs) -> ExitCode {
         }
     };
     match runtime.block_on(start(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(stopped) => {
+            // The runtime first: the sessions close without a Cease.
+            drop(runtime);
+            drop(stopped);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("felix: {e:#}");
@@ -65,7 +81,7 @@ pub fn node_run(args: &NodeRunArgs) -> ExitCode {
     }
 }
 
-async fn start(config: AgentConfig) -> anyhow::Result<()> {
+async fn start(config: AgentConfig) -> anyhow::Result<run::Stopped> {
     let store = ipam::store::open(&config.datastore)
         .await
         .map_err(|e| anyhow::anyhow!("datastore {}: {e}", config.datastore))?;
@@ -95,8 +111,71 @@ async fn start(config: AgentConfig) -> anyhow::Result<()> {
     let result = run::run(config, store, plugins).await;
     let _ = stop_tx.send(());
     let _ = pod_api.await;
-    result?;
-    Ok(())
+    Ok(result?)
+}
+
+/// `felix node remove NAME`: takes a node out of the cluster for good (its
+/// agent stopped first). Deletes its `FelixNode`, so every other agent drops
+/// the BGP session and the routes learned over it, then releases its pods'
+/// addresses and gives back its blocks (`ipam::Allocator::remove_node`).
+/// 0 done, 1 failed.
+pub fn node_remove(args: &NodeRemoveArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("felix: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(remove_node(&args.datastore, &args.name)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("felix: node remove {}: {e:#}", args.name);
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn remove_node(datastore: &str, name: &str) -> anyhow::Result<String> {
+    use ipam::store::{Kind, StoreError};
+    let store = ipam::store::open(datastore)
+        .await
+        .map_err(|e| anyhow::anyhow!("datastore {datastore}: {e}"))?;
+    let mut registered = false;
+    for _ in 0..10 {
+        let obj = match store.get(Kind::FelixNode, name).await {
+            Ok(o) => o,
+            Err(StoreError::NotFound { .. }) => break,
+            Err(e) => return Err(e.into()),
+        };
+        match store.delete(Kind::FelixNode, name, &obj.revision).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {
+                registered = true;
+                break;
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let allocator = ipam::Allocator::new(store, ipam::AllocatorConfig::default());
+    let removal = allocator.remove_node(name).await?;
+    Ok(format!(
+        "node {name}: {}; {} addresses released, blocks given back: {:?}, blocks left unaffined (other nodes' pods in them): {:?}\n",
+        if registered {
+            "FelixNode deleted"
+        } else {
+            "no FelixNode registered"
+        },
+        removal.released.len(),
+        removal.blocks_released,
+        removal.blocks_unaffined
+    ))
 }
 
 fn init_logging(config: &AgentConfig) -> Result<(), String> {

@@ -79,7 +79,8 @@ pub struct AgentFile {
     pub log_level: Option<String>,
     /// Periodic route resync, seconds.
     pub resync_seconds: Option<u64>,
-    /// Announce the start as a graceful restart (kernel routes kept).
+    /// Announce the start as a graceful restart (kernel routes kept); unset:
+    /// when the kernel holds felix routes from a previous run.
     pub graceful_restart_recovery: Option<bool>,
     #[serde(default)]
     pub bgp: BgpConfigurationSpec,
@@ -103,7 +104,9 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     pub log_level: String,
     pub resync_seconds: u64,
-    pub graceful_restart_recovery: bool,
+    /// `None`: decided at start (a restart when the kernel holds felix
+    /// routes from the previous run).
+    pub graceful_restart_recovery: Option<bool>,
     pub bgp: BgpConfigurationSpec,
     pub bgp_peers: BTreeMap<String, BgpPeerSpec>,
 }
@@ -261,7 +264,7 @@ fn resolve(
         log_format: file.log_format.unwrap_or_default(),
         log_level: file.log_level.unwrap_or_else(|| "info".into()),
         resync_seconds: file.resync_seconds.unwrap_or(60),
-        graceful_restart_recovery: file.graceful_restart_recovery.unwrap_or(false),
+        graceful_restart_recovery: file.graceful_restart_recovery,
         bgp: file.bgp,
         bgp_peers,
     })

@@ -197,6 +197,7 @@ mod tests {
                 advertised: 1,
                 last_error: None,
                 dynamic: false,
+                end_of_rib: false,
             }],
             blocks: vec!["10.244.0.0/26".parse().unwrap()],
             ..Default::default()

@@ -77,6 +77,17 @@ impl RouteSink for KernelRoutes {
             Err(problems.join("; "))
         }
     }
+
+    async fn previous_routes(&mut self) -> Result<usize, String> {
+        self.programmer
+            .kernel_route_count()
+            .await
+            .map_err(|e| format!("listing felix's kernel routes: {e}"))
+    }
+
+    fn keep_unlisted(&mut self, keep: bool) {
+        self.programmer.keep_unlisted(keep);
+    }
 }
 
 #[cfg(test)]

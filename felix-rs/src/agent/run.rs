@@ -13,9 +13,15 @@
 //! 6. Serves `felix status` (control socket) and `/metrics`, `/livez`,
 //!    `/readyz`.
 //!
-//! On SIGINT/SIGTERM the speaker stops its sessions; kernel routes and the
-//! node's registration stay (a restart neither flushes routes nor makes
-//! the node leave the mesh).
+//! On SIGINT/SIGTERM the agent exits without a Cease: its sessions just
+//! close, so peers that negotiated graceful restart keep its routes as
+//! stale (RFC 4724 §4.2), while its own kernel routes and registration stay
+//! (a restart neither flushes routes nor makes the node leave the mesh).
+//! The next start finds felix's routes in the kernel and announces itself
+//! as restarting (R and F bits); until every peer's End-of-RIB is in, the
+//! route programmer only adds and changes routes, so forwarding never
+//! stops. A node taken out for good is removed with `felix node remove`:
+//! its peers then drop it and its routes at once.
 
 use super::config::AgentConfig;
 use super::follow::{self, KindUpdate};
@@ -56,6 +62,15 @@ pub trait BlockSource: Send + Sync {
 pub trait RouteSink: Send {
     /// Converges the kernel to `desired`; returns how many routes it holds.
     async fn program(&mut self, desired: &DesiredRoutes) -> Result<usize, String>;
+    /// How many of felix's routes the kernel holds before the first
+    /// [`program`](Self::program): more than zero means a previous run left
+    /// them in place (a restart).
+    async fn previous_routes(&mut self) -> Result<usize, String> {
+        Ok(0)
+    }
+    /// While set, [`program`](Self::program) adds and changes routes but
+    /// removes none (after a restart, until BGP has re-learned everything).
+    fn keep_unlisted(&mut self, _keep: bool) {}
 }
 
 /// What the agent is built with.
@@ -165,12 +180,22 @@ pub async fn register(
     )))
 }
 
+/// What a stopped agent hands back: its BGP speaker, still running.
+/// Dropping it while the runtime runs makes the speaker close every
+/// session with a Cease, which makes the peers flush our routes; drop the
+/// runtime first instead, so that the sessions just close (no NOTIFICATION)
+/// and the peers keep our routes through the restart (RFC 4724 §4.2).
+#[must_use = "drop the runtime before this, or the peers flush our routes"]
+pub struct Stopped {
+    pub speaker: Speaker,
+}
+
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(
     config: AgentConfig,
     store: Arc<dyn Datastore>,
     mut plugins: Plugins,
-) -> Result<(), AgentError> {
+) -> Result<Stopped, AgentError> {
     let me = node_object(&config);
     register(&*store, &config.node_name, &me)
         .await
@@ -191,7 +216,36 @@ pub async fn run(
     ));
     sc.cluster_id = config.route_reflector_cluster_id;
     sc.max_paths = 8;
-    sc.restarting = config.graceful_restart_recovery;
+    let restarting = match (
+        config.graceful_restart_recovery,
+        plugins.routes.as_deref_mut(),
+    ) {
+        (Some(forced), _) => forced,
+        (None, Some(sink)) => match sink.previous_routes().await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        routes = n,
+                        "the kernel holds felix routes of a previous run: graceful restart"
+                    );
+                }
+                n > 0
+            }
+            Err(e) => {
+                tracing::warn!("{e}; starting as a fresh start");
+                false
+            }
+        },
+        (None, None) => false,
+    };
+    sc.restarting = restarting;
+    // Until BGP has re-learned everything, stale kernel routes keep
+    // forwarding: nothing is removed before the peers' End-of-RIB (or the
+    // selection deferral time).
+    let restart_sync = restarting.then(|| Instant::now() + sc.selection_deferral_time);
+    if let (true, Some(sink)) = (restarting, plugins.routes.as_deref_mut()) {
+        sink.keep_unlisted(true);
+    }
     let speaker = Speaker::start(sc).await?;
     let mut best = speaker.subscribe();
 
@@ -245,6 +299,8 @@ pub async fn run(
         encap: BTreeMap::new(),
         reconciled: false,
         seen: BTreeSet::new(),
+        restart_sync,
+        wait_blocks: plugins.blocks.is_some(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let resync = Duration::from_secs(config.resync_seconds.max(1));
@@ -270,7 +326,13 @@ pub async fn run(
                 if last_sync.elapsed() >= resync {
                     routes_dirty = true;
                 }
-                state.refresh_status().await;
+                if state.refresh_status().await {
+                    // Re-learned after a restart: what is stale can go now.
+                    if let Some(sink) = plugins.routes.as_deref_mut() {
+                        sink.keep_unlisted(false);
+                    }
+                    routes_dirty = true;
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -281,12 +343,15 @@ pub async fn run(
             state.program(plugins.routes.as_deref_mut()).await;
         }
     }
-    tracing::info!("stopping: BGP sessions closed, kernel routes and registration kept");
-    speaker
-        .shutdown(Some("felix node agent stopping".into()))
-        .await;
+    // No Cease: peers keep our routes through a graceful restart (the
+    // kernel routes stay too); the sessions close with the process.
+    tracing::info!(
+        "stopping: BGP sessions dropped without Cease (graceful restart), \
+         kernel routes and registration kept"
+    );
     let _ = std::fs::remove_file(&config.control_socket);
-    Ok(())
+    drop(state);
+    Ok(Stopped { speaker })
 }
 
 struct LoopState<'a> {
@@ -303,8 +368,15 @@ struct LoopState<'a> {
     desired: DesiredRoutes,
     encap: BTreeMap<IpNet, Encapsulation>,
     reconciled: bool,
-    /// Kinds heard from at least once (the plan waits for all three).
+    /// Kinds heard from at least once (the plan waits for all of them).
     seen: BTreeSet<Kind>,
+    /// After a graceful restart: until when stale kernel routes are kept at
+    /// the latest (`None` once every peer's End-of-RIB is in).
+    restart_sync: Option<Instant>,
+    /// Peerings wait for the first read of the block affinities, so that
+    /// our blocks are originated before any session (a restarting node's
+    /// End-of-RIB must not go out without them).
+    wait_blocks: bool,
 }
 
 impl LoopState<'_> {
@@ -355,20 +427,29 @@ impl LoopState<'_> {
                     .unwrap_or_default();
             }
             Kind::BlockAffinity => {
-                return self.refresh_blocks(blocks).await;
+                let changed = self.refresh_blocks(blocks).await;
+                if self.all_seen() {
+                    self.replan().await;
+                }
+                return changed;
             }
             _ => {}
         }
         for b in bad {
             self.error(b);
         }
-        if [Kind::FelixNode, Kind::BgpPeer, Kind::BgpConfiguration]
-            .iter()
-            .all(|k| self.seen.contains(k))
-        {
+        if self.all_seen() {
             self.replan().await;
         }
         false
+    }
+
+    /// Every kind the plan needs has been read once.
+    fn all_seen(&self) -> bool {
+        [Kind::FelixNode, Kind::BgpPeer, Kind::BgpConfiguration]
+            .iter()
+            .all(|k| self.seen.contains(k))
+            && (!self.wait_blocks || self.seen.contains(&Kind::BlockAffinity))
     }
 
     async fn refresh_blocks(&mut self, blocks: Option<&dyn BlockSource>) -> bool {
@@ -515,19 +596,37 @@ impl LoopState<'_> {
         }
     }
 
-    async fn refresh_status(&mut self) {
+    /// Refreshes the status; true when a graceful restart's re-learning
+    /// just finished (stale kernel routes may go).
+    async fn refresh_status(&mut self) -> bool {
         let speaker = self.speaker.status().await;
-        let ready = self.reconciled
-            && self.seen.len() >= 3
-            && speaker
-                .peers
-                .iter()
-                .filter(|p| self.neighbors.contains_key(&p.address))
-                .all(|p| p.state == "Established");
+        let planned: Vec<_> = speaker
+            .peers
+            .iter()
+            .filter(|p| self.neighbors.contains_key(&p.address))
+            .collect();
+        let established = planned.iter().all(|p| p.state == "Established");
+        let ready = self.reconciled && self.all_seen() && established;
+        let mut synced = false;
+        if let Some(deadline) = self.restart_sync {
+            let relearned = self.all_seen()
+                && established
+                && planned.len() == self.neighbors.len()
+                && planned.iter().all(|p| p.end_of_rib);
+            if relearned || Instant::now() >= deadline {
+                tracing::info!(
+                    relearned,
+                    "graceful restart: routes re-learned; stale kernel routes are removed now"
+                );
+                self.restart_sync = None;
+                synced = true;
+            }
+        }
         if let Ok(mut s) = self.shared.lock() {
             s.status.peers = speaker.peers;
             s.status.ready = ready;
         }
+        synced
     }
 }
 

@@ -125,32 +125,49 @@ impl Builder<'_> {
         program: &Path,
         args: &[&str],
     ) -> Result<u32, LabError> {
-        let logfile =
-            std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
-        let errfile = logfile.try_clone().map_err(io("log file"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(logfile)
-            .stderr(errfile)
-            .process_group(0)
-            .spawn()
-            .map_err(io(format!("starting {what}")))?;
-        let pid = child.id();
-        let marker = program
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.state.processes.push(LabProcess {
-            pid,
-            what: what.to_string(),
-            cmdline_contains: marker,
-        });
+        let process = spawn_detached(ns, what, log, program, args)?;
+        let pid = process.pid;
+        self.state.processes.push(process);
         self.save()?;
         Ok(pid)
     }
+}
+
+/// Starts `program` in namespace `ns`, in its own process group, output
+/// appended to `log`.
+fn spawn_detached(
+    ns: &str,
+    what: &str,
+    log: &Path,
+    program: &Path,
+    args: &[&str],
+) -> Result<LabProcess, LabError> {
+    let logfile = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io(format!("creating {}", log.display())))?;
+    let errfile = logfile.try_clone().map_err(io("log file"))?;
+    // `ip netns exec` execs the program: the pid is the program's.
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(logfile)
+        .stderr(errfile)
+        .process_group(0)
+        .spawn()
+        .map_err(io(format!("starting {what}")))?;
+    let marker = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(LabProcess {
+        pid: child.id(),
+        what: what.to_string(),
+        cmdline_contains: marker,
+    })
 }
 
 fn agent_toml(plan: &LabPlan, node: &NodePlan, dir: &Path) -> String {
@@ -483,7 +500,14 @@ fn wait_routes(state: &LabState, deadline: Instant) -> Result<(), LabError> {
             .filter_map(|(_, s)| status::query(s).ok())
             .collect();
         let all_blocks: usize = statuses.iter().map(|s| s.blocks.len()).sum();
+        // A node with pods originates at least one block once it has
+        // noticed its affinity.
+        let with_blocks = statuses
+            .iter()
+            .filter(|s| state.pods.iter().any(|p| p.node == s.node))
+            .all(|s| !s.blocks.is_empty());
         let done = statuses.len() == state.control_sockets.len()
+            && with_blocks
             && statuses.iter().all(|s| {
                 s.routes.len() + s.blocks.len() >= all_blocks
                     && s.routes_programmed == Some(s.routes.len() + s.blocks.len())
@@ -553,58 +577,23 @@ fn create_pods(b: &mut Builder<'_>, out: &mut dyn Write) -> Result<Vec<LabPod>, 
             cni.display()
         )));
     }
-    let cni_dir = cni.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut made = Vec::new();
     for node in &b.plan.nodes {
         let socket = b.dir.join(format!("{}-pod-api.sock", node.name));
         for pod in &node.pods {
             b.netns(&pod.netns)?;
-            let conf = serde_json::json!({
-                "cniVersion": "1.0.0",
-                "name": "felix-lab",
-                "type": "felix-cni",
-                "mtu": 1450,
-                "agent_socket": socket.display().to_string(),
-            });
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &node.netns])
-                .arg(&cni)
-                .env("CNI_COMMAND", "ADD")
-                .env("CNI_CONTAINERID", &pod.container_id)
-                .env("CNI_NETNS", format!("/var/run/netns/{}", pod.netns))
-                .env("CNI_IFNAME", "eth0")
-                .env("CNI_PATH", &cni_dir)
-                .env(
-                    "CNI_ARGS",
-                    format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", pod.name),
-                )
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(io("running felix-cni"))?;
-            if let Some(mut stdin) = child.stdin.take() {
-                stdin
-                    .write_all(conf.to_string().as_bytes())
-                    .map_err(io("writing to felix-cni"))?;
-            }
-            let output = child.wait_with_output().map_err(io("running felix-cni"))?;
-            let result: serde_json::Value =
-                serde_json::from_slice(&output.stdout).unwrap_or_default();
-            let address = result["ips"][0]["address"]
-                .as_str()
-                .and_then(|a| a.split('/').next())
-                .map(str::to_string);
-            let Some(address) = address.filter(|_| output.status.success()) else {
-                return Err(LabError::Command {
-                    command: format!("felix-cni ADD {} on {}", pod.name, node.name),
-                    stderr: format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&output.stdout),
-                        String::from_utf8_lossy(&output.stderr)
-                    ),
-                });
-            };
+            let address = felix_cni(
+                &cni,
+                &CniCall {
+                    command: "ADD",
+                    node_netns: &node.netns,
+                    agent_socket: &socket,
+                    container_id: &pod.container_id,
+                    pod_netns: &pod.netns,
+                    pod_name: &pod.name,
+                },
+            )?
+            .unwrap_or_default();
             let p = LabPod {
                 name: pod.name.clone(),
                 node: node.name.clone(),
@@ -622,6 +611,158 @@ fn create_pods(b: &mut Builder<'_>, out: &mut dyn Write) -> Result<Vec<LabPod>, 
         made.len()
     );
     Ok(made)
+}
+
+/// One `felix-cni` invocation, run in the node's namespace as kubelet's
+/// runtime would.
+#[derive(Clone, Copy, Debug)]
+pub struct CniCall<'a> {
+    /// `ADD`, `DEL` or `CHECK`.
+    pub command: &'a str,
+    pub node_netns: &'a str,
+    /// The node agent's pod API socket.
+    pub agent_socket: &'a Path,
+    pub container_id: &'a str,
+    pub pod_netns: &'a str,
+    pub pod_name: &'a str,
+}
+
+/// Runs the real `felix-cni` binary; for ADD, the pod's address.
+pub fn felix_cni(cni: &Path, call: &CniCall<'_>) -> Result<Option<String>, LabError> {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "felix-lab",
+        "type": "felix-cni",
+        "mtu": 1450,
+        "agent_socket": call.agent_socket.display().to_string(),
+    });
+    let cni_dir = cni.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", call.node_netns])
+        .arg(cni)
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.container_id)
+        .env("CNI_NETNS", format!("/var/run/netns/{}", call.pod_netns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", &cni_dir)
+        .env(
+            "CNI_ARGS",
+            format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", call.pod_name),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io("running felix-cni"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(conf.to_string().as_bytes())
+            .map_err(io("writing to felix-cni"))?;
+    }
+    let output = child.wait_with_output().map_err(io("running felix-cni"))?;
+    let failed = || LabError::Command {
+        command: format!(
+            "felix-cni {} {} in {}",
+            call.command, call.pod_name, call.node_netns
+        ),
+        stderr: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    };
+    if !output.status.success() {
+        return Err(failed());
+    }
+    if call.command != "ADD" {
+        return Ok(None);
+    }
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .map(|a| Some(a.to_string()))
+        .ok_or_else(failed)
+}
+
+/// The plan a lab was built from (its options are in its state).
+pub fn plan_of(state: &LabState) -> Result<LabPlan, LabError> {
+    let options: super::plan::LabOptions = serde_json::from_value(state.options.clone())
+        .map_err(|e| LabError::Unsupported(format!("lab state options: {e}")))?;
+    Ok(LabPlan::new(options)?)
+}
+
+fn load_state(prefix: &str) -> Result<(PathBuf, LabState), LabError> {
+    let dir = state_dir(prefix);
+    let state = LabState::load(&dir)
+        .map_err(io(format!("reading {}", dir.display())))?
+        .ok_or_else(|| LabError::Unsupported(format!("no lab {prefix:?}")))?;
+    Ok((dir, state))
+}
+
+/// Stops node `node`'s agent with `signal` (SIGTERM: the agent's own
+/// stop; SIGKILL: a crash) and waits until it is gone; the lab keeps its
+/// kernel routes and datastore objects.
+pub fn stop_agent(
+    prefix: &str,
+    node: &str,
+    signal: nix::sys::signal::Signal,
+) -> Result<(), LabError> {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    let (dir, mut state) = load_state(prefix)?;
+    let what = format!("agent {node}");
+    let Some(i) = state.processes.iter().position(|p| p.what == what) else {
+        return Err(LabError::Unsupported(format!("{what}: not running")));
+    };
+    let p = state.processes.remove(i);
+    if cmdline(p.pid).is_some_and(|c| c.contains(&p.cmdline_contains)) {
+        if let Ok(pid) = i32::try_from(p.pid) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_running(p.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if is_running(p.pid) {
+            return Err(LabError::NotReady(format!(
+                "{what} (pid {}) did not stop",
+                p.pid
+            )));
+        }
+    }
+    state.save(&dir).map_err(io("writing the lab state"))
+}
+
+/// Starts node `node`'s agent again with its configuration file (log
+/// appended); returns its pid.
+pub fn start_agent(prefix: &str, node: &str, felix: &Path) -> Result<u32, LabError> {
+    let (dir, mut state) = load_state(prefix)?;
+    let plan = plan_of(&state)?;
+    let Some(n) = plan.nodes.iter().find(|n| n.name == node) else {
+        return Err(LabError::Unsupported(format!(
+            "no node {node} in lab {prefix}"
+        )));
+    };
+    let cfg = dir.join(format!("{node}.toml")).display().to_string();
+    let process = spawn_detached(
+        &n.netns,
+        &format!("agent {node}"),
+        &dir.join(format!("{node}.log")),
+        felix,
+        &["node", "run", "--config", &cfg],
+    )?;
+    let pid = process.pid;
+    state.processes.push(process);
+    state.save(&dir).map_err(io("writing the lab state"))?;
+    Ok(pid)
+}
+
+/// Alive and not a zombie.
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
 }
 
 /// Pings every pod from every other pod; the matrix as rows of booleans.
@@ -696,12 +837,8 @@ fn cmdline(pid: u32) -> Option<String> {
 fn kill_and_wait(pids: &[u32]) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let alive = |pid: u32| {
-        // A zombie child of ours counts as gone.
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
-    };
+    // A zombie child of ours counts as gone.
+    let alive = is_running;
     for &pid in pids {
         if let Ok(p) = i32::try_from(pid) {
             let _ = kill(Pid::from_raw(p), Signal::SIGTERM);

@@ -128,6 +128,9 @@ pub struct RouteProgrammer {
     kernel: Option<HashMap<IpNet, KernelRoute>>,
     /// Prefixes whose desired route changed since the last reconcile.
     dirty: HashSet<IpNet>,
+    /// While set, felix routes the desired table does not list stay in the
+    /// kernel (see [`RouteProgrammer::keep_unlisted`]).
+    keep_unlisted: bool,
 }
 
 enum Planned {
@@ -146,7 +149,32 @@ impl RouteProgrammer {
             desired: DesiredRoutes::new(),
             kernel: None,
             dirty: HashSet::new(),
+            keep_unlisted: false,
         })
+    }
+
+    /// While `keep` is set, reconciles add and replace routes but delete
+    /// none: after a restart the previous run's routes keep forwarding until
+    /// the desired table is complete again (BGP re-learned, RFC 4724 §4.1).
+    /// Turning it off makes the next full reconcile remove what is stale.
+    pub fn keep_unlisted(&mut self, keep: bool) {
+        self.keep_unlisted = keep;
+    }
+
+    /// How many felix routes the kernel holds now (IPv4 and IPv6): at start,
+    /// more than zero means a previous run's routes are still in place.
+    pub async fn kernel_route_count(&self) -> Result<usize, SocketError> {
+        let mut n = 0;
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            n += self
+                .socket
+                .dump_routes(family)
+                .await?
+                .iter()
+                .filter(|m| KernelRoute::from_message(m).is_some())
+                .count();
+        }
+        Ok(n)
     }
 
     /// The desired table.
@@ -252,7 +280,7 @@ impl RouteProgrammer {
         for dst in dsts {
             let have = kernel.get(&dst);
             let Some(want) = self.desired.get(&dst) else {
-                if let Some(have) = have {
+                if let Some(have) = have.filter(|_| !self.keep_unlisted) {
                     deletes.push(Planned::Write(RouteOp::Delete, have.clone()));
                 }
                 continue;

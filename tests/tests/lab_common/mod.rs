@@ -27,14 +27,38 @@ pub fn binaries() -> Binaries {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    // The test's own package variables (CARGO_MANIFEST_DIR, CARGO_PKG_NAME,
+    // …) would make build scripts that watch them (ring's) rebuild, and the
+    // outer `cargo test` rebuild them again next time.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_CFG_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "OUT_DIR"
+        {
+            build.env_remove(&key);
+        }
+    }
+    let status = build
         .args([
             "build",
             "-p",
             "felix-rs",
+            "-p",
+            "felix-cni",
             "--bin",
             "felix",
-            "-p",
+            "--bin",
             "felix-cni",
         ])
         .current_dir(&root)
@@ -52,6 +76,7 @@ pub struct Lab {
     pub prefix: String,
     pub state: LabState,
     pub plan: LabPlan,
+    pub bins: Binaries,
 }
 
 impl Lab {
@@ -63,6 +88,8 @@ impl Lab {
         let bins = binaries();
         let mut out = Vec::new();
         let result = build::up(&plan, &bins, &mut out);
+        // A lab left by an earlier run of this test with the same pid is
+        // refused by `up`: it is removed by the error path below.
         let state = match result {
             Ok(s) => s,
             Err(e) => {
@@ -78,7 +105,50 @@ impl Lab {
             prefix,
             state,
             plan,
+            bins,
         }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        felix_rs::lab::state::state_dir(&self.prefix)
+    }
+
+    /// The namespace of node `node`.
+    pub fn netns(&self, node: &str) -> String {
+        self.plan
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.netns.clone())
+            .unwrap()
+    }
+
+    /// `ip ARGS` inside node `node`'s namespace; stdout.
+    pub fn ip(&self, node: &str, args: &[&str]) -> String {
+        let mut all = vec!["-n".to_string(), self.netns(node)];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = Command::new("ip").args(&all).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {all:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Destinations of the kernel routes of node `node` (main table).
+    pub fn route_destinations(&self, node: &str) -> Vec<String> {
+        self.ip(node, &["route", "show"])
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                match w.next() {
+                    Some("blackhole" | "unreachable" | "prohibit") => w.next(),
+                    other => other,
+                }
+            })
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn socket(&self, node: &str) -> PathBuf {
@@ -165,4 +235,9 @@ pub fn namespaces_with(prefix: &str) -> Vec<String> {
         .filter(|n| n.starts_with(&format!("{prefix}-")))
         .map(str::to_string)
         .collect()
+}
+
+/// The agent's status, `None` while it does not answer.
+pub fn status_ok(socket: &Path) -> Option<AgentStatus> {
+    status::query(socket).ok()
 }
