@@ -102,7 +102,11 @@ type PeerRoute = (Vec<AttributeValue>, NextHop);
 
 fn intended(set: &AttrSet) -> PeerRoute {
     (
-        set.attributes().iter().map(|a| a.value.clone()).collect(),
+        set.attributes()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.value)
+            .collect(),
         set.next_hop().clone(),
     )
 }
@@ -195,7 +199,7 @@ fn ipv4_prefixes_fill_messages_to_the_limit() {
         let out = packer.flush();
         assert!(out.rejected.is_empty());
 
-        let mut wire = set.attributes().to_vec();
+        let mut wire = set.attributes().unwrap();
         wire.push(PathAttribute::new(AttributeValue::NextHop(Ipv4Addr::new(
             192, 0, 2, 1,
         ))));
@@ -241,7 +245,7 @@ fn ipv6_goes_in_mp_reach_with_link_local_next_hop() {
         let out = packer.flush();
         // Fixed part, attributes, MP_REACH header (extended length) with
         // AFI/SAFI, next-hop length, 32 bytes of next hop, reserved octet.
-        let fixed = 23 + attributes_len(set.attributes(), &p) + 4 + 5 + 32;
+        let fixed = 23 + attributes_len(&set.attributes().unwrap(), &p) + 4 + 5 + 32;
         let per_message = (p.max_message_len() - fixed) / 9; // a /64 is 9 bytes
         assert_eq!(out.messages.len(), input.len().div_ceil(per_message));
         for u in updates(&out) {
@@ -281,12 +285,12 @@ fn add_path_ids_count_in_the_size() {
         }
     }
     let out = packer.flush();
-    let mut wire = set4.attributes().to_vec();
+    let mut wire = set4.attributes().unwrap();
     wire.push(PathAttribute::new(AttributeValue::NextHop(Ipv4Addr::new(
         192, 0, 2, 1,
     ))));
     let per4 = (4096 - 23 - attributes_len(&wire, &p)) / 8;
-    let per6 = (4096 - 23 - attributes_len(set6.attributes(), &p) - 4 - 5 - 16) / 13;
+    let per6 = (4096 - 23 - attributes_len(&set6.attributes().unwrap(), &p) - 4 - 5 - 16) / 13;
     assert_eq!(
         out.messages.len(),
         9_000usize.div_ceil(per4) + 9_000usize.div_ceil(per6)
@@ -344,7 +348,7 @@ fn attribute_sets_never_share_an_update() {
     }
     assert_eq!(per_set.len(), 5);
     // 2000 (+5) prefixes per set; as few messages as fit for each.
-    let mut wire = sets[0].attributes().to_vec();
+    let mut wire = sets[0].attributes().unwrap();
     wire.push(PathAttribute::new(AttributeValue::NextHop(Ipv4Addr::new(
         192, 0, 2, 1,
     ))));
@@ -631,15 +635,19 @@ fn an_attribute_set_too_large_for_any_prefix_is_rejected() {
     ext.announce(v4(1, 24), Arc::clone(&too_big)).unwrap();
     assert!(ext.flush().rejected.is_empty());
 
-    // An attribute over 65535 bytes cannot be encoded at all.
-    let huge = set_v6(1, 70_000, false);
-    let mut ext = UpdatePacker::new(params(true, &[]));
-    ext.announce(v6(1, 64), huge).unwrap();
-    let out = ext.flush();
-    assert!(out.messages.is_empty());
+    // An attribute over 65535 bytes cannot be encoded at all: the set is
+    // refused when it is made (it is stored encoded).
+    let huge = AttrSet::ipv6(
+        attributes(1, 70_000),
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+        None,
+    );
     assert!(matches!(
-        out.rejected[0].error,
-        PackError::Encode(EncodeError::AttributeTooLong { type_code: 99, .. })
+        huge,
+        Err(PackError::Encode(EncodeError::AttributeTooLong {
+            type_code: 99,
+            ..
+        }))
     ));
 }
 
@@ -670,7 +678,12 @@ fn attribute_sets_are_checked() {
     let mut reversed = attributes(1, 4);
     reversed.reverse();
     let set = AttrSet::ipv4(reversed, nh).unwrap();
-    let types: Vec<u8> = set.attributes().iter().map(|a| a.type_code()).collect();
+    let types: Vec<u8> = set
+        .attributes()
+        .unwrap()
+        .iter()
+        .map(|a| a.type_code())
+        .collect();
     assert_eq!(types, [1, 2, 4, 99]);
     // RFC 8950 (IPv4 NLRI, IPv6 next hop) is not supported.
     let mut packer = UpdatePacker::new(params(false, &[]));
@@ -795,4 +808,35 @@ proptest! {
         // Nothing left to send.
         prop_assert_eq!(packer.flush(), Flushed::default());
     }
+}
+
+/// Sets are stored encoded as for a 4-octet-AS session; on a 2-octet one
+/// the packer re-encodes them (AS_TRANS in AS_PATH plus AS4_PATH, RFC 6793
+/// §4.2.2), and still groups equal sets held in different `Arc`s.
+#[test]
+fn two_octet_session_reencodes_stored_sets() {
+    let p = SessionParams {
+        four_octet_as: false,
+        ..params(false, &[])
+    };
+    let wide = 4_200_000_001;
+    let a = set_v4(wide, 0);
+    let b = set_v4(wide, 0);
+    let mut packer = UpdatePacker::new(p);
+    packer.announce(v4(1, 24), a).unwrap();
+    packer.announce(v4(2, 24), b).unwrap();
+    let out = packer.flush();
+    assert!(out.rejected.is_empty());
+    let decoded = wire_round_trip(&out.messages, &p);
+    assert_eq!(decoded.len(), 1, "equal sets share one UPDATE");
+    let Message::Update(u) = &decoded[0].1 else {
+        panic!("not an UPDATE");
+    };
+    assert_eq!(u.nlri, [v4(1, 24), v4(2, 24)]);
+    assert_eq!(
+        u.as_path(),
+        Some(&AsPath::sequence([u32::from(AS_TRANS)])),
+        "2-octet AS_PATH carries AS_TRANS"
+    );
+    assert_eq!(u.effective_as_path(&p).0, Some(AsPath::sequence([wide])));
 }

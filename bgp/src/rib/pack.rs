@@ -82,31 +82,50 @@ pub enum PackError {
     /// An attribute of the set cannot be encoded at all.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A stored attribute set did not decode again (a bug: the packer
+    /// encoded it itself).
+    #[error("stored attribute set does not decode: {0}")]
+    Stored(String),
 }
 
 /// The path attributes shared by a group of routes, and their next hop.
 ///
-/// `attributes` holds everything except MP_REACH_NLRI, MP_UNREACH_NLRI and
-/// NEXT_HOP: ORIGIN, AS_PATH, MED, LOCAL_PREF, communities… They are kept in
-/// ascending type order (RFC 4271 §5 asks senders to order them so). The
-/// next hop decides the family: an IPv4 next hop becomes the NEXT_HOP
-/// attribute of IPv4 unicast UPDATEs, an IPv6 one (global, optionally with a
-/// link-local address, RFC 2545 §3) the next hop of MP_REACH_NLRI for IPv6
-/// unicast.
+/// The attributes are everything except MP_REACH_NLRI, MP_UNREACH_NLRI and
+/// NEXT_HOP: ORIGIN, AS_PATH, MED, LOCAL_PREF, communities… They are kept
+/// encoded (as a 4-octet-AS session sends them, in ascending type order as
+/// RFC 4271 §5 asks senders to), not decoded: a peer's Adj-RIB-Out holds
+/// one of these per attribute group for as long as the peer has the
+/// routes, and the encoding is a fraction of the decoded size (docs/
+/// benchmarks.md, route reflector). The next hop decides the family: an
+/// IPv4 next hop becomes the NEXT_HOP attribute of IPv4 unicast UPDATEs, an
+/// IPv6 one (global, optionally with a link-local address, RFC 2545 §3) the
+/// next hop of MP_REACH_NLRI for IPv6 unicast.
 ///
 /// Share one set between many routes with [`Arc`]: the packer groups routes
 /// whose sets encode to the same bytes, and compares the set a route is
 /// announced with to the one the peer has by pointer first, then by value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttrSet {
-    attributes: Vec<PathAttribute>,
+    encoded: Bytes,
     next_hop: NextHop,
 }
 
+/// The parameters attribute sets are stored encoded under: 4-octet AS
+/// numbers (RFC 6793), so nothing is lost; a 2-octet session re-encodes.
+const STORED: SessionParams = SessionParams {
+    four_octet_as: true,
+    extended_message: true,
+    add_path: crate::wire::AddPathFamilies::EMPTY,
+};
+
+/// Bytes of the NEXT_HOP attribute: flags, type, length and an IPv4
+/// address (RFC 4271 §4.3).
+const NEXT_HOP_ATTR_LEN: usize = 3 + 4;
+
 impl AttrSet {
-    /// Checks and orders an attribute set: ORIGIN and AS_PATH present, no
-    /// type twice, none of the attributes the packer writes itself, and a
-    /// next hop a peer accepts.
+    /// Checks, orders and encodes an attribute set: ORIGIN and AS_PATH
+    /// present, no type twice, none of the attributes the packer writes
+    /// itself, every attribute encodable, and a next hop a peer accepts.
     pub fn new(mut attributes: Vec<PathAttribute>, next_hop: NextHop) -> Result<Self, PackError> {
         attributes.sort_by_key(PathAttribute::type_code);
         for pair in attributes.windows(2) {
@@ -142,8 +161,17 @@ impl AttrSet {
         if !valid {
             return Err(PackError::InvalidNextHop(next_hop));
         }
+        let len: usize = attributes
+            .iter()
+            .map(|a| attribute_header_len(a.value_len(&STORED)) + a.value_len(&STORED))
+            .sum();
+        let mut encoded = Vec::with_capacity(len);
+        for a in &attributes {
+            a.encode(&STORED, &mut encoded)?;
+        }
+        encoded.shrink_to_fit();
         Ok(AttrSet {
-            attributes,
+            encoded: Bytes::from(encoded),
             next_hop,
         })
     }
@@ -164,9 +192,17 @@ impl AttrSet {
         Self::new(attributes, NextHop::Ipv6 { global, link_local })
     }
 
-    /// The attributes, in ascending type order.
-    pub fn attributes(&self) -> &[PathAttribute] {
-        &self.attributes
+    /// The attributes, in ascending type order (decoded from the stored
+    /// encoding).
+    pub fn attributes(&self) -> Result<Vec<PathAttribute>, PackError> {
+        crate::wire::decode_attribute_list(&self.encoded, &STORED)
+            .map_err(|e| PackError::Stored(e.to_string()))
+    }
+
+    /// The attributes as a 4-octet-AS session sends them (NEXT_HOP and
+    /// MP_REACH_NLRI aside).
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
     }
 
     pub fn next_hop(&self) -> &NextHop {
@@ -183,19 +219,13 @@ impl AttrSet {
 
     /// The attributes as they go in an UPDATE, MP_REACH_NLRI aside: for
     /// IPv4, NEXT_HOP inserted in type order.
-    fn wire_attributes(&self) -> Vec<PathAttribute> {
-        let mut out = Vec::with_capacity(self.attributes.len() + 1);
+    fn wire_attributes(&self) -> Result<Vec<PathAttribute>, PackError> {
+        let mut out = self.attributes()?;
         if let NextHop::Ipv4(a) = self.next_hop {
-            let at = self
-                .attributes
-                .partition_point(|x| x.type_code() < attr_type::NEXT_HOP);
-            out.extend_from_slice(&self.attributes[..at]);
-            out.push(PathAttribute::new(AttributeValue::NextHop(a)));
-            out.extend_from_slice(&self.attributes[at..]);
-        } else {
-            out.extend_from_slice(&self.attributes);
+            let at = out.partition_point(|x| x.type_code() < attr_type::NEXT_HOP);
+            out.insert(at, PathAttribute::new(AttributeValue::NextHop(a)));
         }
-        out
+        Ok(out)
     }
 }
 
@@ -666,7 +696,9 @@ impl Group {
 
 /// Groups announcements by the bytes their attribute sets encode to under
 /// `params` (so sets that differ only in ways the wire does not show share
-/// UPDATEs). Each distinct `Arc` is encoded once.
+/// UPDATEs). On a 4-octet-AS session the stored encoding is the key as it
+/// is; a 2-octet session re-encodes each distinct `Arc` once. Only the
+/// first set of each group is decoded (to build its UPDATEs).
 fn group_by_wire_attributes(
     announcements: Vec<(Nlri, Arc<AttrSet>)>,
     params: &SessionParams,
@@ -678,28 +710,49 @@ fn group_by_wire_attributes(
         let index = match by_pointer.get(&Arc::as_ptr(&attrs)) {
             Some(&i) => i,
             None => {
-                let attributes = attrs.wire_attributes();
                 let mut key = BytesMut::new();
                 key.extend_from_slice(&[u8::from(attrs.family() == Family::IPV6_UNICAST)]);
-                if let NextHop::Ipv6 { global, link_local } = attrs.next_hop() {
-                    key.extend_from_slice(&global.octets());
-                    key.extend_from_slice(&link_local.map_or([0; 16], |a| a.octets()));
+                match attrs.next_hop() {
+                    NextHop::Ipv4(a) => key.extend_from_slice(&a.octets()),
+                    NextHop::Ipv6 { global, link_local } => {
+                        key.extend_from_slice(&global.octets());
+                        key.extend_from_slice(&link_local.map_or([0; 16], |a| a.octets()));
+                    }
+                    NextHop::Other(b) => key.extend_from_slice(b),
                 }
                 let key_prefix_len = key.len();
-                let encoded = attributes
-                    .iter()
-                    .try_for_each(|a| a.encode(params, &mut key))
-                    .map(|()| key.len() - key_prefix_len)
-                    .map_err(PackError::from);
+                // The attributes as sent, if they had to be decoded for
+                // the key, and the encoded length (NEXT_HOP included).
+                let encoded: Result<(Option<Vec<PathAttribute>>, usize), PackError> =
+                    if params.four_octet_as {
+                        key.extend_from_slice(attrs.encoded());
+                        let next_hop = match attrs.next_hop() {
+                            NextHop::Ipv4(_) => NEXT_HOP_ATTR_LEN,
+                            _ => 0,
+                        };
+                        Ok((None, attrs.encoded().len() + next_hop))
+                    } else {
+                        attrs.wire_attributes().and_then(|mut attributes| {
+                            add_as4_attributes(&mut attributes);
+                            attributes
+                                .iter()
+                                .try_for_each(|a| a.encode(params, &mut key))?;
+                            Ok((Some(attributes), key.len() - key_prefix_len))
+                        })
+                    };
                 let existing = match encoded {
                     Ok(_) => by_bytes.get(&key[..]).copied(),
                     Err(_) => None,
                 };
                 let i = existing.unwrap_or_else(|| {
                     let ok = encoded.is_ok();
+                    let encoded = encoded.and_then(|(attributes, len)| match attributes {
+                        Some(a) => Ok((a, len)),
+                        None => attrs.wire_attributes().map(|a| (a, len)),
+                    });
                     groups.push(Group {
                         attrs: Arc::clone(&attrs),
-                        encoded: encoded.map(|len| (attributes, len)),
+                        encoded,
                         prefixes: Vec::new(),
                     });
                     if ok {
@@ -718,6 +771,34 @@ fn group_by_wire_attributes(
         }
     }
     groups
+}
+
+/// For a peer without 4-octet AS support (RFC 6793 §4.2.2): AS numbers
+/// above 65535 go out as AS_TRANS, so the real AS_PATH and AGGREGATOR AS
+/// travel beside them in AS4_PATH and AS4_AGGREGATOR (unless the set
+/// already carries them).
+fn add_as4_attributes(attributes: &mut Vec<PathAttribute>) {
+    let mut extra = Vec::new();
+    let has = |t: u8, attributes: &[PathAttribute]| attributes.iter().any(|a| a.type_code() == t);
+    for a in attributes.iter() {
+        match &a.value {
+            AttributeValue::AsPath(path) if !has(attr_type::AS4_PATH, attributes) => {
+                if let (_, Some(as4)) = path.split_for_two_octet() {
+                    extra.push(PathAttribute::new(AttributeValue::As4Path(as4)));
+                }
+            }
+            AttributeValue::Aggregator(agg)
+                if agg.asn > u32::from(u16::MAX) && !has(attr_type::AS4_AGGREGATOR, attributes) =>
+            {
+                extra.push(PathAttribute::new(AttributeValue::As4Aggregator(*agg)));
+            }
+            _ => {}
+        }
+    }
+    if !extra.is_empty() {
+        attributes.extend(extra);
+        attributes.sort_by_key(PathAttribute::type_code);
+    }
 }
 
 /// Header length of an attribute with a `value_len`-byte value: the

@@ -43,6 +43,7 @@ pub use nlri::{Nlri, Prefix};
 pub use notification::Notification;
 pub use open::{CapabilityLayout, Open};
 pub use route_refresh::{RouteRefresh, RouteRefreshSubtype};
+pub(crate) use update::decode_attribute_list;
 pub use update::Update;
 
 use bytes::{BufMut, Bytes, BytesMut};

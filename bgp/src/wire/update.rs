@@ -312,6 +312,44 @@ impl Update {
     }
 }
 
+/// Decodes a run of path attributes that this process encoded itself
+/// (e.g. a packer's stored attribute set) under `params`. Strict: any
+/// fault, repeated type or trailing garbage is an error, never skipped.
+pub(crate) fn decode_attribute_list(
+    owner: &Bytes,
+    params: &SessionParams,
+) -> Result<Vec<PathAttribute>, DecodeError> {
+    let mut attributes = Vec::with_capacity(8);
+    let mut seen = TypeSet::default();
+    let mut rest: &[u8] = owner;
+    while !rest.is_empty() {
+        let Ok((after, (flags, type_code, hdr_len, value))) = attribute_tlv(rest) else {
+            return Err(DecodeError::reset(
+                ErrorKind::AttributeOverrun,
+                Bytes::new(),
+            ));
+        };
+        let src = super::attribute::AttrSrc {
+            owner,
+            raw: &rest[..hdr_len + value.len()],
+            value,
+        };
+        rest = after;
+        if seen.insert(type_code) {
+            return Err(DecodeError::reset(
+                ErrorKind::DuplicateAttribute(type_code),
+                Bytes::new(),
+            ));
+        }
+        let value = PathAttribute::decode_value(flags, type_code, &src, params).map_err(|e| *e)?;
+        attributes.push(PathAttribute {
+            flags: flags & 0xf0,
+            value,
+        });
+    }
+    Ok(attributes)
+}
+
 /// The three variable parts of an UPDATE body: Withdrawn Routes, Path
 /// Attributes (each behind its 2-octet length) and the NLRI that fill the
 /// rest (RFC 4271 §4.3). A length that overruns the body fails.
