@@ -24,8 +24,12 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+/// Without ConnectRetry jitter, so that deadlines are exact (the jitter
+/// and backoff have their own tests).
 fn config() -> PeerConfig {
-    PeerConfig::new(LOCAL_ASN, LOCAL_ID, PeerAsn::Exact(PEER_ASN))
+    let mut c = PeerConfig::new(LOCAL_ASN, LOCAL_ID, PeerAsn::Exact(PEER_ASN));
+    c.connect_retry_jitter = false;
+    c
 }
 
 fn fsm(config: PeerConfig) -> Fsm {
@@ -1133,4 +1137,78 @@ mod randomized {
             }
         }
     }
+}
+
+/// RFC 4271 §10 jitter (each wait × 0.75..=1.0) and exponential backoff
+/// of ConnectRetry, capped; Established starts the backoff over, and so
+/// does a start event. Driven by a fake clock.
+#[test]
+fn connect_retry_backs_off_with_jitter() {
+    let mut c = config();
+    c.connect_retry = secs(5);
+    c.connect_retry_max = secs(40);
+    c.connect_retry_jitter = true;
+    c.jitter_seed = Some(7);
+    let mut f = fsm(c);
+    let mut now = Instant::now();
+    assert_eq!(f.handle(Event::ManualStart, now), vec![Action::Connect]);
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        let deadline = f.next_timeout().unwrap();
+        waits.push(deadline - now);
+        now = deadline;
+        // The attempt times out: the FSM drops it and tries again.
+        assert_eq!(
+            f.handle_timeout(now),
+            vec![Action::Disconnect, Action::Connect]
+        );
+        assert_eq!(f.state(), State::Connect);
+    }
+    let bases = [5, 10, 20, 40, 40, 40, 40, 40, 40, 40, 40, 40];
+    for (wait, base) in waits.iter().zip(bases) {
+        let base = secs(base);
+        assert!(
+            *wait >= base.mul_f64(0.75) && *wait <= base,
+            "wait {wait:?} outside [0.75, 1.0] × {base:?}: {waits:?}"
+        );
+    }
+    // Jittered: the capped waits are not all the same.
+    let capped: std::collections::BTreeSet<Duration> = waits[3..].iter().copied().collect();
+    assert!(capped.len() > 4, "{waits:?}");
+
+    // Established resets the backoff: after the session fails, the
+    // automatic restart waits about the base time again.
+    let open = f.local_open().clone();
+    assert_eq!(
+        f.handle(Event::TcpConnectionAcked, now),
+        vec![Action::Send(Message::Open(open))]
+    );
+    f.handle(open_event(peer_open(90)), now);
+    let actions = f.handle(msg(Message::Keepalive), now);
+    established(&actions);
+    let actions = f.handle(Event::TcpConnectionFails, now);
+    assert!(actions.contains(&Action::Disconnect), "{actions:?}");
+    assert_eq!(f.state(), State::Idle);
+    let wait = f.next_timeout().unwrap() - now;
+    assert!(wait >= secs(5).mul_f64(0.75) && wait <= secs(5), "{wait:?}");
+
+    // Two seeds give different waits.
+    let first_wait = |seed| {
+        let mut c = config();
+        c.connect_retry_jitter = true;
+        c.jitter_seed = Some(seed);
+        let mut f = fsm(c);
+        let t = Instant::now();
+        f.handle(Event::ManualStart, t);
+        f.next_timeout().unwrap() - t
+    };
+    assert_ne!(first_wait(1), first_wait(2));
+}
+
+#[test]
+fn connect_retry_cap_below_base_is_refused() {
+    let mut c = config();
+    c.connect_retry = secs(10);
+    c.connect_retry_max = secs(5);
+    assert!(Fsm::new(c).is_err());
 }

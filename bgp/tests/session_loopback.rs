@@ -24,6 +24,7 @@ fn peer_config(local_asn: u32, id: [u8; 4], peer_asn: u32, passive: bool) -> Pee
     let mut c = PeerConfig::new(local_asn, Ipv4Addr::from(id), PeerAsn::Exact(peer_asn));
     c.hold_time = 3;
     c.connect_retry = Duration::from_secs(1);
+    c.connect_retry_max = Duration::from_secs(1);
     c.passive = passive;
     c
 }

@@ -479,3 +479,139 @@ async fn refresh_sends_route_refresh_requests() {
     );
     s.shutdown(None).await;
 }
+
+/// Connects from `local` and sends an OPEN with `hold_time`, nothing else.
+async fn open_with(local: IpAddr, to: SocketAddr, hold_time: u16) -> RawPeer {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(local, 0)).unwrap();
+    let stream = socket.connect(to).await.unwrap();
+    let mut peer = RawPeer {
+        stream,
+        buf: BytesMut::new(),
+        params: SessionParams::default(),
+    };
+    let open = Open::new(
+        PEER_AS,
+        hold_time,
+        Ipv4Addr::new(10, 0, 0, 99),
+        capabilities(),
+    );
+    peer.send(Message::Open(open)).await;
+    peer
+}
+
+/// The neighbour's own hold time goes in our OPEN instead of the
+/// speaker's (90 s), the negotiated one (the smaller of both, RFC 4271
+/// §4.2) is enforced, and the neighbour's keepalive interval is used when
+/// shorter than a third of it.
+#[tokio::test]
+async fn per_neighbor_hold_and_keepalive_times() {
+    let s = speaker(71).await;
+    let mut n = NeighborConfig::new(ip(72), PEER_AS);
+    n.passive = true;
+    n.hold_time = Some(6);
+    n.keepalive_time = Some(1);
+    s.add_neighbor(n).await.unwrap();
+    let mut peer = open_with(ip(72), s.listen_addr().unwrap(), 30).await;
+    let Message::Open(open) = peer.recv().await else {
+        panic!("no OPEN");
+    };
+    assert_eq!(open.hold_time, 6);
+    assert!(matches!(peer.recv().await, Message::Keepalive));
+    peer.send(Message::Keepalive).await;
+    peer.params.four_octet_as = true;
+    // The peer says nothing more: min(6, 30) = 6 s later the session ends.
+    let started = Instant::now();
+    let mut keepalives = 0;
+    let notification = loop {
+        match peer.recv().await {
+            Message::Keepalive => keepalives += 1,
+            Message::Notification(n) => break n,
+            _ => {}
+        }
+    };
+    let waited = started.elapsed();
+    assert_eq!(
+        (notification.code, notification.subcode),
+        (4, 0),
+        "Hold Timer Expired: {}",
+        notification.describe()
+    );
+    assert!(waited >= Duration::from_secs(4), "after {waited:?}");
+    // Every second (a third of 6 s would give 2 in that time).
+    assert!(keepalives >= 4, "{keepalives} keepalives in {waited:?}");
+    s.shutdown(None).await;
+}
+
+/// Connects from `local` with an outgoing TTL, waits for the speaker's
+/// OPEN (sent once its session took the connection and set its socket
+/// options), then sends ours.
+async fn connect_with_ttl(local: IpAddr, to: SocketAddr, ttl: u32) -> RawPeer {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(local, 0)).unwrap();
+    socket2::SockRef::from(&socket).set_ttl_v4(ttl).unwrap();
+    let stream = socket.connect(to).await.unwrap();
+    let mut peer = RawPeer {
+        stream,
+        buf: BytesMut::new(),
+        params: SessionParams::default(),
+    };
+    assert!(matches!(peer.recv().await, Message::Open(_)));
+    let open = Open::new(PEER_AS, 0, Ipv4Addr::new(10, 0, 0, 99), capabilities());
+    peer.send(Message::Open(open)).await;
+    peer
+}
+
+/// GTSM (RFC 5082) on accepted connections: a peer sending with TTL 255
+/// gets a session, one sending with the default TTL (64) is not heard
+/// once the speaker has the connection: its OPEN never arrives, so no
+/// KEEPALIVE answers it.
+#[tokio::test]
+async fn gtsm_hears_only_peers_sending_with_ttl_255() {
+    let s = speaker(73).await;
+    for last in [74, 75] {
+        let mut n = NeighborConfig::new(ip(last), PEER_AS);
+        n.passive = true;
+        n.gtsm_hops = Some(1);
+        s.add_neighbor(n).await.unwrap();
+    }
+    let to = s.listen_addr().unwrap();
+
+    let mut good = connect_with_ttl(ip(75), to, 255).await;
+    assert!(matches!(good.recv().await, Message::Keepalive));
+    good.send(Message::Keepalive).await;
+
+    let mut bad = connect_with_ttl(ip(74), to, 64).await;
+    let heard = timeout(Duration::from_secs(3), async {
+        loop {
+            match bad.try_recv().await {
+                Some(Message::Keepalive) => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(!heard, "a TTL-64 peer got a KEEPALIVE through GTSM");
+
+    let end = Instant::now() + WAIT;
+    loop {
+        let status = s.status().await;
+        let state = |a: IpAddr| {
+            status
+                .peers
+                .iter()
+                .find(|p| p.address == a)
+                .map(|p| p.state.clone())
+                .unwrap()
+        };
+        if state(ip(75)) == "Established" {
+            assert_ne!(state(ip(74)), "Established");
+            break;
+        }
+        assert!(Instant::now() < end, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.shutdown(None).await;
+}

@@ -66,6 +66,20 @@ pub struct RunArgs {
     /// Make the neighbour ADDR a route-reflector client. Repeatable.
     #[arg(long = "rr-client", value_name = "ADDR")]
     pub rr_clients: Vec<String>,
+    /// Hold time proposed to one neighbour, `ADDR=SECS`. Repeatable.
+    #[arg(long = "neighbor-hold-time", value_name = "ADDR=SECS")]
+    pub neighbor_hold_times: Vec<String>,
+    /// Keepalive interval for one neighbour, `ADDR=SECS`. Repeatable.
+    #[arg(long = "neighbor-keepalive", value_name = "ADDR=SECS")]
+    pub neighbor_keepalives: Vec<String>,
+    /// Outgoing TTL (eBGP multihop) towards one neighbour, `ADDR=TTL`.
+    /// Repeatable.
+    #[arg(long = "neighbor-ttl", value_name = "ADDR=TTL")]
+    pub neighbor_ttls: Vec<String>,
+    /// GTSM (RFC 5082) with one neighbour, `ADDR[=HOPS]` (1 hop unless
+    /// given). Repeatable.
+    #[arg(long = "neighbor-gtsm", value_name = "ADDR[=HOPS]")]
+    pub neighbor_gtsm: Vec<String>,
     /// Announce PREFIX (e.g. 10.0.0.0/24). Repeatable.
     #[arg(long = "originate", value_name = "PREFIX")]
     pub originate: Vec<String>,
@@ -111,6 +125,10 @@ pub enum ConfigError {
     NeighborAsZero { address: IpAddr },
     #[error("--rr-client {0}: no such neighbor (add it with --neighbor or in the config file)")]
     UnknownRrClient(IpAddr),
+    #[error("--{flag} {address}: no such neighbor (add it with --neighbor or in the config file)")]
+    UnknownNeighbor { flag: &'static str, address: IpAddr },
+    #[error("neighbor {address}: {reason}")]
+    NeighborValue { address: IpAddr, reason: String },
     #[error("listen range {0} is configured twice")]
     DuplicateListenRange(IpNet),
     #[error("listen range {0}: AS 0 is not a valid AS")]
@@ -215,6 +233,15 @@ pub struct FileNeighbor {
     pub export: Option<Vec<FileRule>>,
     #[serde(default)]
     pub export_communities: Vec<String>,
+    /// Hold time proposed to this neighbour (the global one otherwise).
+    pub hold_time: Option<u16>,
+    /// Keepalive interval (a third of the negotiated hold time otherwise).
+    pub keepalive_time: Option<u16>,
+    /// Outgoing TTL: eBGP multihop.
+    pub ttl: Option<u8>,
+    /// GTSM (RFC 5082): the neighbour is this many hops away (1: directly
+    /// connected).
+    pub gtsm_hops: Option<u8>,
 }
 
 /// One prefix-list rule: `{ prefix = "10.0.0.0/8", le = 24, action = "permit" }`.
@@ -330,6 +357,10 @@ impl RunPlan {
                 .ok_or(ConfigError::UnknownRrClient(address))?;
             neighbor.rr_client = true;
         }
+        apply_neighbor_flags(&mut neighbors, args)?;
+        for n in &neighbors {
+            check_neighbor_session(n, file.hold_time.unwrap_or(90))?;
+        }
 
         let mut listen_ranges: Vec<ListenRange> = Vec::new();
         let from_file = file.listen_ranges.into_iter().map(listen_range_from_file);
@@ -438,7 +469,115 @@ fn neighbor_from_file(n: FileNeighbor) -> Result<NeighborConfig, ConfigError> {
     config.import = list(n.import)?;
     config.export = list(n.export)?;
     config.export_communities = parse_communities(&n.export_communities)?;
+    config.hold_time = n.hold_time;
+    config.keepalive_time = n.keepalive_time;
+    config.ttl = n.ttl;
+    config.gtsm_hops = n.gtsm_hops;
     Ok(config)
+}
+
+/// The per-neighbour session flags (`--neighbor-hold-time ADDR=SECS` …),
+/// each naming a neighbour of the file or of `--neighbor`.
+fn apply_neighbor_flags(
+    neighbors: &mut [NeighborConfig],
+    args: &RunArgs,
+) -> Result<(), ConfigError> {
+    type Setter = fn(&mut NeighborConfig, &str, &str) -> Result<(), ConfigError>;
+    let flags: [(&'static str, &[String], Setter); 4] = [
+        (
+            "neighbor-hold-time",
+            &args.neighbor_hold_times,
+            |n, text, v| {
+                n.hold_time = Some(parse_number("--neighbor-hold-time", text, v)?);
+                Ok(())
+            },
+        ),
+        (
+            "neighbor-keepalive",
+            &args.neighbor_keepalives,
+            |n, text, v| {
+                n.keepalive_time = Some(parse_number("--neighbor-keepalive", text, v)?);
+                Ok(())
+            },
+        ),
+        ("neighbor-ttl", &args.neighbor_ttls, |n, text, v| {
+            n.ttl = Some(parse_number("--neighbor-ttl", text, v)?);
+            Ok(())
+        }),
+        ("neighbor-gtsm", &args.neighbor_gtsm, |n, text, v| {
+            n.gtsm_hops = Some(if v.is_empty() {
+                1
+            } else {
+                parse_number("--neighbor-gtsm", text, v)?
+            });
+            Ok(())
+        }),
+    ];
+    for (flag, values, set) in flags {
+        for text in values {
+            let (addr, value) = text.split_once('=').unwrap_or((text, ""));
+            let address = addr
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .map_err(|e| ConfigError::bad("neighbor address", text, e))?;
+            if value.is_empty() && flag != "neighbor-gtsm" {
+                return Err(ConfigError::bad("value", text, "expected ADDR=VALUE"));
+            }
+            let neighbor = neighbors
+                .iter_mut()
+                .find(|n| n.address == address)
+                .ok_or(ConfigError::UnknownNeighbor { flag, address })?;
+            set(neighbor, text, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_number<T: std::str::FromStr>(
+    what: &'static str,
+    text: &str,
+    value: &str,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e| ConfigError::bad(what, text, e))
+}
+
+/// The session values of one neighbour the speaker would refuse: hold
+/// time 1–2 s (RFC 4271 §4.2), a keepalive not below the hold time, TTL 0,
+/// GTSM hops outside 1..=254, TTL and GTSM together.
+fn check_neighbor_session(n: &NeighborConfig, default_hold: u16) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::NeighborValue {
+        address: n.address,
+        reason,
+    };
+    let hold = n.hold_time.unwrap_or(default_hold);
+    if hold == 1 || hold == 2 {
+        return Err(bad(format!(
+            "hold time {hold} is invalid: 0 (no keepalives) or at least 3 seconds"
+        )));
+    }
+    if let Some(k) = n.keepalive_time {
+        if k == 0 || (hold > 0 && k >= hold) {
+            return Err(bad(format!(
+                "keepalive time {k} must be positive and below the hold time ({hold})"
+            )));
+        }
+    }
+    if n.ttl == Some(0) {
+        return Err(bad("TTL 0".into()));
+    }
+    if n.gtsm_hops.is_some_and(|h| h == 0 || h == 255) {
+        return Err(bad("GTSM hops must be 1..=254".into()));
+    }
+    if n.ttl.is_some() && n.gtsm_hops.is_some() {
+        return Err(bad(
+            "ttl and gtsm_hops are exclusive (GTSM sends with TTL 255)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn listen_range_from_file(r: FileListenRange) -> Result<ListenRange, ConfigError> {
@@ -1056,6 +1195,92 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
             parse_file_config("[[neighbor]]\naddress = \"10.0.0.2\"\nasn = 1\nrr-client = true\n")
                 .unwrap_err();
         assert!(e.contains("rr-client"), "{e}");
+    }
+
+    #[test]
+    fn per_neighbor_session_values_from_file_and_flags() {
+        let file = r#"
+asn = 65000
+router_id = "10.0.0.1"
+hold_time = 30
+[[neighbor]]
+address = "10.0.0.2"
+asn = 65002
+hold_time = 9
+keepalive_time = 2
+ttl = 3
+[[neighbor]]
+address = "10.0.0.3"
+asn = 65003
+gtsm_hops = 1
+"#;
+        let p = plan(file, &[]).unwrap();
+        let a = &p.neighbors[0];
+        assert_eq!(
+            (a.hold_time, a.keepalive_time, a.ttl, a.gtsm_hops),
+            (Some(9), Some(2), Some(3), None)
+        );
+        assert_eq!(p.neighbors[1].gtsm_hops, Some(1));
+        assert_eq!(p.neighbors[1].hold_time, None, "the global one applies");
+
+        let p = plan(
+            "asn = 65000\nrouter_id = \"10.0.0.1\"\n",
+            &[
+                "--neighbor",
+                "10.0.0.2:65002",
+                "--neighbor",
+                "[2001:db8::2]:65002",
+                "--neighbor-hold-time",
+                "10.0.0.2=15",
+                "--neighbor-keepalive",
+                "10.0.0.2=4",
+                "--neighbor-ttl",
+                "10.0.0.2=2",
+                "--neighbor-gtsm",
+                "2001:db8::2",
+            ],
+        )
+        .unwrap();
+        let a = &p.neighbors[0];
+        assert_eq!(
+            (a.hold_time, a.keepalive_time, a.ttl, a.gtsm_hops),
+            (Some(15), Some(4), Some(2), None)
+        );
+        assert_eq!(p.neighbors[1].gtsm_hops, Some(1));
+    }
+
+    #[test]
+    fn bad_per_neighbor_session_values() {
+        let base = "asn = 65000\nrouter_id = \"10.0.0.1\"\n[[neighbor]]\naddress = \"10.0.0.2\"\nasn = 65002\n";
+        for (extra, expected) in [
+            ("hold_time = 2\n", "hold time 2"),
+            ("keepalive_time = 0\n", "keepalive time 0"),
+            ("hold_time = 9\nkeepalive_time = 9\n", "below the hold time"),
+            ("ttl = 0\n", "TTL 0"),
+            ("gtsm_hops = 0\n", "GTSM hops"),
+            ("gtsm_hops = 255\n", "GTSM hops"),
+            ("ttl = 2\ngtsm_hops = 1\n", "exclusive"),
+        ] {
+            let e = plan(&format!("{base}{extra}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("neighbor 10.0.0.2") && e.contains(expected),
+                "{extra}: {e}"
+            );
+        }
+        let e = plan(base, &["--neighbor-ttl", "10.0.0.9=2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such neighbor"), "{e}");
+        let e = plan(base, &["--neighbor-hold-time", "10.0.0.2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ADDR=VALUE"), "{e}");
+        let e = plan(base, &["--neighbor-ttl", "10.0.0.2=300"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--neighbor-ttl"), "{e}");
     }
 
     #[test]

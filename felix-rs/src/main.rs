@@ -85,7 +85,7 @@ enum BgpCommand {
     /// Decode BGP messages from a file or capture; print one JSON object per message.
     Decode(DecodeArgs),
     /// Run a BGP speaker (e.g. a route reflector) until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the running speaker's peers: state, uptime, prefix counts, last error.
     Status(QueryArgs),
     /// Show the running speaker's routes, all paths, best marked `*`.

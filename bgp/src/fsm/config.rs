@@ -74,9 +74,22 @@ pub struct PeerConfig {
     /// Hold time we propose, in seconds: 0 (no keepalives) or at least 3
     /// (RFC 4271 §4.2).
     pub hold_time: u16,
+    /// KeepaliveTime (RFC 4271 §10): `None` is one third of the negotiated
+    /// hold time; a value applies when shorter than that third.
+    pub keepalive_time: Option<u16>,
     /// ConnectRetryTime (RFC 4271 §10 suggests 120 s). Also the idle hold
-    /// time before an automatic restart.
+    /// time before an automatic restart. The first wait; each further
+    /// attempt without reaching Established doubles it, up to
+    /// `connect_retry_max`.
     pub connect_retry: Duration,
+    /// The cap of the exponential backoff of `connect_retry`.
+    pub connect_retry_max: Duration,
+    /// Multiply each ConnectRetry / idle hold wait by a random factor in
+    /// 0.75..=1.0 (RFC 4271 §10), so that peers restarted together do not
+    /// retry in lockstep.
+    pub connect_retry_jitter: bool,
+    /// Seed of the jitter's generator; `None`: a random one. Tests fix it.
+    pub jitter_seed: Option<u64>,
     /// Never initiate a TCP connection: wait in Active for the peer to
     /// connect (PassiveTcpEstablishment, but without the RFC's eventual
     /// outgoing attempt; see docs/bgp-fsm.md).
@@ -95,7 +108,7 @@ pub struct PeerConfig {
 
 impl PeerConfig {
     /// A configuration with RFC 4271 §10's suggested timers (hold 90 s,
-    /// ConnectRetry 120 s), active, no DelayOpen, automatic restart on,
+    /// ConnectRetry 120 s with jitter, no backoff beyond it), active, no DelayOpen, automatic restart on,
     /// 2-octet peers allowed and no optional capabilities beyond 4-octet AS.
     pub fn new(local_asn: u32, local_id: Ipv4Addr, peer_asn: PeerAsn) -> Self {
         PeerConfig {
@@ -103,7 +116,11 @@ impl PeerConfig {
             local_id,
             peer_asn,
             hold_time: 90,
+            keepalive_time: None,
             connect_retry: Duration::from_secs(120),
+            connect_retry_max: Duration::from_secs(120),
+            connect_retry_jitter: true,
+            jitter_seed: None,
             passive: false,
             delay_open: None,
             automatic_restart: true,
@@ -126,8 +143,19 @@ impl PeerConfig {
         if self.hold_time == 1 || self.hold_time == 2 {
             return Err(ConfigError::HoldTime(self.hold_time));
         }
+        if let Some(k) = self.keepalive_time {
+            if k == 0 || (self.hold_time > 0 && k >= self.hold_time) {
+                return Err(ConfigError::KeepaliveTime {
+                    keepalive: k,
+                    hold: self.hold_time,
+                });
+            }
+        }
         if self.connect_retry.is_zero() {
             return Err(ConfigError::ZeroConnectRetry);
+        }
+        if self.connect_retry_max < self.connect_retry {
+            return Err(ConfigError::ConnectRetryMax);
         }
         if self.delay_open.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::ZeroDelayOpen);
@@ -157,8 +185,12 @@ pub enum ConfigError {
     ZeroBgpIdentifier,
     #[error("hold time {0} s is neither 0 nor at least 3 (RFC 4271 §4.2)")]
     HoldTime(u16),
+    #[error("keepalive time {keepalive} s must be positive and below the hold time ({hold} s)")]
+    KeepaliveTime { keepalive: u16, hold: u16 },
     #[error("ConnectRetry time must be positive")]
     ZeroConnectRetry,
+    #[error("the ConnectRetry backoff cap is below the ConnectRetry time")]
+    ConnectRetryMax,
     #[error("DelayOpen time must be positive (use None to disable it)")]
     ZeroDelayOpen,
 }

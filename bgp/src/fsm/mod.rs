@@ -137,12 +137,31 @@ pub struct Fsm {
     update_faults: u64,
     last_update_fault: Option<DecodeError>,
     last_down: Option<DownReason>,
+    /// ConnectRetry / idle hold waits since the last Established or start:
+    /// the exponent of the backoff.
+    retry_attempts: u32,
+    /// State of the jitter generator (SplitMix64).
+    jitter_state: u64,
+}
+
+/// One step of SplitMix64: a small, well-mixed generator; jitter needs
+/// spread, not unpredictability.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Fsm {
     /// A stopped FSM (Idle) for `config`.
     pub fn new(config: PeerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let config_seed = config.jitter_seed.unwrap_or_else(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(config.local_id)
+        });
         Ok(Fsm {
             local_open: config.open(),
             config,
@@ -155,7 +174,26 @@ impl Fsm {
             update_faults: 0,
             last_update_fault: None,
             last_down: None,
+            retry_attempts: 0,
+            jitter_state: config_seed,
         })
+    }
+
+    /// The next ConnectRetry / idle hold wait (RFC 4271 §10): the base
+    /// time doubled per earlier attempt, capped, times a jitter factor in
+    /// 0.75..=1.0.
+    fn next_retry_wait(&mut self) -> Duration {
+        let base = self.config.connect_retry;
+        let cap = self.config.connect_retry_max;
+        let doubled = base.saturating_mul(1u32 << self.retry_attempts.min(20));
+        self.retry_attempts = self.retry_attempts.saturating_add(1);
+        let wait = doubled.min(cap);
+        if !self.config.connect_retry_jitter {
+            return wait;
+        }
+        // 53 random bits → a factor uniformly in [0.75, 1.0].
+        let unit = (splitmix64(&mut self.jitter_state) >> 11) as f64 / (1u64 << 53) as f64;
+        wait.mul_f64(0.75 + 0.25 * unit)
     }
 
     pub fn state(&self) -> State {
@@ -266,7 +304,12 @@ impl Fsm {
         use State::*;
         match (self.state, input) {
             // ---- Idle (RFC 4271 §8.2.2) ----
-            (Idle, Input::Start { passive }) => self.start(passive, now, out),
+            // A start event begins a new backoff; an automatic restart
+            // (IdleHold) continues the current one.
+            (Idle, Input::Start { passive }) => {
+                self.retry_attempts = 0;
+                self.start(passive, now, out)
+            }
             (Idle, Input::Timer(Timer::IdleHold)) => self.start(false, now, out),
             (Idle, Input::ManualStop(_) | Input::AutomaticStop(..)) => self.timers.idle_hold = None,
             // No connection is wanted in Idle: refuse it.
@@ -300,11 +343,11 @@ impl Fsm {
             (Connect, Input::Timer(Timer::ConnectRetry)) => {
                 out.push(Action::Disconnect);
                 self.timers.delay_open = None;
-                self.timers.connect_retry = Some(now + self.config.connect_retry);
+                self.timers.connect_retry = Some(now + self.next_retry_wait());
                 out.push(Action::Connect);
             }
             (Active, Input::Timer(Timer::ConnectRetry)) => {
-                self.timers.connect_retry = Some(now + self.config.connect_retry);
+                self.timers.connect_retry = Some(now + self.next_retry_wait());
                 out.push(Action::Connect);
                 self.state = Connect;
             }
@@ -504,7 +547,7 @@ impl Fsm {
         if passive || self.config.passive {
             self.enter_active(now);
         } else {
-            self.timers.connect_retry = Some(now + self.config.connect_retry);
+            self.timers.connect_retry = Some(now + self.next_retry_wait());
             out.push(Action::Connect);
             self.state = State::Connect;
         }
@@ -512,7 +555,11 @@ impl Fsm {
 
     /// Listen for the peer; with a configured passive peer, never connect.
     fn enter_active(&mut self, now: Instant) {
-        self.timers.connect_retry = (!self.config.passive).then(|| now + self.config.connect_retry);
+        if !self.config.passive {
+            self.timers.connect_retry = Some(now + self.next_retry_wait());
+        } else {
+            self.timers.connect_retry = None;
+        }
         self.peer = None;
         self.state = State::Active;
     }
@@ -542,8 +589,15 @@ impl Fsm {
             let n = Notification::new(code::FSM, fsm_subcode::UNSPECIFIED, Bytes::new());
             return self.fail(n, now, out);
         };
-        let negotiated = negotiate(&self.local_open, open, *peer, self.hold_time);
+        let negotiated = negotiate(
+            &self.local_open,
+            open,
+            *peer,
+            self.hold_time,
+            self.config.keepalive_time,
+        );
         self.restart_hold(now);
+        self.retry_attempts = 0;
         self.state = State::Established;
         out.push(Action::Established(Box::new(negotiated.clone())));
         self.negotiated = Some(negotiated);
@@ -555,7 +609,8 @@ impl Fsm {
     }
 
     fn restart_keepalive(&mut self, now: Instant) {
-        self.timers.keepalive = keepalive_interval(self.hold_time).map(|k| now + k);
+        self.timers.keepalive =
+            keepalive_interval(self.hold_time, self.config.keepalive_time).map(|k| now + k);
     }
 
     /// Sends `notification` for an error we found, then tears down.
@@ -599,7 +654,7 @@ impl Fsm {
             DownReason::ManualStop | DownReason::AutomaticStop(_)
         );
         if self.config.automatic_restart && !stopped {
-            self.timers.idle_hold = Some(now + self.config.connect_retry);
+            self.timers.idle_hold = Some(now + self.next_retry_wait());
         }
         self.last_down = Some(reason);
         self.state = State::Idle;

@@ -18,7 +18,8 @@ pub struct Negotiated {
     /// min(ours, theirs) in seconds; 0: no hold timer, no keepalives
     /// (RFC 4271 §4.2).
     pub hold_time: u16,
-    /// One third of the hold time (at least 1 s); `None` when it is 0.
+    /// One third of the hold time, or the configured keepalive time if
+    /// shorter (at least 1 s); `None` when the hold time is 0.
     pub keepalive_interval: Option<Duration>,
     /// The peer's AS: its 4-octet capability value if sent, else My AS.
     pub peer_asn: u32,
@@ -112,9 +113,15 @@ pub(crate) fn negotiate_hold_time(local: u16, remote: u16) -> u16 {
     local.min(remote)
 }
 
-/// RFC 4271 §10: one third of the hold time; whole seconds, at least 1.
-pub(crate) fn keepalive_interval(hold_time: u16) -> Option<Duration> {
-    (hold_time > 0).then(|| Duration::from_secs(u64::from((hold_time / 3).max(1))))
+/// RFC 4271 §10: one third of the negotiated hold time, or the configured
+/// KeepaliveTime if that is shorter (a peer that negotiates a shorter hold
+/// time must not be left without keepalives); whole seconds, at least 1.
+pub(crate) fn keepalive_interval(hold_time: u16, configured: Option<u16>) -> Option<Duration> {
+    (hold_time > 0).then(|| {
+        let third = hold_time / 3;
+        let secs = configured.map_or(third, |k| k.min(third)).max(1);
+        Duration::from_secs(u64::from(secs))
+    })
 }
 
 fn families(open: &Open) -> BTreeSet<Family> {
@@ -135,12 +142,13 @@ pub(crate) fn negotiate(
     remote_open: &Open,
     peer: PeerIdentity,
     hold_time: u16,
+    keepalive_time: Option<u16>,
 ) -> Negotiated {
     let both =
         |wanted: fn(&Capability) -> bool| has(local_open, wanted) && has(remote_open, wanted);
     Negotiated {
         hold_time,
-        keepalive_interval: keepalive_interval(hold_time),
+        keepalive_interval: keepalive_interval(hold_time, keepalive_time),
         peer_asn: peer.asn,
         peer_id: remote_open.bgp_id,
         internal: peer.internal,
@@ -167,9 +175,20 @@ mod tests {
     fn hold_and_keepalive() {
         assert_eq!(negotiate_hold_time(90, 30), 30);
         assert_eq!(negotiate_hold_time(0, 30), 0);
-        assert_eq!(keepalive_interval(90), Some(Duration::from_secs(30)));
-        assert_eq!(keepalive_interval(3), Some(Duration::from_secs(1)));
-        assert_eq!(keepalive_interval(4), Some(Duration::from_secs(1)));
-        assert_eq!(keepalive_interval(0), None);
+        assert_eq!(keepalive_interval(90, None), Some(Duration::from_secs(30)));
+        assert_eq!(keepalive_interval(3, None), Some(Duration::from_secs(1)));
+        assert_eq!(keepalive_interval(4, None), Some(Duration::from_secs(1)));
+        assert_eq!(keepalive_interval(0, None), None);
+        // A configured keepalive time applies when shorter than a third
+        // of the negotiated hold time, never when longer.
+        assert_eq!(
+            keepalive_interval(90, Some(10)),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            keepalive_interval(9, Some(10)),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(keepalive_interval(0, Some(10)), None);
     }
 }

@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -472,6 +473,23 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
     }
 }
 
+/// The TTL options of `config` on a socket of the session, before it
+/// carries any BGP message: GTSM (RFC 5082 §3: send with TTL 255, drop
+/// segments that arrive with a TTL below 256 − hops), or else the eBGP
+/// multihop TTL. Accepted connections get them too (the listening socket
+/// is shared by all peers, so the minimum TTL is set per connection, after
+/// the handshake: the SYN itself is not filtered).
+pub(crate) fn set_ttl_options(config: &SessionConfig, socket: &impl AsFd) -> io::Result<()> {
+    let remote = config.remote;
+    if let Some(hops) = config.gtsm_hops {
+        sockopt::set_ttl(socket, remote, 255)?;
+        sockopt::set_min_ttl(socket, remote, 255u8.saturating_sub(hops.saturating_sub(1)))?;
+    } else if let Some(ttl) = config.ttl {
+        sockopt::set_ttl(socket, remote, ttl)?;
+    }
+    Ok(())
+}
+
 /// Opens a TCP connection to the peer with the configured source address
 /// and socket options.
 async fn connect(config: SessionConfig) -> io::Result<TcpStream> {
@@ -483,16 +501,7 @@ async fn connect(config: SessionConfig) -> io::Result<TcpStream> {
     if let Some(key) = &config.md5_key {
         sockopt::set_md5(&socket, remote, key)?;
     }
-    if let Some(hops) = config.gtsm_hops {
-        sockopt::set_ttl(&socket, remote, 255)?;
-        sockopt::set_min_ttl(
-            &socket,
-            remote,
-            255u8.saturating_sub(hops.saturating_sub(1)),
-        )?;
-    } else if let Some(ttl) = config.ttl {
-        sockopt::set_ttl(&socket, remote, ttl)?;
-    }
+    set_ttl_options(&config, &socket)?;
     if let Some(local) = config.local {
         socket.set_reuseaddr(true)?;
         socket.bind(local)?;
@@ -807,6 +816,10 @@ impl Driver {
             warn!(?from, "refusing connection from an unexpected address");
             return;
         }
+        if let Err(e) = set_ttl_options(&self.config, &stream) {
+            warn!(?from, "refusing connection: TTL/GTSM options not set: {e}");
+            return;
+        }
         let _ = stream.set_nodelay(true);
         self.had_connection = true;
         // Our own connection, open or still being opened.
@@ -946,6 +959,56 @@ impl Driver {
             }
         } else {
             self.secondary = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::fsm::PeerAsn;
+    use std::net::Ipv4Addr;
+
+    fn socket(remote: SocketAddr) -> TcpSocket {
+        match remote {
+            SocketAddr::V4(_) => TcpSocket::new_v4().unwrap(),
+            SocketAddr::V6(_) => TcpSocket::new_v6().unwrap(),
+        }
+    }
+
+    /// RFC 5082 §3 on the socket, read back with getsockopt: TTL 255 out,
+    /// minimum TTL 256 − hops in; eBGP multihop sets only the TTL.
+    #[tokio::test]
+    async fn gtsm_and_multihop_socket_options() {
+        for remote in ["127.0.0.1:179", "[::1]:179"] {
+            let remote: SocketAddr = remote.parse().unwrap();
+            let peer = PeerConfig::new(65001, Ipv4Addr::new(10, 0, 0, 1), PeerAsn::Exact(65002));
+            let mut config = SessionConfig::new(peer, remote);
+
+            let plain = socket(remote);
+            let default_ttl = sockopt::ttl(&plain, remote).unwrap();
+            set_ttl_options(&config, &plain).unwrap();
+            assert_eq!(sockopt::ttl(&plain, remote).unwrap(), default_ttl);
+            assert_eq!(sockopt::min_ttl(&plain, remote).unwrap(), 0);
+
+            config.gtsm_hops = Some(1);
+            let direct = socket(remote);
+            set_ttl_options(&config, &direct).unwrap();
+            assert_eq!(sockopt::ttl(&direct, remote).unwrap(), 255, "{remote}");
+            assert_eq!(sockopt::min_ttl(&direct, remote).unwrap(), 255, "{remote}");
+
+            config.gtsm_hops = Some(3);
+            let three = socket(remote);
+            set_ttl_options(&config, &three).unwrap();
+            assert_eq!(sockopt::min_ttl(&three, remote).unwrap(), 253, "{remote}");
+
+            config.gtsm_hops = None;
+            config.ttl = Some(2);
+            let multihop = socket(remote);
+            set_ttl_options(&config, &multihop).unwrap();
+            assert_eq!(sockopt::ttl(&multihop, remote).unwrap(), 2, "{remote}");
+            assert_eq!(sockopt::min_ttl(&multihop, remote).unwrap(), 0, "{remote}");
         }
     }
 }

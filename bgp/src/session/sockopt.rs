@@ -30,6 +30,26 @@ pub fn set_min_ttl(socket: &impl AsFd, peer: SocketAddr, min_ttl: u8) -> io::Res
     setsockopt_int(socket, level, name, libc::c_int::from(min_ttl))
 }
 
+/// The minimum incoming TTL (hop limit for IPv6) set by [`set_min_ttl`];
+/// 0 when none is.
+pub fn min_ttl(socket: &impl AsFd, peer: SocketAddr) -> io::Result<u8> {
+    let (level, name) = match peer {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MINTTL),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT),
+    };
+    let value = getsockopt_int(socket, level, name)?;
+    u8::try_from(value).map_err(|_| io::Error::other(format!("minimum TTL {value} out of range")))
+}
+
+/// The outgoing TTL (hop limit for IPv6) of the socket.
+pub fn ttl(socket: &impl AsFd, peer: SocketAddr) -> io::Result<u32> {
+    let sock = SockRef::from(socket);
+    match peer {
+        SocketAddr::V4(_) => sock.ttl_v4(),
+        SocketAddr::V6(_) => sock.unicast_hops_v6(),
+    }
+}
+
 /// `struct tcp_md5sig` of `linux/tcp.h` (libc does not define it).
 #[repr(C)]
 struct TcpMd5Sig {
@@ -145,6 +165,34 @@ fn setsockopt_int(
     };
     if rc == 0 {
         Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[allow(unsafe_code)]
+fn getsockopt_int(
+    socket: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let fd = socket.as_fd();
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is a valid open socket for the duration of the call
+    // (borrowed); the pointer/length pair describes a live, writable c_int
+    // and `len` its size, which the kernel updates.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
     } else {
         Err(io::Error::last_os_error())
     }

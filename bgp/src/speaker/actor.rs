@@ -3,8 +3,8 @@
 
 use super::{
     BestPathChange, Command, ListenRange, NeighborConfig, PathView, PeerStatus, RouteView,
-    SpeakerConfig, SpeakerError, SpeakerStatus, BATCH_INTERVAL, CONNECT_RETRY, STALE_PATH_TIME,
-    UPDATE_BACKLOG,
+    SpeakerConfig, SpeakerError, SpeakerStatus, BATCH_INTERVAL, CONNECT_RETRY, CONNECT_RETRY_MAX,
+    STALE_PATH_TIME, UPDATE_BACKLOG,
 };
 use crate::fsm::{DownReason, Negotiated, PeerAsn, PeerConfig};
 use crate::rib::hash::PrefixHashMap;
@@ -298,9 +298,20 @@ impl Actor {
             self.config.router_id,
             PeerAsn::Exact(n.asn),
         );
-        peer_config.hold_time = self.config.hold_time;
+        peer_config.hold_time = n.hold_time.unwrap_or(self.config.hold_time);
+        peer_config.keepalive_time = n.keepalive_time;
         peer_config.connect_retry = CONNECT_RETRY;
+        peer_config.connect_retry_max = CONNECT_RETRY_MAX;
         peer_config.passive = n.passive;
+        if let Err(e) = peer_config.validate() {
+            return Err(invalid(&e.to_string()));
+        }
+        match (n.ttl, n.gtsm_hops) {
+            (Some(_), Some(_)) => return Err(invalid("ttl and gtsm_hops are exclusive")),
+            (Some(0), _) => return Err(invalid("TTL 0")),
+            (_, Some(h)) if h == 0 || h == 255 => return Err(invalid("GTSM hops must be 1..=254")),
+            _ => {}
+        }
         let caps = &mut peer_config.capabilities;
         caps.families = self.config.families.clone();
         caps.route_refresh = true;
@@ -333,6 +344,8 @@ impl Actor {
         let mut session_config = SessionConfig::new(peer_config, SocketAddr::new(address, n.port));
         session_config.local = n.local_address.map(|a| SocketAddr::new(a, 0));
         session_config.md5_key = n.password.as_ref().map(|p| p.as_bytes().to_vec());
+        session_config.ttl = n.ttl;
+        session_config.gtsm_hops = n.gtsm_hops;
         session_config.single_connection = dynamic;
         let backlog = Arc::new(UpdateBacklog::new(UPDATE_BACKLOG));
         session_config.update_backlog = Some(backlog.clone());

@@ -54,6 +54,11 @@ pub const UPDATE_BACKLOG: usize = 256;
 /// back sooner).
 pub const CONNECT_RETRY: Duration = Duration::from_secs(5);
 
+/// The cap of ConnectRetry's exponential backoff (5, 10, 20, 30, 30 … s,
+/// each with RFC 4271 §10 jitter): a peer that stays away is not hammered,
+/// one that comes back is found within half a minute.
+pub const CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// How long paths kept across a peer's graceful restart may stay stale
 /// after the session is back, waiting for its End-of-RIB (FRR's default
 /// stale-path time).
@@ -149,6 +154,19 @@ pub struct NeighborConfig {
     pub export: Option<PrefixList>,
     /// Communities added to every route sent to this neighbour.
     pub export_communities: Vec<Community>,
+    /// Hold time proposed to this neighbour (0 or at least 3 s); `None`:
+    /// the speaker's [`SpeakerConfig::hold_time`].
+    pub hold_time: Option<u16>,
+    /// Keepalive interval (RFC 4271 §10); `None`: a third of the
+    /// negotiated hold time. Applies only when shorter than that third.
+    pub keepalive_time: Option<u16>,
+    /// Outgoing TTL (eBGP multihop: the number of hops to the
+    /// neighbour); `None`: the system default. Exclusive with `gtsm_hops`.
+    pub ttl: Option<u8>,
+    /// GTSM (RFC 5082): send with TTL 255 and drop segments from the
+    /// neighbour that arrive with a TTL below 256 − hops (1: directly
+    /// connected). The neighbour must do the same.
+    pub gtsm_hops: Option<u8>,
 }
 
 impl NeighborConfig {
@@ -167,6 +185,10 @@ impl NeighborConfig {
             import: None,
             export: None,
             export_communities: Vec::new(),
+            hold_time: None,
+            keepalive_time: None,
+            ttl: None,
+            gtsm_hops: None,
         }
     }
 }
