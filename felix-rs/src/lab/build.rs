@@ -2,8 +2,11 @@
 //! as detached `felix node run` processes, pods through the `felix-cni`
 //! binary, and the ping matrix.
 
-use super::plan::{LabPlan, NodePlan, CLUSTER_AS, POD_POOL, TOR_AS};
+use super::plan::{
+    LabPlan, NodePlan, Tor, UnderlayHost, CLUSTER_AS, ETCD_CLIENT_PORT, POD_POOL, TOR_AS,
+};
 use super::state::{state_dir, LabPod, LabProcess, LabState};
+use super::tor;
 use crate::agent::status::{self, AgentStatus};
 use std::fmt::Write as _;
 use std::io::Write;
@@ -117,6 +120,25 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// A namespace with one address on subnet 0 (route reflector, ToR,
+    /// etcd), its default route via the lab router.
+    fn underlay_host(&mut self, h: &UnderlayHost) -> Result<(), LabError> {
+        self.netns(&h.netns)?;
+        self.underlay_link(&h.lab_link, &h.netns, "br0")?;
+        let addr = format!("{}/24", h.address);
+        ip(&["-n", &h.netns, "addr", "add", &addr, "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &h.netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.0.0.254",
+        ])?;
+        Ok(())
+    }
+
     fn spawn(
         &mut self,
         ns: &str,
@@ -172,10 +194,9 @@ fn spawn_detached(
 
 fn agent_toml(plan: &LabPlan, node: &NodePlan, dir: &Path) -> String {
     let mut t = String::new();
-    let db = dir.join("felix.db");
     let _ = writeln!(t, "node_name = \"{}\"", node.name);
     let _ = writeln!(t, "node_address = \"{}/{}\"", node.address, node.prefix_len);
-    let _ = writeln!(t, "datastore = \"sqlite:{}\"", db.display());
+    let _ = writeln!(t, "datastore = \"{}\"", plan.datastore_url(dir));
     let _ = writeln!(
         t,
         "control_socket = \"{}\"",
@@ -216,18 +237,6 @@ pub fn up(plan: &LabPlan, bins: &Binaries, out: &mut dyn Write) -> Result<LabSta
             prefix: plan.options.prefix.clone(),
             dir,
         });
-    }
-    if plan.options.datastore != super::plan::LabDatastore::Sqlite {
-        return Err(LabError::Unsupported(
-            "--datastore etcd: the agent's etcd backend is not on main yet; only sqlite".into(),
-        ));
-    }
-    if let Some(t) = plan.options.tor {
-        if t != super::plan::Tor::Bird {
-            return Err(LabError::Unsupported(format!(
-                "--tor {t:?}: only bird is built so far"
-            )));
-        }
     }
     if !bins.felix.exists() {
         return Err(LabError::Unsupported(format!(
@@ -299,27 +308,22 @@ pub fn up(plan: &LabPlan, bins: &Binaries, out: &mut dyn Write) -> Result<LabSta
         format!("nodes: {} namespaces on the underlay", plan.nodes.len()),
     );
 
+    if let Some(etcd) = &plan.etcd {
+        b.underlay_host(etcd)?;
+        start_etcd(&mut b, etcd)?;
+        say(
+            out,
+            format!(
+                "datastore: etcd in {} at {} (data in {})",
+                etcd.netns,
+                etcd.address,
+                dir.join("etcd").display()
+            ),
+        );
+    }
+
     if let Some(rr) = &plan.route_reflector {
-        b.netns(&rr.netns)?;
-        b.underlay_link(&rr.lab_link, &rr.netns, "br0")?;
-        ip(&[
-            "-n",
-            &rr.netns,
-            "addr",
-            "add",
-            &format!("{}/24", rr.address),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&[
-            "-n",
-            &rr.netns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.0.0.254",
-        ])?;
+        b.underlay_host(rr)?;
         let mut args: Vec<String> = vec![
             "bgp".into(),
             "run".into(),
@@ -348,78 +352,31 @@ pub fn up(plan: &LabPlan, bins: &Binaries, out: &mut dyn Write) -> Result<LabSta
         );
     }
 
-    if let Some(tor) = &plan.tor {
-        b.netns(&tor.netns)?;
-        b.underlay_link(&tor.lab_link, &tor.netns, "br0")?;
-        ip(&[
-            "-n",
-            &tor.netns,
-            "addr",
-            "add",
-            &format!("{}/24", tor.address),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&[
-            "-n",
-            &tor.netns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.0.0.254",
-        ])?;
-        let mut conf = format!(
-            "router id {};\nprotocol device {{}}\nprotocol kernel {{ ipv4 {{ export all; }}; }}\n",
-            tor.address
-        );
-        for (i, n) in plan.nodes.iter().enumerate() {
-            let _ = writeln!(
-                conf,
-                "protocol bgp node{i} {{ local {} as {TOR_AS}; neighbor {} as {CLUSTER_AS}; \
-                 connect delay time 1; connect retry time 1; error wait time 1, 5; \
-                 ipv4 {{ import all; export all; }}; }}",
-                tor.address, n.address
-            );
-        }
-        let conf_path = dir.join("bird.conf");
-        std::fs::write(&conf_path, conf).map_err(io("writing bird.conf"))?;
-        let sock = dir.join("bird.ctl");
-        let pidfile = dir.join("bird.pid");
-        in_ns(
-            &tor.netns,
-            &[
-                "bird",
-                "-c",
-                &conf_path.display().to_string(),
-                "-s",
-                &sock.display().to_string(),
-                "-P",
-                &pidfile.display().to_string(),
-            ],
-        )?;
-        std::thread::sleep(Duration::from_millis(200));
-        if let Some(pid) = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-        {
-            b.state.processes.push(LabProcess {
-                pid,
-                what: "ToR bird".into(),
-                cmdline_contains: "bird".into(),
-            });
-            b.save()?;
-        }
+    if let (Some(tor), Some(kind)) = (&plan.tor, plan.options.tor) {
+        b.underlay_host(tor)?;
+        start_tor(&mut b, tor, kind)?;
         say(
             out,
             format!(
-                "ToR: BIRD 2 in {} at {}, AS {TOR_AS}",
-                tor.netns, tor.address
+                "ToR: {} in {} at {}, AS {TOR_AS}",
+                match kind {
+                    Tor::Bird => "BIRD 2",
+                    Tor::Gobgp => "GoBGP",
+                    Tor::Frr => "FRR bgpd",
+                },
+                tor.netns,
+                tor.address
             ),
         );
     }
 
-    create_pool(plan, &dir)?;
+    create_pool(plan, &dir).map_err(|e| match &plan.etcd {
+        Some(_) => LabError::NotReady(format!(
+            "{e}\netcd's log:\n{}",
+            std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default()
+        )),
+        None => e,
+    })?;
     for node in &plan.nodes {
         let cfg = dir.join(format!("{}.toml", node.name));
         std::fs::write(&cfg, agent_toml(plan, node, &dir)).map_err(io("writing agent config"))?;
@@ -489,36 +446,53 @@ fn wait_ready(state: &LabState, peers: usize, deadline: Instant) -> Result<(), L
     }
 }
 
-/// Waits until every agent has learned a route for every other node's
-/// blocks and has programmed them (with a blackhole per own block) into its
-/// kernel: only then can the ping matrix expect answers.
+/// Waits until every agent covers every pod: its own pods' addresses in
+/// its own blocks, every other pod's address in a learned route, all of
+/// them programmed (a blackhole per own block, a route per learned one)
+/// into its kernel. Only then can the ping matrix expect answers. (Counting
+/// blocks is not enough: an agent that has not yet seen its own block's
+/// affinity would count as done.)
 fn wait_routes(state: &LabState, deadline: Instant) -> Result<(), LabError> {
+    let pods: Vec<(String, std::net::IpAddr)> = state
+        .pods
+        .iter()
+        .filter_map(|p| Some((p.node.clone(), p.address.parse().ok()?)))
+        .collect();
     loop {
-        let statuses: Vec<AgentStatus> = state
-            .control_sockets
-            .iter()
-            .filter_map(|(_, s)| status::query(s).ok())
-            .collect();
-        let all_blocks: usize = statuses.iter().map(|s| s.blocks.len()).sum();
-        // A node with pods originates at least one block once it has
-        // noticed its affinity.
-        let with_blocks = statuses
-            .iter()
-            .filter(|s| state.pods.iter().any(|p| p.node == s.node))
-            .all(|s| !s.blocks.is_empty());
-        let done = statuses.len() == state.control_sockets.len()
-            && with_blocks
-            && statuses.iter().all(|s| {
-                s.routes.len() + s.blocks.len() >= all_blocks
-                    && s.routes_programmed == Some(s.routes.len() + s.blocks.len())
+        let mut waiting = Vec::new();
+        for (node, sock) in &state.control_sockets {
+            let s = match status::query(sock) {
+                Ok(s) => s,
+                Err(e) => {
+                    waiting.push(format!("{node}: {e}"));
+                    continue;
+                }
+            };
+            let uncovered = pods.iter().find(|(owner, addr)| {
+                if owner == node {
+                    !s.blocks.iter().any(|b| b.contains(addr))
+                } else {
+                    !s.routes.keys().any(|r| r.contains(addr))
+                }
             });
-        if done {
+            if let Some((owner, addr)) = uncovered {
+                waiting.push(format!("{node}: no block or route for {addr} (on {owner})"));
+            } else if s.routes_programmed != Some(s.routes.len() + s.blocks.len()) {
+                waiting.push(format!(
+                    "{node}: {:?} of {} routes programmed",
+                    s.routes_programmed,
+                    s.routes.len() + s.blocks.len()
+                ));
+            }
+        }
+        if waiting.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(LabError::NotReady(
-                "not every node learned and programmed every other node's blocks in time".into(),
-            ));
+            return Err(LabError::NotReady(format!(
+                "not every node routes to every pod in time:\n  {}",
+                waiting.join("\n  ")
+            )));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -541,9 +515,11 @@ pub fn summary(s: &AgentStatus) -> String {
 }
 
 /// Creates the IP pool (VXLAN CrossSubnet with two subnets) in the lab's
-/// datastore, before the agents start.
+/// datastore, before the agents start. An etcd lives in the lab's
+/// namespaces, so the pool is written from a thread inside the lab
+/// router's namespace, retried while etcd is still starting.
 fn create_pool(plan: &LabPlan, dir: &Path) -> Result<(), LabError> {
-    let url = format!("sqlite:{}", dir.join("felix.db").display());
+    let url = plan.datastore_url(dir);
     let cidr: ipnet::IpNet = POD_POOL
         .parse()
         .map_err(|e| LabError::Unsupported(format!("{POD_POOL}: {e}")))?;
@@ -551,20 +527,206 @@ fn create_pool(plan: &LabPlan, dir: &Path) -> Result<(), LabError> {
     if plan.options.subnets > 1 {
         spec.vxlan_mode = ipam::pool::EncapMode::CrossSubnet;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io("starting a runtime"))?;
-    rt.block_on(async {
-        let store = ipam::store::open(&url)
-            .await
-            .map_err(|e| LabError::Unsupported(format!("datastore {url}: {e}")))?;
-        let allocator = ipam::Allocator::new(store, ipam::AllocatorConfig::default());
-        allocator
-            .create_pool("lab-pool", spec)
-            .await
-            .map_err(|e| LabError::Unsupported(format!("creating pool {POD_POOL}: {e}")))
+    let attempt = move || -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting a runtime: {e}"))?;
+        rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let result = async {
+                    let store = ipam::store::open(&url)
+                        .await
+                        .map_err(|e| format!("datastore {url}: {e}"))?;
+                    let allocator = ipam::Allocator::new(store, ipam::AllocatorConfig::default());
+                    allocator
+                        .create_pool("lab-pool", spec.clone())
+                        .await
+                        .map_err(|e| format!("creating pool {POD_POOL} in {url}: {e}"))
+                }
+                .await;
+                match result {
+                    Ok(_) => return Ok(()),
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+    };
+    let result = if plan.etcd.is_some() {
+        in_netns(&plan.lab_netns, attempt)?
+    } else {
+        attempt()
+    };
+    result.map_err(LabError::NotReady)
+}
+
+/// Runs `f` on a thread of its own that has entered network namespace
+/// `ns` (`setns(2)` changes only the calling thread; sockets made there
+/// stay in `ns`). The lab uses it to reach services on the underlay.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LabError> {
+    let path = format!("/var/run/netns/{ns}");
+    let file = std::fs::File::open(&path).map_err(io(format!("opening {path}")))?;
+    let what = format!("entering namespace {ns}");
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        Ok(f())
     })
+    .join()
+    .map_err(|_| LabError::NotReady(format!("{what}: the thread panicked")))?
+    .map_err(io(what))
+}
+
+/// Starts etcd in its namespace, data in `DIR/etcd` (removed by `down`
+/// with the state directory). It listens on the underlay for the agents
+/// and on the namespace's loopback for its own peer port.
+fn start_etcd(b: &mut Builder<'_>, etcd: &UnderlayHost) -> Result<(), LabError> {
+    let data = b.dir.join("etcd");
+    std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
+    let client = format!("http://{}:{ETCD_CLIENT_PORT}", etcd.address);
+    let peer = "http://127.0.0.1:2380";
+    let args = [
+        "--name=lab".to_string(),
+        format!("--data-dir={}", data.display()),
+        format!("--listen-client-urls={client},http://127.0.0.1:{ETCD_CLIENT_PORT}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster=lab={peer}"),
+        "--log-level=warn".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = b.dir.join("etcd.log");
+    let ns = etcd.netns.clone();
+    b.spawn(&ns, "etcd", &log, Path::new("etcd"), &args)?;
+    Ok(())
+}
+
+/// Writes the ToR daemon's configuration, starts it, and waits until its
+/// own CLI answers (so that a daemon refusing its configuration is an
+/// error here, with its log, and not a session that never comes up).
+fn start_tor(b: &mut Builder<'_>, host: &UnderlayHost, kind: Tor) -> Result<(), LabError> {
+    let dir = b.dir.clone();
+    let nodes = &b.plan.nodes;
+    let ns = host.netns.clone();
+    let log = dir.join("tor.log");
+    match kind {
+        Tor::Bird => {
+            let conf = dir.join("bird.conf");
+            std::fs::write(&conf, tor::bird_conf(host, nodes)).map_err(io("writing bird.conf"))?;
+            let pidfile = dir.join("bird.pid");
+            // BIRD daemonises; its pid comes from its pid file.
+            in_ns(
+                &ns,
+                &[
+                    "bird",
+                    "-c",
+                    &conf.display().to_string(),
+                    "-s",
+                    &dir.join("bird.ctl").display().to_string(),
+                    "-P",
+                    &pidfile.display().to_string(),
+                ],
+            )?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let pid = loop {
+                let pid = std::fs::read_to_string(&pidfile)
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok());
+                match pid {
+                    Some(pid) => break pid,
+                    None if Instant::now() > deadline => {
+                        return Err(LabError::NotReady(format!(
+                            "bird wrote no pid file {}",
+                            pidfile.display()
+                        )))
+                    }
+                    None => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
+            b.state.processes.push(LabProcess {
+                pid,
+                what: "ToR bird".into(),
+                cmdline_contains: "bird".into(),
+            });
+            b.save()?;
+        }
+        Tor::Gobgp => {
+            let conf = dir.join("gobgpd.toml");
+            std::fs::write(&conf, tor::gobgp_conf(host, nodes))
+                .map_err(io("writing gobgpd.toml"))?;
+            let api = format!("127.0.0.1:{}", tor::GOBGP_API_PORT);
+            let conf_s = conf.display().to_string();
+            b.spawn(
+                &ns,
+                "ToR gobgpd",
+                &log,
+                Path::new("gobgpd"),
+                &["-f", &conf_s, "--api-hosts", &api, "--pprof-disable"],
+            )?;
+        }
+        Tor::Frr => {
+            // bgpd alone (no zebra: -Z, no kernel routes: -n) as user frr,
+            // which must own its directory (RECIPES.md).
+            let frr = dir.join("frr");
+            std::fs::create_dir_all(&frr).map_err(io(format!("creating {}", frr.display())))?;
+            let conf = frr.join("bgpd.conf");
+            std::fs::write(&conf, tor::frr_conf(host, nodes, &frr.join("bgpd.log")))
+                .map_err(io("writing bgpd.conf"))?;
+            run("chown", &["-R", "frr:frr", &frr.display().to_string()])?;
+            let s = |p: &Path| p.display().to_string();
+            let args = [
+                "-f".to_string(),
+                s(&conf),
+                "-i".into(),
+                s(&frr.join("bgpd.pid")),
+                "-z".into(),
+                s(&frr.join("zserv.api")),
+                "--vty_socket".into(),
+                s(&frr),
+                "-Z".into(),
+                "-n".into(),
+                "-u".into(),
+                "frr".into(),
+                "-g".into(),
+                "frr".into(),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            b.spawn(&ns, "ToR bgpd", &log, Path::new(tor::FRR_BGPD), &args)?;
+        }
+    }
+    let command = tor::sessions_command(kind, &dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        match in_ns(&ns, &args) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(LabError::NotReady(format!(
+                    "the ToR daemon does not answer: {e}\n{log}"
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The lab's ToR RIB, read with the daemon's own CLI in its namespace.
+pub fn tor_rib(prefix: &str, kind: Tor) -> Result<tor::TorRib, LabError> {
+    let dir = state_dir(prefix);
+    let command = tor::rib_command(kind, &dir);
+    let mut args = vec!["netns", "exec"];
+    let ns = format!("{prefix}-tor");
+    args.push(&ns);
+    args.extend(command.iter().map(String::as_str));
+    let text = ip(&args)?;
+    tor::parse_rib(kind, &text).map_err(|e| LabError::NotReady(e.to_string()))
 }
 
 /// Creates every pod: a namespace, then `felix-cni ADD` run in the node's
@@ -967,6 +1129,32 @@ pub fn status_text(prefix: &str) -> Result<String, LabError> {
             Err(e) => e.to_string(),
         };
         let _ = writeln!(o, "  {node:<10} {line}");
+    }
+    let rr = dir.join("rr.sock");
+    if rr.exists() {
+        let line = match crate::control::request_as::<bgp::speaker::SpeakerStatus>(
+            &rr,
+            &crate::control::Request::Status,
+        ) {
+            Ok(s) => {
+                let up = s.peers.iter().filter(|p| p.state == "Established").count();
+                let accepted: u64 = s.peers.iter().map(|p| p.accepted).sum();
+                format!(
+                    "{up}/{} clients Established, {accepted} prefixes accepted",
+                    s.peers.len()
+                )
+            }
+            Err(e) => e.to_string(),
+        };
+        let _ = writeln!(o, "  {:<10} {line}", "reflector");
+    }
+    let options: Option<super::plan::LabOptions> = serde_json::from_value(state.options).ok();
+    if let Some(kind) = options.and_then(|o| o.tor) {
+        let line = match tor_rib(prefix, kind) {
+            Ok(rib) => format!("{kind:?} RIB holds {} prefixes", rib.len()),
+            Err(e) => e.to_string(),
+        };
+        let _ = writeln!(o, "  {:<10} {line}", "ToR");
     }
     for p in &state.pods {
         let _ = writeln!(o, "  pod {:<16} {:<10} {}", p.name, p.node, p.address);

@@ -12,3 +12,4 @@ pub mod build;
 pub mod cli;
 pub mod plan;
 pub mod state;
+pub mod tor;

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
+use std::path::Path;
 use thiserror::Error;
 
 /// The ToR daemons the lab can run.
@@ -68,6 +69,8 @@ pub enum PlanError {
 /// The lab's cluster AS (Calico's default) and the ToR's.
 pub const CLUSTER_AS: u32 = 64512;
 pub const TOR_AS: u32 = 65000;
+/// etcd's client port in its namespace (etcd's registered port).
+pub const ETCD_CLIENT_PORT: u16 = 2379;
 /// The pod pool.
 pub const POD_POOL: &str = "10.244.0.0/16";
 
@@ -101,9 +104,10 @@ pub struct PodPlan {
     pub container_id: String,
 }
 
-/// A router namespace on subnet 0 (route reflector or ToR).
+/// A namespace with one address on underlay subnet 0 that is not a node:
+/// the route reflector, the ToR router or the etcd server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouterPlan {
+pub struct UnderlayHost {
     pub netns: String,
     pub address: Ipv4Addr,
     pub lab_link: String,
@@ -116,8 +120,10 @@ pub struct LabPlan {
     /// The namespace holding the underlay bridges (and routing between them).
     pub lab_netns: String,
     pub nodes: Vec<NodePlan>,
-    pub route_reflector: Option<RouterPlan>,
-    pub tor: Option<RouterPlan>,
+    pub route_reflector: Option<UnderlayHost>,
+    pub tor: Option<UnderlayHost>,
+    /// The etcd server's namespace (`--datastore etcd`).
+    pub etcd: Option<UnderlayHost>,
 }
 
 /// The underlay subnet `k`: 10.0.k.0/24, router at .254.
@@ -162,7 +168,7 @@ impl LabPlan {
                 }
             })
             .collect();
-        let router = |what: &str, host: u8| RouterPlan {
+        let host = |what: &str, host: u8| UnderlayHost {
             netns: format!("{p}-{what}"),
             address: subnet_addr(0, host),
             lab_link: format!("{p}-{what}"),
@@ -170,8 +176,9 @@ impl LabPlan {
         Ok(LabPlan {
             lab_netns: format!("{p}-lab"),
             nodes,
-            route_reflector: options.route_reflector.then(|| router("rr", 250)),
-            tor: options.tor.map(|_| router("tor", 253)),
+            route_reflector: options.route_reflector.then(|| host("rr", 250)),
+            tor: options.tor.map(|_| host("tor", 253)),
+            etcd: (options.datastore == LabDatastore::Etcd).then(|| host("etcd", 252)),
             options,
         })
     }
@@ -185,7 +192,17 @@ impl LabPlan {
         }
         all.extend(self.route_reflector.iter().map(|r| r.netns.clone()));
         all.extend(self.tor.iter().map(|r| r.netns.clone()));
+        all.extend(self.etcd.iter().map(|r| r.netns.clone()));
         all
+    }
+
+    /// The datastore URL the agents (and the lab itself) use: the SQLite
+    /// file in the lab's state directory `dir`, or the lab's etcd.
+    pub fn datastore_url(&self, dir: &Path) -> String {
+        match &self.etcd {
+            Some(etcd) => format!("etcd://{}:{ETCD_CLIENT_PORT}", etcd.address),
+            None => format!("sqlite:{}", dir.join("felix.db").display()),
+        }
     }
 }
 
@@ -211,7 +228,39 @@ mod tests {
         assert_eq!(plan.nodes[2].pods[1].netns, "fxl-n3-p2");
         assert_eq!(plan.namespaces().len(), 1 + 3 + 6);
         assert!(plan.namespaces().iter().all(|n| n.starts_with("fxl-")));
-        assert!(plan.route_reflector.is_none() && plan.tor.is_none());
+        assert!(plan.route_reflector.is_none() && plan.tor.is_none() && plan.etcd.is_none());
+        assert_eq!(
+            plan.datastore_url(Path::new("/run/felix-lab/fxl")),
+            "sqlite:/run/felix-lab/fxl/felix.db"
+        );
+    }
+
+    #[test]
+    fn etcd_lab_has_an_etcd_namespace_and_url() {
+        let plan = LabPlan::new(LabOptions {
+            datastore: LabDatastore::Etcd,
+            route_reflector: true,
+            tor: Some(Tor::Frr),
+            ..Default::default()
+        })
+        .unwrap();
+        let etcd = plan.etcd.as_ref().unwrap();
+        assert_eq!(etcd.netns, "fxl-etcd");
+        assert_eq!(
+            plan.datastore_url(Path::new("/x")),
+            "etcd://10.0.0.252:2379"
+        );
+        // Every extra host has its own address, none a node's or the router's.
+        let mut addrs: Vec<Ipv4Addr> = plan.nodes.iter().map(|n| n.address).collect();
+        addrs.push(Ipv4Addr::new(10, 0, 0, 254));
+        for h in [&plan.route_reflector, &plan.tor, &plan.etcd] {
+            addrs.push(h.as_ref().unwrap().address);
+        }
+        let n = addrs.len();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), n);
+        assert_eq!(plan.namespaces().len(), 1 + 3 + 6 + 3);
     }
 
     #[test]

@@ -159,13 +159,32 @@ impl Lab {
         status::query(&self.socket(node)).unwrap()
     }
 
+    /// The agents' datastore: the SQLite file, or the lab's etcd (reachable
+    /// only from inside the lab's namespaces: see [`build::in_netns`]).
     pub fn datastore_url(&self) -> String {
-        format!(
-            "sqlite:{}",
-            felix_rs::lab::state::state_dir(&self.prefix)
-                .join("felix.db")
-                .display()
-        )
+        self.plan
+            .datastore_url(&felix_rs::lab::state::state_dir(&self.prefix))
+    }
+
+    /// Pings every pod from every other pod; panics naming the failed pairs.
+    pub fn assert_full_ping_matrix(&self) {
+        let pods = &self.state.pods;
+        let m = build::ping_matrix(pods);
+        let mut failed = Vec::new();
+        for (i, a) in pods.iter().enumerate() {
+            for (j, b) in pods.iter().enumerate() {
+                if i != j && m[i][j] != Some(true) {
+                    failed.push(format!("{} -> {} ({})", a.name, b.name, b.address));
+                }
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of {} pings failed: {failed:?}\n{}",
+            failed.len(),
+            pods.len() * (pods.len() - 1),
+            build::render_matrix(pods, &m)
+        );
     }
 
     pub fn logs(&self) -> String {
