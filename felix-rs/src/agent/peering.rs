@@ -105,12 +105,23 @@ pub fn plan(inputs: &PeeringInputs<'_>) -> PeeringPlan {
                 continue;
             }
         }
-        if peer.max_restart_time.is_some() || peer.ttl_security.is_some() {
+        if peer.max_restart_time.is_some() {
             out.warnings.push(format!(
-                "BGPPeer {peer_name}: maxRestartTime/ttlSecurity are accepted but not applied \
-                 (the speaker has no per-neighbour restart time or GTSM yet)"
+                "BGPPeer {peer_name}: maxRestartTime is accepted but not applied \
+                 (the speaker has no per-neighbour restart time yet)"
             ));
         }
+        // Calico's ttlSecurity: GTSM with that many hops; 0 is off.
+        let gtsm_hops = match peer.ttl_security {
+            None | Some(0) => None,
+            Some(255) => {
+                out.warnings.push(format!(
+                    "BGPPeer {peer_name}: ttlSecurity 255 leaves no TTL check (1..254 hops); not applied"
+                ));
+                None
+            }
+            Some(hops) => Some(hops),
+        };
         for (address, asn, node) in targets {
             if address == my_addr {
                 continue;
@@ -118,6 +129,7 @@ pub fn plan(inputs: &PeeringInputs<'_>) -> PeeringPlan {
             add(&mut out, address, asn, node);
             if let Some(n) = out.neighbors.get_mut(&address) {
                 n.password = peer.password.clone();
+                n.gtsm_hops = gtsm_hops;
                 if peer.source_address == Some(SourceAddress::None) {
                     n.local_address = None;
                 }
@@ -273,6 +285,7 @@ mod tests {
                     node: Some("n3".into()),
                     peer_ip: Some("10.0.0.253".parse().unwrap()),
                     as_number: Some(65001),
+                    ttl_security: Some(2),
                     ..Default::default()
                 },
             ),
@@ -294,8 +307,14 @@ mod tests {
         assert_eq!(tor.local_address, None);
         assert_eq!(p1.warnings.len(), 1, "{:?}", p1.warnings);
         assert!(p1.warnings[0].contains("global"));
+        assert_eq!(tor.gtsm_hops, None);
         let p3 = run("n3", &nodes(), &bgp, &peers);
         assert_eq!(addrs(&p3), ["10.0.0.252", "10.0.0.253"]);
+        // ttlSecurity: GTSM with that many hops.
+        assert_eq!(
+            p3.neighbors[&"10.0.0.253".parse().unwrap()].gtsm_hops,
+            Some(2)
+        );
     }
 
     #[test]
