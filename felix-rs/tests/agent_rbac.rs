@@ -167,6 +167,7 @@ async fn the_cluster_role_grants_exactly_what_the_agent_uses() {
             "bgppeers",
             "bgpconfigurations",
             "blockaffinities",
+            "ippools",
         ]
         .iter()
         .all(|p| {

@@ -6,14 +6,13 @@ mod netns_support;
 
 use std::net::Ipv4Addr;
 
+use felix_rs::routes::DesiredRoute;
 use felix_rs::routes::DesiredRoutes;
 use felix_rs::routes::RouteProgrammer;
 use felix_rs::tunnel::ipip::{ensure_tunl0, ipip_route};
+use felix_rs::tunnel::vxlan::VXLAN_DEVICE;
 use felix_rs::tunnel::vxlan::{vtep_mac, VxlanConfig, VxlanDevice, VxlanPeer};
-use felix_rs::tunnel::{
-    remote_block_route, rtnetlink_handle, EncapMode, Encapsulation, RemoteHop, TunnelError,
-    Underlay,
-};
+use felix_rs::tunnel::{rtnetlink_handle, Encapsulation, TunnelError, Underlay};
 use ipnet::IpNet;
 use netns_support::NetNs;
 
@@ -73,18 +72,12 @@ fn program(ns: &NetNs, me: &'static Node, peer: &'static Node) -> (u32, u64) {
         table.pod(me.pod_ip.parse().unwrap(), me.veth).unwrap();
         table.blackhole(me.block.parse().unwrap()).unwrap();
         table
-            .insert(
-                remote_block_route(
-                    &underlay,
-                    peer.block.parse::<IpNet>().unwrap(),
-                    &[RemoteHop {
-                        node_address: peer.underlay_ip.parse().unwrap(),
-                        vtep_address: Some(peer.vtep.parse().unwrap()),
-                    }],
-                    Some((Encapsulation::Vxlan, EncapMode::Always)),
-                )
-                .unwrap(),
-            )
+            .insert(DesiredRoute::tunnel(
+                peer.block.parse::<IpNet>().unwrap(),
+                peer.vtep.parse().unwrap(),
+                VXLAN_DEVICE,
+                underlay.tunnel_mtu(Encapsulation::Vxlan),
+            ))
             .unwrap();
         let mut p = RouteProgrammer::new().unwrap();
         p.set_desired(table);
@@ -259,6 +252,34 @@ fn underlay_lookup_errors_are_clear() {
             .unwrap_err();
         assert!(matches!(e, TunnelError::AddressNotOnDevice { .. }), "{e}");
     });
+}
+
+#[test]
+fn underlay_found_by_address_and_device_removed_when_vxlan_goes() {
+    let ns = NetNs::new("vxrm");
+    ns.ip("link add under0 type veth peer name under0p");
+    ns.ip("link set under0 mtu 9000 up");
+    ns.ip("addr add 192.168.83.1/24 dev under0");
+    ns.run(|| async {
+        let handle = rtnetlink_handle().unwrap();
+        // The agent knows its node address, not the device.
+        let u = Underlay::holding(&handle, "192.168.83.1".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(u.device, "under0");
+        assert_eq!(u.address, "192.168.83.1/24".parse::<IpNet>().unwrap());
+        assert_eq!(u.mtu, 9000);
+        assert_eq!(u.tunnel_mtu(Encapsulation::Vxlan), 8950);
+        let e = Underlay::holding(&handle, "192.168.84.1".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TunnelError::AddressNotOnDevice { .. }), "{e}");
+        let cfg = VxlanConfig::new(&u, v4("10.244.6.0"), vtep_mac("y")).unwrap();
+        VxlanDevice::ensure(handle.clone(), cfg).await.unwrap();
+        assert!(VxlanDevice::remove(&handle, VXLAN_DEVICE).await.unwrap());
+        assert!(!VxlanDevice::remove(&handle, VXLAN_DEVICE).await.unwrap());
+    });
+    assert!(!ns.out("link show").contains("vxlan.felix"));
 }
 
 #[test]

@@ -102,7 +102,7 @@ async fn start(config: AgentConfig) -> anyhow::Result<run::Stopped> {
         let _ = stop_rx.await;
     }));
     tracing::info!(socket = %config.pod_api_socket.display(), "pod API serving");
-    let routes = super::kernel_routes::KernelRoutes::open()
+    let routes = super::kernel_routes::KernelRoutes::open(config.node_address.addr())
         .map_err(|e| anyhow::anyhow!("route programmer: {e}"))?;
     let plugins = Plugins {
         blocks: Some(std::sync::Arc::new(IpamBlocks { allocator })),

@@ -15,6 +15,7 @@
 //! derive, group `crd.felix-rs.io`, version `v1`): `felix crds` prints the
 //! CustomResourceDefinitions generated from these types.
 
+use crate::tunnel::vxlan::VxlanPeer;
 use ipnet::IpNet;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -129,6 +130,39 @@ impl FelixNode {
     pub fn same_subnet(&self, other: IpAddr) -> bool {
         IpNet::V4(self.bgp.ipv4_address.trunc()).contains(&other)
     }
+
+    /// The node's VXLAN end as registered: tunnel address, MAC and underlay
+    /// address; `None` unless both tunnel fields are there (and the MAC
+    /// reads as one).
+    pub fn vtep(&self) -> Option<VxlanPeer> {
+        Some(VxlanPeer {
+            vtep_address: self.ipv4_vxlan_tunnel_addr?,
+            vtep_mac: parse_mac(self.vxlan_tunnel_mac_addr.as_deref()?)?,
+            node_address: self.bgp.ipv4_address.addr(),
+        })
+    }
+}
+
+/// `66:0a:…` (six hex octets, `:`-separated) as bytes.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// A MAC as Calico writes it: lower-case hex octets joined by `:`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Cluster-wide BGP settings (Calico `BGPConfigurationSpec`, the fields
@@ -324,6 +358,36 @@ mod tests {
         let json = serde_json::to_value(&node).unwrap();
         assert_eq!(json["bgp"]["routeReflectorClusterID"], "10.255.0.1");
         assert_eq!(json["ipv4VXLANTunnelAddr"], "10.244.0.1");
+    }
+
+    #[test]
+    fn vtep_needs_address_and_a_well_formed_mac() {
+        let mut node: FelixNode = serde_json::from_str(
+            r#"{"bgp":{"ipv4Address":"10.0.1.3/24"},"ipv4VXLANTunnelAddr":"10.244.0.128",
+                "vxlanTunnelMACAddr":"66:0a:ff:00:01:02"}"#,
+        )
+        .unwrap();
+        let vtep = node.vtep().unwrap();
+        assert_eq!(
+            vtep.vtep_address,
+            "10.244.0.128".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(vtep.vtep_mac, [0x66, 0x0a, 0xff, 0, 1, 2]);
+        assert_eq!(vtep.node_address, "10.0.1.3".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(format_mac(vtep.vtep_mac), "66:0a:ff:00:01:02");
+        for bad in [
+            "66:0a:ff:00:01",
+            "66:0a:ff:00:01:02:03",
+            "66-0a-ff-00-01-02",
+            "6:0a:ff:00:01:022",
+            "zz:0a:ff:00:01:02",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        node.vxlan_tunnel_mac_addr = Some("nonsense".into());
+        assert_eq!(node.vtep(), None);
+        node.vxlan_tunnel_mac_addr = None;
+        assert_eq!(node.vtep(), None);
     }
 
     #[test]

@@ -8,15 +8,22 @@
 //!    difference, so a new node or peer takes effect without a restart.
 //! 4. Originates the node's affine blocks; withdraws a block whose affinity
 //!    is gone.
-//! 5. Turns the speaker's best paths into [`DesiredRoutes`] and hands them
-//!    to the [`RouteSink`] (on every change and every `resync_seconds`).
-//! 6. Serves `felix status` (control socket) and `/metrics`, `/livez`,
+//! 5. Follows the IP pools: when one wants VXLAN or IPIP for this node, takes
+//!    a tunnel address from IPAM and registers it (with the VTEP MAC) on the
+//!    node's object, as Calico does; other nodes' registrations give the
+//!    VTEPs to program.
+//! 6. Turns the speaker's best paths into [`DesiredRoutes`]
+//!    ([`forwarding::remote_route`]: direct, VXLAN or IPIP per block) plus
+//!    the tunnels, and hands them to the [`RouteSink`] (on every change and
+//!    every `resync_seconds`), once nodes and pools have been read.
+//! 7. Serves `felix status` (control socket) and `/metrics`, `/livez`,
 //!    `/readyz`.
 //!
 //! On SIGINT/SIGTERM the agent exits without a Cease: its sessions just
 //! close, so peers that negotiated graceful restart keep its routes as
-//! stale (RFC 4724 §4.2), while its own kernel routes and registration stay
-//! (a restart neither flushes routes nor makes the node leave the mesh).
+//! stale (RFC 4724 §4.2), while its own kernel routes, tunnel devices and
+//! registration stay (a restart neither flushes routes nor makes the node
+//! leave the mesh or change its VTEP).
 //! The next start finds felix's routes in the kernel and announces itself
 //! as restarting (R and F bits); until every peer's End-of-RIB is in, the
 //! route programmer only adds and changes routes, so forwarding never
@@ -25,18 +32,20 @@
 
 use super::config::AgentConfig;
 use super::follow::{self, KindUpdate};
-use super::forwarding::{self, DesiredRoutes, Encapsulation, RemoteRoute};
+use super::forwarding::{self, DesiredRoutes, LocalVtep, Topology, Tunnels};
 use super::http::{self, Counters, Responder};
 use super::peering::{self, PeeringInputs};
 use super::resources::{
-    BgpConfigurationSpec, BgpPeerSpec, FelixNode, NodeBgp, DEFAULT_BGP_CONFIGURATION,
+    format_mac, BgpConfigurationSpec, BgpPeerSpec, FelixNode, NodeBgp, DEFAULT_BGP_CONFIGURATION,
 };
 use super::status::{self, AgentStatus};
 use bgp::speaker::{BestPathChange, NeighborConfig, Speaker, SpeakerConfig};
+use ipam::pool::IpPoolSpec;
 use ipam::store::{Datastore, Kind, StoreError};
+use ipam::TunnelKind;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -47,14 +56,20 @@ use tokio::sync::mpsc;
 /// How many recent errors `felix status` shows.
 pub const LAST_ERRORS: usize = 10;
 
-/// The node's affine blocks, from IPAM.
+/// The node's affine blocks and tunnel addresses, from IPAM.
 #[async_trait::async_trait]
 pub trait BlockSource: Send + Sync {
     /// The blocks confirmed affine to `node` (claimed by its first pod's
-    /// allocation through the pod API).
+    /// allocation through the pod API, or by its tunnel address).
     async fn affine_blocks(&self, node: &str) -> Result<BTreeSet<IpNet>, String>;
-    /// The encapsulation of the pool holding `prefix`.
-    async fn encapsulation(&self, prefix: IpNet) -> Encapsulation;
+    /// Makes sure `node` (with `labels`) holds a tunnel address of `kind`
+    /// when a pool wants that tunnel and none otherwise; returns it.
+    async fn tunnel_address(
+        &self,
+        node: &str,
+        kind: TunnelKind,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Option<Ipv4Addr>, String>;
 }
 
 /// Where the desired routes go: the route programmer.
@@ -144,6 +159,20 @@ pub fn node_object(config: &AgentConfig) -> FelixNode {
     }
 }
 
+/// Takes the tunnel fields of the node's stored object over into `me`, so
+/// that re-registering at start does not withdraw the VTEP the other
+/// nodes forward to (they are checked against IPAM once the pools are read).
+async fn keep_stored_tunnels(store: &dyn Datastore, name: &str, me: &mut FelixNode) {
+    let Ok(obj) = store.get(Kind::FelixNode, name).await else {
+        return;
+    };
+    if let Ok(stored) = serde_json::from_slice::<FelixNode>(&obj.value) {
+        me.ipv4_vxlan_tunnel_addr = stored.ipv4_vxlan_tunnel_addr;
+        me.vxlan_tunnel_mac_addr = stored.vxlan_tunnel_mac_addr;
+        me.ipv4_ipip_tunnel_addr = stored.ipv4_ipip_tunnel_addr;
+    }
+}
+
 /// Creates or updates the node's object (compare-and-swap, retried on a
 /// concurrent change).
 pub async fn register(
@@ -196,7 +225,8 @@ pub async fn run(
     store: Arc<dyn Datastore>,
     mut plugins: Plugins,
 ) -> Result<Stopped, AgentError> {
-    let me = node_object(&config);
+    let mut me = node_object(&config);
+    keep_stored_tunnels(&*store, &config.node_name, &mut me).await;
     register(&*store, &config.node_name, &me)
         .await
         .map_err(|source| AgentError::Register {
@@ -273,7 +303,12 @@ pub async fn run(
     tokio::spawn(http::serve(http_listener, responder(shared.clone())));
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut kinds = vec![Kind::FelixNode, Kind::BgpPeer, Kind::BgpConfiguration];
+    let mut kinds = vec![
+        Kind::FelixNode,
+        Kind::BgpPeer,
+        Kind::BgpConfiguration,
+        Kind::IpPool,
+    ];
     if plugins.blocks.is_some() {
         kinds.push(Kind::BlockAffinity);
     }
@@ -286,6 +321,7 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut state = LoopState {
         config: &config,
+        store: store.clone(),
         me,
         speaker: speaker.clone(),
         shared: shared.clone(),
@@ -296,7 +332,8 @@ pub async fn run(
         blocks: BTreeSet::new(),
         learned: BTreeMap::new(),
         desired: DesiredRoutes::default(),
-        encap: BTreeMap::new(),
+        pools: Vec::new(),
+        tunnels_due: false,
         reconciled: false,
         seen: BTreeSet::new(),
         restart_sync,
@@ -310,21 +347,24 @@ pub async fn run(
         tokio::select! {
             update = rx.recv() => {
                 let Some(update) = update else { break };
-                let blocks_changed = state.apply(update, plugins.blocks.as_deref()).await;
-                routes_dirty |= blocks_changed;
+                let changed = state.apply(update, plugins.blocks.as_deref()).await;
+                routes_dirty |= changed;
             }
             change = best.recv() => {
                 let Some(change) = change else { break };
-                state.learn(change, plugins.blocks.as_deref()).await;
+                state.learn(change);
                 // Drain what else is queued, to program a burst at once.
                 while let Ok(change) = best.try_recv() {
-                    state.learn(change, plugins.blocks.as_deref()).await;
+                    state.learn(change);
                 }
                 routes_dirty = true;
             }
             _ = tick.tick() => {
                 if last_sync.elapsed() >= resync {
                     routes_dirty = true;
+                }
+                if state.tunnels_due {
+                    routes_dirty |= state.ensure_tunnels(plugins.blocks.as_deref()).await;
                 }
                 if state.refresh_status().await {
                     // Re-learned after a restart: what is stale can go now.
@@ -337,17 +377,17 @@ pub async fn run(
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
-        if routes_dirty {
+        if routes_dirty && state.program(plugins.routes.as_deref_mut()).await {
             routes_dirty = false;
             last_sync = Instant::now();
-            state.program(plugins.routes.as_deref_mut()).await;
         }
     }
     // No Cease: peers keep our routes through a graceful restart (the
-    // kernel routes stay too); the sessions close with the process.
+    // kernel routes and tunnel devices stay too); the sessions close with
+    // the process.
     tracing::info!(
         "stopping: BGP sessions dropped without Cease (graceful restart), \
-         kernel routes and registration kept"
+         kernel routes, tunnel devices and registration kept"
     );
     let _ = std::fs::remove_file(&config.control_socket);
     drop(state);
@@ -356,6 +396,7 @@ pub async fn run(
 
 struct LoopState<'a> {
     config: &'a AgentConfig,
+    store: Arc<dyn Datastore>,
     me: FelixNode,
     speaker: Speaker,
     shared: Arc<Mutex<Shared>>,
@@ -366,7 +407,9 @@ struct LoopState<'a> {
     blocks: BTreeSet<IpNet>,
     learned: BTreeMap<IpNet, Vec<IpAddr>>,
     desired: DesiredRoutes,
-    encap: BTreeMap<IpNet, Encapsulation>,
+    pools: Vec<IpPoolSpec>,
+    /// The tunnel addresses need another try (IPAM or registration failed).
+    tunnels_due: bool,
     reconciled: bool,
     /// Kinds heard from at least once (the plan waits for all of them).
     seen: BTreeSet<Kind>,
@@ -386,7 +429,8 @@ impl LoopState<'_> {
         }
     }
 
-    /// Applies a datastore update; true when the node's blocks changed.
+    /// Applies a datastore update; true when the routes or tunnels may
+    /// have to change (blocks, nodes' VTEPs, pools).
     async fn apply(&mut self, update: KindUpdate, blocks: Option<&dyn BlockSource>) -> bool {
         let (kind, objects) = match update {
             KindUpdate::Error { kind, message } => {
@@ -406,12 +450,26 @@ impl LoopState<'_> {
         match kind {
             Kind::FelixNode => {
                 let (nodes, b) = follow::decode_all::<FelixNode>(kind, &objects);
-                bad = b;
+                for b in b {
+                    self.error(b);
+                }
                 self.nodes = nodes;
                 // Our own object may have been deleted (node removal):
                 // keep peering as ourselves.
                 self.nodes
                     .insert(self.config.node_name.clone(), self.me.clone());
+                self.replan_when_ready().await;
+                // Other nodes' VTEPs may have changed.
+                return true;
+            }
+            Kind::IpPool => {
+                let (pools, b) = follow::decode_all::<IpPoolSpec>(kind, &objects);
+                for b in b {
+                    self.error(b);
+                }
+                self.pools = pools.into_values().collect();
+                self.ensure_tunnels(blocks).await;
+                return true;
             }
             Kind::BgpPeer => {
                 let (peers, b) = follow::decode_all::<BgpPeerSpec>(kind, &objects);
@@ -428,9 +486,7 @@ impl LoopState<'_> {
             }
             Kind::BlockAffinity => {
                 let changed = self.refresh_blocks(blocks).await;
-                if self.all_seen() {
-                    self.replan().await;
-                }
+                self.replan_when_ready().await;
                 return changed;
             }
             _ => {}
@@ -438,10 +494,65 @@ impl LoopState<'_> {
         for b in bad {
             self.error(b);
         }
+        self.replan_when_ready().await;
+        false
+    }
+
+    /// Re-plans the peerings once every kind they come from is read.
+    async fn replan_when_ready(&mut self) {
         if self.all_seen() {
             self.replan().await;
         }
-        false
+    }
+
+    /// Takes (or gives back) the node's tunnel addresses as the pools say
+    /// and registers them with the VTEP MAC; true when the registration
+    /// changed. A failure is retried every second.
+    async fn ensure_tunnels(&mut self, blocks: Option<&dyn BlockSource>) -> bool {
+        let Some(source) = blocks else { return false };
+        let name = self.config.node_name.clone();
+        let mut me = self.me.clone();
+        let mut failed = false;
+        for kind in TunnelKind::ALL {
+            match source
+                .tunnel_address(&name, kind, &self.config.labels)
+                .await
+            {
+                Ok(address) => match kind {
+                    TunnelKind::Vxlan => {
+                        me.ipv4_vxlan_tunnel_addr = address;
+                        me.vxlan_tunnel_mac_addr =
+                            address.map(|_| format_mac(crate::tunnel::vxlan::vtep_mac(&name)));
+                    }
+                    TunnelKind::Ipip => me.ipv4_ipip_tunnel_addr = address,
+                },
+                Err(e) => {
+                    self.error(format!("{kind:?} tunnel address: {e}"));
+                    failed = true;
+                }
+            }
+        }
+        self.tunnels_due = failed;
+        if me == self.me {
+            return false;
+        }
+        match register(&*self.store, &name, &me).await {
+            Ok(()) => {
+                tracing::info!(
+                    vxlan = ?me.ipv4_vxlan_tunnel_addr,
+                    ipip = ?me.ipv4_ipip_tunnel_addr,
+                    "tunnel addresses registered"
+                );
+                self.me = me;
+                self.nodes.insert(name, self.me.clone());
+                true
+            }
+            Err(e) => {
+                self.error(format!("registering tunnel addresses: {e}"));
+                self.tunnels_due = true;
+                false
+            }
+        }
     }
 
     /// Every kind the plan needs has been read once.
@@ -534,41 +645,44 @@ impl LoopState<'_> {
         }
     }
 
-    async fn learn(&mut self, change: BestPathChange, blocks: Option<&dyn BlockSource>) {
+    fn learn(&mut self, change: BestPathChange) {
         if change.is_withdrawal() || change.local || change.next_hops.is_empty() {
             self.learned.remove(&change.prefix);
             return;
         }
-        if let std::collections::btree_map::Entry::Vacant(slot) = self.encap.entry(change.prefix) {
-            slot.insert(match blocks {
-                Some(b) => b.encapsulation(change.prefix).await,
-                None => Encapsulation::None,
-            });
-        }
         self.learned.insert(change.prefix, change.next_hops);
     }
 
-    async fn program(&mut self, sink: Option<&mut (dyn RouteSink + '_)>) {
-        let me = &self.me;
+    /// Hands the desired state to the sink; false (nothing done) until the
+    /// nodes and pools have been read: programming before that would take
+    /// away routes and tunnel entries a restart should keep.
+    async fn program(&mut self, sink: Option<&mut (dyn RouteSink + '_)>) -> bool {
+        if !(self.seen.contains(&Kind::FelixNode) && self.seen.contains(&Kind::IpPool)) {
+            return false;
+        }
+        let topo = Topology {
+            me: &self.me,
+            nodes: &self.nodes,
+            pools: &self.pools,
+        };
         let remote = self
             .learned
             .iter()
             .filter(|(p, _)| !self.blocks.contains(p))
-            .map(|(p, hops)| {
-                let encap = self.encap.get(p).copied().unwrap_or_default();
-                let via = forwarding::via(encap, hops, |h| me.same_subnet(h));
-                (
-                    *p,
-                    RemoteRoute {
-                        next_hops: hops.clone(),
-                        via,
-                    },
-                )
-            })
+            .map(|(p, hops)| (*p, forwarding::remote_route(*p, hops, &topo)))
             .collect();
+        let tunnels = Tunnels {
+            vxlan: self.me.vtep().map(|v| LocalVtep {
+                address: v.vtep_address,
+                mac: v.vtep_mac,
+            }),
+            vxlan_peers: forwarding::vxlan_peers(&self.config.node_name, &self.nodes),
+            ipip: self.me.ipv4_ipip_tunnel_addr,
+        };
         self.desired = DesiredRoutes {
             blackholes: self.blocks.clone(),
             remote,
+            tunnels: Some(tunnels),
         };
         let started = Instant::now();
         let result = match sink {
@@ -594,6 +708,7 @@ impl LoopState<'_> {
         if failed {
             tracing::warn!("route reconcile failed; retried at the next change or resync");
         }
+        true
     }
 
     /// Refreshes the status; true when a graceful restart's re-learning

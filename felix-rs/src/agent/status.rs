@@ -2,7 +2,7 @@
 //! socket (a unix socket, mode 0600 in a 0700 directory). The agent
 //! writes one JSON [`AgentStatus`] to every connection and closes it.
 
-use super::forwarding::RemoteRoute;
+use super::forwarding::{RemoteRoute, Via};
 use bgp::speaker::PeerStatus;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -95,12 +95,19 @@ pub fn render(s: &AgentStatus) -> String {
     let _ = writeln!(o, "routes     {} learned, {prog}", s.routes.len());
     for (prefix, r) in &s.routes {
         let hops: Vec<String> = r.next_hops.iter().map(|h| h.to_string()).collect();
+        let how = match (&r.pending, r.via) {
+            (Some(why), via) => format!("{via:?}, not programmed: {why}"),
+            (None, Via::Direct) => "Direct".to_string(),
+            (None, via) => {
+                let g: Vec<String> = r.gateways.iter().map(|h| h.to_string()).collect();
+                format!("{via:?} via {}", g.join(","))
+            }
+        };
         let _ = writeln!(
             o,
-            "  {:<20} via {:<28} {:?}",
+            "  {:<20} via {:<28} {how}",
             prefix.to_string(),
             hops.join(","),
-            r.via
         );
     }
     if !s.warnings.is_empty() {
@@ -184,7 +191,6 @@ pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::agent::forwarding::Via;
 
     #[test]
     fn the_screen_names_node_peers_blocks_routes_and_errors() {
@@ -209,13 +215,35 @@ mod tests {
                 end_of_rib: false,
             }],
             blocks: vec!["10.244.0.0/26".parse().unwrap()],
-            routes: [(
-                "10.244.0.64/26".parse().unwrap(),
-                RemoteRoute {
-                    next_hops: vec!["10.0.0.2".parse().unwrap()],
-                    via: Via::Direct,
-                },
-            )]
+            routes: [
+                (
+                    "10.244.0.64/26".parse().unwrap(),
+                    RemoteRoute {
+                        next_hops: vec!["10.0.0.2".parse().unwrap()],
+                        via: Via::Direct,
+                        gateways: vec!["10.0.0.2".parse().unwrap()],
+                        pending: None,
+                    },
+                ),
+                (
+                    "10.244.1.0/26".parse().unwrap(),
+                    RemoteRoute {
+                        next_hops: vec!["10.0.1.3".parse().unwrap()],
+                        via: Via::Vxlan,
+                        gateways: vec!["10.244.1.0".parse().unwrap()],
+                        pending: None,
+                    },
+                ),
+                (
+                    "10.244.1.64/26".parse().unwrap(),
+                    RemoteRoute {
+                        next_hops: vec!["10.0.1.4".parse().unwrap()],
+                        via: Via::Vxlan,
+                        gateways: vec![],
+                        pending: Some("node node-4 has no VTEP registered yet".into()),
+                    },
+                ),
+            ]
             .into(),
             last_errors: vec!["3s ago: datastore unavailable".into()],
             ..Default::default()
@@ -229,6 +257,8 @@ mod tests {
             "10.244.0.0/26",
             "10.244.0.64/26",
             "not programmed",
+            "Vxlan via 10.244.1.0",
+            "not programmed: node node-4 has no VTEP",
             "datastore unavailable",
         ] {
             assert!(text.contains(needle), "{needle} in\n{text}");

@@ -1,23 +1,20 @@
 //! Tunnels for cross-subnet pod traffic, the way Calico does it: a
 //! felix-managed VXLAN device with static neighbour and FDB entries per
-//! remote node ([`vxlan`]), or IPIP over `tunl0` ([`ipip`]); and the choice,
-//! per remote node, between routing straight to its address and going
-//! through a tunnel ([`remote_block_route`], Calico's `ipipMode` /
-//! `vxlanMode`: `Never`, `CrossSubnet`, `Always`).
+//! remote node ([`vxlan`]), or IPIP over `tunl0` ([`ipip`]); the underlay
+//! they run over ([`Underlay`]) and the MTU left inside them. Which
+//! learned block goes through which tunnel is the agent's decision
+//! (`agent::forwarding::remote_route`, Calico's `vxlanMode` / `ipipMode`).
 
 pub mod ipip;
 pub mod vxlan;
 
 use std::io;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
-
-use crate::routes::{DesiredRoute, NextHop};
 
 /// VXLAN over IPv4: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const VXLAN_V4_OVERHEAD: u32 = 50;
@@ -33,30 +30,6 @@ pub enum Encapsulation {
     Vxlan,
     /// IP in IP (RFC 2003) on `tunl0`.
     Ipip,
-}
-
-/// When a pool encapsulates (Calico's `ipipMode` / `vxlanMode` values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EncapMode {
-    /// Never: route straight to the remote node.
-    #[default]
-    Never,
-    /// Only to nodes outside this node's underlay subnet.
-    CrossSubnet,
-    /// To every remote node.
-    Always,
-}
-
-impl FromStr for EncapMode {
-    type Err = TunnelError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "Never" => Ok(EncapMode::Never),
-            "CrossSubnet" => Ok(EncapMode::CrossSubnet),
-            "Always" => Ok(EncapMode::Always),
-            other => Err(TunnelError::BadMode(other.to_string())),
-        }
-    }
 }
 
 /// Why a tunnel or underlay operation failed.
@@ -91,18 +64,6 @@ pub enum TunnelError {
     /// This kernel cannot make IPIP tunnels (no `ipip` module).
     #[error("ipip not available in this kernel: {0}")]
     IpipUnavailable(String),
-    /// A VXLAN route to a node whose VTEP is not known.
-    #[error("node {0} has no VXLAN tunnel address (VTEP) registered")]
-    NoVtep(IpAddr),
-    /// VXLAN here is IPv4-only.
-    #[error("{0}: felix's VXLAN device carries IPv4 only (no VXLAN for IPv6 pools yet)")]
-    Ipv6Vxlan(IpNet),
-    /// IPIP carries IPv4 only.
-    #[error("{0}: IPIP carries IPv4 only")]
-    Ipv6Ipip(IpNet),
-    /// An unknown encapsulation mode.
-    #[error("unknown encapsulation mode {0:?} (Never, CrossSubnet or Always)")]
-    BadMode(String),
 }
 
 impl TunnelError {
@@ -206,6 +167,48 @@ impl Underlay {
         })
     }
 
+    /// The underlay of the device that holds `address` (the node address
+    /// the agent is configured with).
+    pub async fn holding(
+        handle: &rtnetlink::Handle,
+        address: IpAddr,
+    ) -> Result<Underlay, TunnelError> {
+        let mut addrs = handle.address().get().execute();
+        let mut ifindex = None;
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .map_err(TunnelError::netlink("listing addresses"))?
+        {
+            let here = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == address));
+            if here && ifindex.is_none() {
+                ifindex = Some(msg.header.index);
+            }
+        }
+        let ifindex = ifindex.ok_or(TunnelError::AddressNotOnDevice {
+            device: "any device".into(),
+            address,
+        })?;
+        let mut links = handle.link().get().match_index(ifindex).execute();
+        let link = links
+            .try_next()
+            .await
+            .map_err(TunnelError::netlink(format!("looking up link {ifindex}")))?
+            .ok_or_else(|| TunnelError::DeviceNotFound(format!("index {ifindex}")))?;
+        let device = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| TunnelError::DeviceNotFound(format!("index {ifindex}")))?;
+        Underlay::lookup(handle, &device, Some(address)).await
+    }
+
     /// Whether `ip` is on this node's underlay subnet (reachable without a
     /// router: Calico's `CrossSubnet` test).
     pub fn on_subnet(&self, ip: IpAddr) -> bool {
@@ -226,62 +229,6 @@ pub fn tunnel_mtu(underlay_mtu: u32, encap: Encapsulation, underlay_is_ipv6: boo
         (Encapsulation::Ipip, _) => IPIP_OVERHEAD,
     };
     underlay_mtu.saturating_sub(overhead)
-}
-
-/// One remote node that originates a block (one BGP best path).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteHop {
-    /// The node's underlay address (the BGP next hop).
-    pub node_address: IpAddr,
-    /// The node's VXLAN tunnel address (its VTEP), when it has one.
-    pub vtep_address: Option<IpAddr>,
-}
-
-/// The route to a remote block: per next hop, straight via the node address
-/// when no tunnel is needed, else on-link through the tunnel (VXLAN: via the
-/// remote VTEP on [`vxlan::VXLAN_DEVICE`]; IPIP: via the node address on
-/// `tunl0`). Several hops give an ECMP route; any tunneled hop sets the
-/// tunnel MTU on the route.
-pub fn remote_block_route(
-    underlay: &Underlay,
-    block: IpNet,
-    hops: &[RemoteHop],
-    encap: Option<(Encapsulation, EncapMode)>,
-) -> Result<DesiredRoute, TunnelError> {
-    let mut next_hops = Vec::with_capacity(hops.len());
-    let mut mtu = None;
-    for hop in hops {
-        let tunneled = match encap {
-            None | Some((_, EncapMode::Never)) => None,
-            Some((e, EncapMode::Always)) => Some(e),
-            Some((e, EncapMode::CrossSubnet)) => {
-                (!underlay.on_subnet(hop.node_address)).then_some(e)
-            }
-        };
-        match tunneled {
-            None => next_hops.push(NextHop::gateway(hop.node_address)),
-            Some(Encapsulation::Vxlan) => {
-                if block.addr().is_ipv6() {
-                    return Err(TunnelError::Ipv6Vxlan(block));
-                }
-                let vtep = hop
-                    .vtep_address
-                    .ok_or(TunnelError::NoVtep(hop.node_address))?;
-                next_hops.push(NextHop::onlink(vtep, vxlan::VXLAN_DEVICE));
-                mtu = Some(underlay.tunnel_mtu(Encapsulation::Vxlan));
-            }
-            Some(Encapsulation::Ipip) => {
-                if block.addr().is_ipv6() || hop.node_address.is_ipv6() {
-                    return Err(TunnelError::Ipv6Ipip(block));
-                }
-                next_hops.push(NextHop::onlink(hop.node_address, ipip::IPIP_DEVICE));
-                mtu = Some(underlay.tunnel_mtu(Encapsulation::Ipip));
-            }
-        }
-    }
-    let mut route = DesiredRoute::multipath(block, next_hops);
-    route.mtu = mtu;
-    Ok(route)
 }
 
 /// The link called `name`, if there is one.
@@ -312,7 +259,6 @@ pub fn rtnetlink_handle() -> Result<rtnetlink::Handle, TunnelError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::routes::RouteKind;
 
     fn underlay() -> Underlay {
         Underlay {
@@ -322,12 +268,6 @@ mod tests {
             mtu: 1500,
         }
     }
-    fn hop(node: &str, vtep: Option<&str>) -> RemoteHop {
-        RemoteHop {
-            node_address: node.parse().unwrap(),
-            vtep_address: vtep.map(|v| v.parse().unwrap()),
-        }
-    }
 
     #[test]
     fn tunnel_mtu_subtracts_the_encapsulation_overhead() {
@@ -335,86 +275,7 @@ mod tests {
         assert_eq!(tunnel_mtu(1500, Encapsulation::Vxlan, true), 1430);
         assert_eq!(tunnel_mtu(9000, Encapsulation::Ipip, false), 8980);
         assert_eq!(underlay().tunnel_mtu(Encapsulation::Ipip), 1480);
-    }
-
-    #[test]
-    fn modes_parse_calico_spelling() {
-        assert_eq!(
-            "CrossSubnet".parse::<EncapMode>().unwrap(),
-            EncapMode::CrossSubnet
-        );
-        assert!("crosssubnet".parse::<EncapMode>().is_err());
-    }
-
-    #[test]
-    fn cross_subnet_tunnels_only_to_other_subnets() {
-        let block: IpNet = "10.244.1.0/26".parse().unwrap();
-        let enc = Some((Encapsulation::Vxlan, EncapMode::CrossSubnet));
-        let same = remote_block_route(
-            &underlay(),
-            block,
-            &[hop("192.168.1.11", Some("10.244.9.1"))],
-            enc,
-        )
-        .unwrap();
-        assert_eq!(
-            same.kind,
-            RouteKind::Via(vec![NextHop::gateway("192.168.1.11".parse().unwrap())])
-        );
-        assert_eq!(same.mtu, None);
-        let other = remote_block_route(
-            &underlay(),
-            block,
-            &[hop("192.168.2.11", Some("10.244.9.1"))],
-            enc,
-        )
-        .unwrap();
-        assert_eq!(
-            other.kind,
-            RouteKind::Via(vec![NextHop::onlink(
-                "10.244.9.1".parse().unwrap(),
-                "vxlan.felix"
-            )])
-        );
-        assert_eq!(other.mtu, Some(1450));
-        let ipip = remote_block_route(
-            &underlay(),
-            block,
-            &[hop("192.168.1.11", None)],
-            Some((Encapsulation::Ipip, EncapMode::Always)),
-        )
-        .unwrap();
-        assert_eq!(
-            ipip.kind,
-            RouteKind::Via(vec![NextHop::onlink(
-                "192.168.1.11".parse().unwrap(),
-                "tunl0"
-            )])
-        );
-        assert_eq!(ipip.mtu, Some(1480));
-    }
-
-    #[test]
-    fn ecmp_and_missing_vtep() {
-        let block: IpNet = "10.244.1.0/26".parse().unwrap();
-        let r = remote_block_route(
-            &underlay(),
-            block,
-            &[hop("192.168.1.11", None), hop("192.168.1.12", None)],
-            None,
-        )
-        .unwrap();
-        assert!(matches!(&r.kind, RouteKind::Via(h) if h.len() == 2));
-        let e = remote_block_route(
-            &underlay(),
-            block,
-            &[hop("192.168.2.11", None)],
-            Some((Encapsulation::Vxlan, EncapMode::Always)),
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "node 192.168.2.11 has no VXLAN tunnel address (VTEP) registered"
-        );
+        assert!(underlay().on_subnet("192.168.1.200".parse().unwrap()));
+        assert!(!underlay().on_subnet("192.168.2.1".parse().unwrap()));
     }
 }

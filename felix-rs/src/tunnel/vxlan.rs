@@ -4,7 +4,7 @@
 //! neighbour entry (remote VTEP address -> remote VTEP MAC) and a static FDB
 //! entry (remote VTEP MAC -> remote node's underlay address). Routes to
 //! remote blocks then go on-link via the remote VTEP address on this device
-//! ([`super::remote_block_route`]). No flooding, no multicast group: every
+//! (`agent::forwarding::remote_route`). No flooding, no multicast group: every
 //! entry comes from the datastore, so the device never has to learn.
 
 use std::collections::{HashMap, HashSet};
@@ -126,6 +126,13 @@ pub fn vtep_mac(seed: &str) -> [u8; 6] {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    // MurmurHash3's fmix64: FNV alone leaves names that differ in their
+    // last character with MACs that differ in one octet.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
     let b = h.to_be_bytes();
     [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }
@@ -210,12 +217,7 @@ impl VxlanDevice {
             other => {
                 if let Some(link) = other {
                     tracing::info!(device = %name, "recreating VXLAN device with felix's parameters");
-                    handle
-                        .link()
-                        .del(link.header.index)
-                        .execute()
-                        .await
-                        .map_err(TunnelError::netlink(format!("deleting {name}")))?;
+                    delete_link(&handle, link.header.index, &name).await?;
                 }
                 handle
                     .link()
@@ -249,6 +251,17 @@ impl VxlanDevice {
         };
         dev.ensure_address().await?;
         Ok(dev)
+    }
+
+    /// Deletes the device called `name` if there is one (no pool wants
+    /// VXLAN any more); true when one was deleted. Its routes, neighbour and
+    /// FDB entries go with it.
+    pub async fn remove(handle: &rtnetlink::Handle, name: &str) -> Result<bool, TunnelError> {
+        let Some(link) = link_by_name(handle, name).await? else {
+            return Ok(false);
+        };
+        delete_link(handle, link.header.index, name).await?;
+        Ok(true)
     }
 
     async fn ensure_address(&self) -> Result<(), TunnelError> {
@@ -422,6 +435,19 @@ impl VxlanDevice {
     }
 }
 
+async fn delete_link(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    name: &str,
+) -> Result<(), TunnelError> {
+    handle
+        .link()
+        .del(index)
+        .execute()
+        .await
+        .map_err(TunnelError::netlink(format!("deleting {name}")))
+}
+
 /// The minimal message that deletes a dumped entry: its key only (a dump's
 /// cache info and state are no part of a delete request).
 fn delete_key(msg: &NeighbourMessage) -> NeighbourMessage {
@@ -534,6 +560,10 @@ mod tests {
         assert_eq!(a, vtep_mac("node-a"));
         assert_ne!(a, vtep_mac("node-b"));
         assert_eq!(a[0] & 0x03, 0x02, "locally administered, unicast");
+        // Names one character apart get MACs apart in most octets.
+        let (m1, m2) = (vtep_mac("node-1"), vtep_mac("node-2"));
+        let differing = m1.iter().zip(&m2).filter(|(x, y)| x != y).count();
+        assert!(differing >= 3, "{m1:02x?} vs {m2:02x?}");
     }
 
     #[test]
