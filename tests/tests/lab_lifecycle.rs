@@ -9,9 +9,9 @@ mod lab_common;
 use felix_rs::lab::build::{self, felix_cni, CniCall};
 use felix_rs::lab::plan::LabOptions;
 use ipam::store::Kind;
-use lab_common::{established, wait_until, Lab};
+use lab_common::{established, ping_result, start_ping, wait_until, Lab};
 use nix::sys::signal::Signal;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -153,36 +153,6 @@ fn pod_churn_of_100_pods_leaves_no_route_address_or_veth() {
     assert_eq!(after, expected);
     // A second DEL of a deleted pod is fine (CNI spec: DEL is idempotent).
     call("DEL", &first[0].0, &first[0].1).unwrap();
-}
-
-/// `ping -i 0.01 -c COUNT` from pod namespace `ns` to `to`, in the background.
-fn start_ping(ns: &str, to: &str, count: u32) -> std::process::Child {
-    Command::new("ip")
-        .args([
-            "netns", "exec", ns, "ping", "-q", "-n", "-i", "0.01", "-W", "1",
-        ])
-        .args(["-c", &count.to_string(), to])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// (transmitted, received) from ping's summary.
-fn ping_result(child: std::process::Child) -> (u32, u32, String) {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary: {text}"));
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|w| !w.is_empty())
-        .take(2)
-        .map(|w| w.parse().unwrap())
-        .collect();
-    (nums[0], nums[1], text)
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! binary, and the ping matrix.
 
 use super::plan::{
-    LabPlan, NodePlan, Tor, UnderlayHost, CLUSTER_AS, ETCD_CLIENT_PORT, POD_POOL, TOR_AS,
+    LabEncapsulation, LabPlan, NodePlan, Tor, UnderlayHost, CLUSTER_AS, ETCD_CLIENT_PORT, POD_POOL,
+    TOR_AS,
 };
 use super::state::{state_dir, LabPod, LabProcess, LabState};
 use super::tor;
@@ -514,8 +515,8 @@ pub fn summary(s: &AgentStatus) -> String {
     )
 }
 
-/// Creates the IP pool (VXLAN CrossSubnet with two subnets) in the lab's
-/// datastore, before the agents start. An etcd lives in the lab's
+/// Creates the IP pool (VXLAN or IPIP CrossSubnet with two subnets) in the
+/// lab's datastore, before the agents start. An etcd lives in the lab's
 /// namespaces, so the pool is written from a thread inside the lab
 /// router's namespace, retried while etcd is still starting.
 fn create_pool(plan: &LabPlan, dir: &Path) -> Result<(), LabError> {
@@ -525,7 +526,10 @@ fn create_pool(plan: &LabPlan, dir: &Path) -> Result<(), LabError> {
         .map_err(|e| LabError::Unsupported(format!("{POD_POOL}: {e}")))?;
     let mut spec = ipam::pool::IpPoolSpec::new(cidr);
     if plan.options.subnets > 1 {
-        spec.vxlan_mode = ipam::pool::EncapMode::CrossSubnet;
+        match plan.options.encapsulation {
+            LabEncapsulation::Vxlan => spec.vxlan_mode = ipam::pool::EncapMode::CrossSubnet,
+            LabEncapsulation::Ipip => spec.ipip_mode = ipam::pool::EncapMode::CrossSubnet,
+        }
     }
     let attempt = move || -> Result<(), String> {
         let rt = tokio::runtime::Builder::new_current_thread()

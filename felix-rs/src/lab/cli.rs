@@ -1,7 +1,7 @@
 //! `felix lab up|down|status` arguments and output.
 
 use super::build::{self, Binaries};
-use super::plan::{LabDatastore, LabOptions, LabPlan, Tor};
+use super::plan::{LabDatastore, LabEncapsulation, LabOptions, LabPlan, Tor};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
@@ -42,6 +42,10 @@ pub struct UpArgs {
     /// Underlay subnets (2: nodes alternate between two subnets behind a router).
     #[arg(long, default_value_t = 1)]
     pub subnets: u8,
+    /// The tunnel between the subnets (the pool's vxlanMode or ipipMode
+    /// CrossSubnet); only with --subnets 2.
+    #[arg(long, value_enum, default_value_t = LabEncapsulation::Vxlan)]
+    pub encapsulation: LabEncapsulation,
     /// The datastore shared by the agents.
     #[arg(long, value_enum, default_value_t = LabDatastore::Sqlite)]
     pub datastore: LabDatastore,
@@ -85,6 +89,7 @@ fn up(args: &UpArgs) -> ExitCode {
         route_reflector: args.route_reflector,
         tor: args.tor,
         subnets: args.subnets,
+        encapsulation: args.encapsulation,
         datastore: args.datastore,
     }) {
         Ok(p) => p,

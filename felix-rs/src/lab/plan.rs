@@ -25,6 +25,16 @@ pub enum LabDatastore {
     Etcd,
 }
 
+/// The tunnel between the two subnets of `--subnets 2` (the pool's mode is
+/// `CrossSubnet`: nodes on one subnet route to each other directly).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LabEncapsulation {
+    #[default]
+    Vxlan,
+    Ipip,
+}
+
 /// What the user asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabOptions {
@@ -36,6 +46,9 @@ pub struct LabOptions {
     pub tor: Option<Tor>,
     /// 1, or 2 (nodes alternate between two L3 subnets behind a router).
     pub subnets: u8,
+    /// The pool's tunnel with 2 subnets (ignored with one).
+    #[serde(default)]
+    pub encapsulation: LabEncapsulation,
     pub datastore: LabDatastore,
 }
 
@@ -48,6 +61,7 @@ impl Default for LabOptions {
             route_reflector: false,
             tor: None,
             subnets: 1,
+            encapsulation: LabEncapsulation::Vxlan,
             datastore: LabDatastore::Sqlite,
         }
     }

@@ -8,7 +8,7 @@ use felix_rs::lab::build::{self, Binaries};
 use felix_rs::lab::plan::{LabOptions, LabPlan};
 use felix_rs::lab::state::LabState;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// True (after printing SKIPPED) when the test cannot run here.
@@ -259,4 +259,34 @@ pub fn namespaces_with(prefix: &str) -> Vec<String> {
 /// The agent's status, `None` while it does not answer.
 pub fn status_ok(socket: &Path) -> Option<AgentStatus> {
     status::query(socket).ok()
+}
+
+/// `ping -i 0.01 -c COUNT` from pod namespace `ns` to `to`, in the background.
+pub fn start_ping(ns: &str, to: &str, count: u32) -> std::process::Child {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-q", "-n", "-i", "0.01", "-W", "1",
+        ])
+        .args(["-c", &count.to_string(), to])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// (transmitted, received) from ping's summary.
+pub fn ping_result(child: std::process::Child) -> (u32, u32, String) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .take(2)
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (nums[0], nums[1], text)
 }
