@@ -268,14 +268,17 @@ fn route_reflector_lab_has_five_clients_accepted_by_felix_bgp_run() {
     let file = felix_rs::bgp_run::parse_file_config(&text).unwrap();
     assert_eq!(file.asn, Some(CLUSTER_AS));
     assert_eq!(file.router_id, Some(addr));
-    let clients: BTreeSet<IpAddr> = file
-        .neighbors
-        .iter()
-        .inspect(|n| assert!(n.rr_client && n.asn == CLUSTER_AS, "{n:?}"))
-        .map(|n| n.address)
-        .collect();
-    let want: BTreeSet<IpAddr> = nodes.values().map(|a| IpAddr::V4(*a)).collect();
-    assert_eq!(clients, want);
+    // Every node is accepted as a client (dynamic, from a listen range),
+    // nothing else is configured.
+    assert!(file.neighbors.is_empty(), "{:?}", file.neighbors);
+    for (name, addr) in &nodes {
+        let range = file
+            .listen_ranges
+            .iter()
+            .find(|r| r.prefix.contains(&IpAddr::V4(*addr)))
+            .unwrap_or_else(|| panic!("{name} ({addr}) is in no listen range"));
+        assert!(range.rr_client && range.asn == CLUSTER_AS, "{range:?}");
+    }
     // And the whole configuration passes `felix bgp run`'s checks.
     let again = felix_rs::bgp_run::parse_file_config(&text).unwrap();
     felix_rs::bgp_run::RunPlan::merge(again, &Default::default()).unwrap();

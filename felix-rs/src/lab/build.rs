@@ -337,11 +337,15 @@ pub fn up(plan: &LabPlan, bins: &Binaries, out: &mut dyn Write) -> Result<LabSta
             "--control-socket".into(),
             dir.join("rr.sock").display().to_string(),
         ];
-        for n in &plan.nodes {
-            args.push("--neighbor".into());
-            args.push(format!("{}:{CLUSTER_AS}", n.address));
-            args.push("--rr-client".into());
-            args.push(n.address.to_string());
+        // The nodes as dynamic clients from their subnets (Calico's RRs
+        // accept their clients the same way): the reflector never dials a
+        // node, so a node whose first connection came before the
+        // reflector listened is answered at its next attempt, and a
+        // reflector session is never refused while the reflector waits
+        // out a ConnectRetry backoff towards a node not yet listening.
+        for k in 0..plan.options.subnets {
+            args.push("--listen-range".into());
+            args.push(format!("10.0.{k}.0/24:{CLUSTER_AS}"));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let ns = rr.netns.clone();

@@ -183,61 +183,64 @@ fn parse_bird(text: &str) -> TorRib {
     rib
 }
 
-fn json(command: &str, text: &str) -> Result<serde_json::Value, RibError> {
-    serde_json::from_str(text).map_err(|e| RibError::Parse {
+/// Reads a JSON RIB: `routes` finds the map of prefix → paths in the
+/// answer, `hops` the next hops of one path.
+fn parse_json_rib(
+    command: &str,
+    text: &str,
+    routes: impl Fn(&serde_json::Value) -> Option<&serde_json::Map<String, serde_json::Value>>,
+    hops: impl Fn(&serde_json::Value) -> Vec<Ipv4Addr>,
+) -> Result<TorRib, RibError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| RibError::Parse {
         command: command.into(),
         message: e.to_string(),
-    })
+    })?;
+    let mut rib = TorRib::new();
+    for (prefix, paths) in routes(&v).into_iter().flatten() {
+        let Ok(p) = prefix.parse::<Ipv4Net>() else {
+            continue;
+        };
+        let entry = rib.entry(p).or_default();
+        for path in paths.as_array().into_iter().flatten() {
+            entry.extend(hops(path));
+        }
+    }
+    Ok(rib)
+}
+
+/// The addresses at `key` of the objects in `path[list]` that `keep`.
+fn addresses(
+    path: &serde_json::Value,
+    list: &str,
+    key: &str,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<Ipv4Addr> {
+    path[list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| keep(o))
+        .filter_map(|o| o[key].as_str()?.parse().ok())
+        .collect()
 }
 
 /// `gobgp global rib -j`: `{"PREFIX": [{"attrs": [{"type": 3, "nexthop": "A"}, …]}, …]}`
 /// (path attribute type 3 is NEXT_HOP, RFC 4271 §5.1.3).
 fn parse_gobgp(text: &str) -> Result<TorRib, RibError> {
-    let v = json("gobgp", text)?;
-    let mut rib = TorRib::new();
-    let Some(map) = v.as_object() else {
-        return Ok(rib);
-    };
-    for (prefix, paths) in map {
-        let Ok(p) = prefix.parse::<Ipv4Net>() else {
-            continue;
-        };
-        let hops = rib.entry(p).or_default();
-        for path in paths.as_array().into_iter().flatten() {
-            for attr in path["attrs"].as_array().into_iter().flatten() {
-                if attr["type"] == 3 {
-                    if let Some(h) = attr["nexthop"].as_str().and_then(|h| h.parse().ok()) {
-                        hops.push(h);
-                    }
-                }
-            }
-        }
-    }
-    Ok(rib)
+    parse_json_rib("gobgp", text, serde_json::Value::as_object, |path| {
+        addresses(path, "attrs", "nexthop", |a| a["type"] == 3)
+    })
 }
 
 /// `vtysh -c 'show bgp ipv4 unicast json'`:
 /// `{"routes": {"PREFIX": [{"nexthops": [{"ip": "A"}]}, …]}}`.
 fn parse_frr(text: &str) -> Result<TorRib, RibError> {
-    let v = json("vtysh", text)?;
-    let mut rib = TorRib::new();
-    let Some(routes) = v["routes"].as_object() else {
-        return Ok(rib);
-    };
-    for (prefix, paths) in routes {
-        let Ok(p) = prefix.parse::<Ipv4Net>() else {
-            continue;
-        };
-        let hops = rib.entry(p).or_default();
-        for path in paths.as_array().into_iter().flatten() {
-            for nh in path["nexthops"].as_array().into_iter().flatten() {
-                if let Some(h) = nh["ip"].as_str().and_then(|h| h.parse().ok()) {
-                    hops.push(h);
-                }
-            }
-        }
-    }
-    Ok(rib)
+    parse_json_rib(
+        "vtysh",
+        text,
+        |v| v["routes"].as_object(),
+        |path| addresses(path, "nexthops", "ip", |_| true),
+    )
 }
 
 #[cfg(test)]
