@@ -34,7 +34,7 @@ fn five_nodes_behind_a_route_reflector_full_ping_matrix() {
         return;
     }
     let lab = Lab::up(
-        "fxr",
+        "fxq",
         LabOptions {
             nodes: 5,
             route_reflector: true,
