@@ -45,8 +45,18 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
-async fn felix_run(store: Arc<dyn Datastore>, what: &str, allocators: usize, ops: usize) -> Row {
-    let alloc = Arc::new(Allocator::new(store, AllocatorConfig::default()));
+async fn felix_run(
+    store: Arc<dyn Datastore>,
+    what: &str,
+    allocators: usize,
+    ops: usize,
+    cached_reads: bool,
+) -> Row {
+    let config = AllocatorConfig {
+        cached_reads,
+        ..AllocatorConfig::default()
+    };
+    let alloc = Arc::new(Allocator::new(store, config));
     alloc
         .create_pool("bench", IpPoolSpec::new(parse_cidr(POOL).unwrap()))
         .await
@@ -243,22 +253,35 @@ fn main() {
         .build()
         .unwrap();
     let mut rows = Vec::new();
-    for allocators in [1, 8, 32] {
+    // The last row of each backend: the same allocator with its read
+    // cache off (every allocation reads pools, node, affinities and block
+    // from the store), the way it was before the cache.
+    for (allocators, cached) in [(1, true), (8, true), (32, true), (8, false)] {
         let dir = tempfile::tempdir().unwrap();
+        let what = if cached {
+            "felix, sqlite"
+        } else {
+            "felix, sqlite, cache off"
+        };
         let row = rt.block_on(async {
             let store = ipam::store::sqlite::SqliteStore::open(dir.path().join("ipam.db"))
                 .await
                 .unwrap();
-            felix_run(Arc::new(store), "felix, sqlite", allocators, n(8_000)).await
+            felix_run(Arc::new(store), what, allocators, n(8_000), cached).await
         });
         rows.push(row);
     }
     if std::path::Path::new("/usr/bin/etcd").exists() {
-        for allocators in [1, 8, 32] {
+        for (allocators, cached) in [(1, true), (8, true), (32, true), (8, false)] {
+            let what = if cached {
+                "felix, etcd"
+            } else {
+                "felix, etcd, cache off"
+            };
             let row = rt.block_on(async {
                 let server = ipam::testing::EtcdServer::start().await.unwrap();
                 let store = server.store().await.unwrap();
-                let row = felix_run(Arc::new(store), "felix, etcd", allocators, n(4_000)).await;
+                let row = felix_run(Arc::new(store), what, allocators, n(4_000), cached).await;
                 drop(server);
                 row
             });
@@ -298,6 +321,18 @@ fn main() {
         rows.iter()
             .find(|r| r.what.starts_with(what) && r.allocators == a)
     };
+    for backend in ["sqlite", "etcd"] {
+        let on = find(&format!("felix, {backend}"), 8);
+        let off = find(&format!("felix, {backend}, cache off"), 8);
+        if let (Some(on), Some(off)) = (on, off) {
+            println!(
+                "{backend} at 8, read cache on vs off: {:.2}x the rate, p99 {} vs {} ms",
+                on.rate() / off.rate(),
+                ms(on.percentile(0.99)),
+                ms(off.percentile(0.99))
+            );
+        }
+    }
     if let (Some(s), Some(h)) = (find("felix, sqlite", 8), find("host-local", 8)) {
         println!(
             "\nsqlite at 8: {:.0}/s (target >= 2000: {}), p99 {} ms (target < 5: {}); {:.1}x host-local",

@@ -255,7 +255,7 @@ async fn allocate(
         store,
         AllocatorConfig {
             strict_affinity: a.strict_affinity,
-            ..AllocatorConfig::default()
+            ..one_shot_config()
         },
     );
     let attrs = AllocationAttrs {
@@ -303,7 +303,7 @@ async fn release(
     r: &ReleaseArgs,
     out: OutputFormat,
 ) -> Result<Outcome, IpamCliError> {
-    let alloc = Allocator::new(store, AllocatorConfig::default());
+    let alloc = Allocator::new(store, one_shot_config());
     if r.ip.is_empty() {
         let Some(handle) = &r.handle else {
             return Err(IpamCliError::Usage("give --ip or --handle".into()));
@@ -401,7 +401,7 @@ async fn show(
     s: &ShowArgs,
     out: OutputFormat,
 ) -> Result<Outcome, IpamCliError> {
-    let alloc = Allocator::new(store, AllocatorConfig::default());
+    let alloc = Allocator::new(store, one_shot_config());
     let pools = alloc.pools().await?;
     let blocks: Vec<IpamBlockSpec> = alloc.blocks().await?.into_iter().map(|(_, b)| b).collect();
 
@@ -520,7 +520,7 @@ async fn pools(
     p: &PoolsCommand,
     out: OutputFormat,
 ) -> Result<Outcome, IpamCliError> {
-    let alloc = Allocator::new(store, AllocatorConfig::default());
+    let alloc = Allocator::new(store, one_shot_config());
     match p {
         PoolsCommand::Create(c) => {
             let cidr = parse_cidr(&c.cidr).map_err(IpamError::from)?;
@@ -623,7 +623,7 @@ async fn check(
     live: &LiveArgs,
     out: OutputFormat,
 ) -> Result<Outcome, IpamCliError> {
-    let alloc = Allocator::new(store, AllocatorConfig::default());
+    let alloc = Allocator::new(store, one_shot_config());
     let report = alloc.check(&live_set(live)?).await?;
     let exit = u8::from(!report.is_clean());
     let stdout = match out {
@@ -710,7 +710,7 @@ async fn collect(
         store,
         AllocatorConfig {
             empty_block_grace: std::time::Duration::from_secs(gc.empty_block_grace),
-            ..AllocatorConfig::default()
+            ..one_shot_config()
         },
     );
     let mut report = alloc.gc(&live_set(&gc.live)?).await?;
@@ -746,4 +746,13 @@ async fn collect(
         }
     };
     Ok(done(stdout))
+}
+
+/// Each command is one short process: the allocator's read cache would
+/// only cost the watches it opens.
+fn one_shot_config() -> AllocatorConfig {
+    AllocatorConfig {
+        cached_reads: false,
+        ..AllocatorConfig::default()
+    }
 }

@@ -35,6 +35,7 @@ use crate::codec::{decode, encode};
 use crate::handle::IpamHandleSpec;
 use crate::names::{affinity_name, cidr_name, handle_name, is_valid_object_name};
 use crate::pool::{IpPool, IpPoolSpec, PoolError};
+use crate::read_cache::ReadCache;
 use crate::store::{Datastore, Kind, Object, Revision, StoreError, WatchEvent, WatchStream};
 
 /// How the allocator behaves.
@@ -50,6 +51,12 @@ pub struct AllocatorConfig {
     /// First back-off after a conflict; doubles up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Serve the pools, node labels and node affinities of the allocation
+    /// fast path from a watch-invalidated cache, and write blocks against
+    /// the revision this allocator last saw (`read_cache`). Worth it in a
+    /// long-lived allocator (the agent); a one-shot command turns it off
+    /// to save opening the watches.
+    pub cached_reads: bool,
 }
 
 impl Default for AllocatorConfig {
@@ -60,6 +67,7 @@ impl Default for AllocatorConfig {
             max_attempts: 100,
             backoff_base: Duration::from_micros(500),
             backoff_max: Duration::from_millis(50),
+            cached_reads: true,
         }
     }
 }
@@ -235,6 +243,28 @@ pub struct Allocator {
     store: Arc<dyn Datastore>,
     config: AllocatorConfig,
     block_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    cache: ReadCache,
+    /// Each block as this allocator last read or wrote it, with its
+    /// revision: the next write to it is tried compare-and-swap on that
+    /// revision without reading it again (a conflict means someone else
+    /// wrote it: read it and retry). Only used under the block's lock.
+    blocks_seen: Mutex<HashMap<String, (Revision, IpamBlockSpec)>>,
+}
+
+/// What the allocation fast path reads from the cache: the pools, the
+/// node's labels, the node's affinities.
+type CachedView = (
+    Arc<Vec<IpPool>>,
+    BTreeMap<String, String>,
+    Vec<BlockAffinity>,
+);
+
+/// A block read for a write: its revision, its spec, and whether it came
+/// from [`Allocator::blocks_seen`] rather than the store.
+struct BlockRead {
+    revision: Revision,
+    spec: IpamBlockSpec,
+    remembered: bool,
 }
 
 impl Allocator {
@@ -243,6 +273,89 @@ impl Allocator {
             store,
             config,
             block_locks: Mutex::new(HashMap::new()),
+            cache: ReadCache::new(),
+            blocks_seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Revision, IpamBlockSpec)>> {
+        self.blocks_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads block `name` for a write (call with its lock held): as last
+    /// seen when `cached_reads` is on and `remembered` is allowed, else from
+    /// the store. `None` when it does not exist.
+    async fn read_block(
+        &self,
+        name: &str,
+        remembered: bool,
+    ) -> Result<Option<BlockRead>, IpamError> {
+        if remembered && self.config.cached_reads {
+            if let Some((revision, spec)) = self.seen().get(name).cloned() {
+                return Ok(Some(BlockRead {
+                    revision,
+                    spec,
+                    remembered: true,
+                }));
+            }
+        }
+        match self.store.get(Kind::IpamBlock, name).await {
+            Ok(obj) => {
+                let spec = IpamBlockSpec::from_object(&obj)?;
+                self.remember_block(name, &obj.revision, &spec);
+                Ok(Some(BlockRead {
+                    revision: obj.revision,
+                    spec,
+                    remembered: false,
+                }))
+            }
+            Err(StoreError::NotFound { .. }) => {
+                self.forget_block(name);
+                Ok(None)
+            }
+            Err(e) => {
+                self.forget_block(name);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn remember_block(&self, name: &str, revision: &Revision, spec: &IpamBlockSpec) {
+        if self.config.cached_reads {
+            self.seen()
+                .insert(name.to_owned(), (revision.clone(), spec.clone()));
+        }
+    }
+
+    pub(crate) fn forget_block(&self, name: &str) {
+        self.seen().remove(name);
+    }
+
+    /// Writes a block read by [`Allocator::read_block`] back,
+    /// compare-and-swap; remembers what was written, forgets the block on
+    /// any failure.
+    async fn write_block(
+        &self,
+        name: &str,
+        read: &BlockRead,
+        spec: &IpamBlockSpec,
+    ) -> Result<(), StoreError> {
+        let value = encode(Kind::IpamBlock, name, spec)?;
+        match self
+            .store
+            .update(Kind::IpamBlock, name, value, &read.revision)
+            .await
+        {
+            Ok(revision) => {
+                self.remember_block(name, &revision, spec);
+                Ok(())
+            }
+            Err(e) => {
+                self.forget_block(name);
+                Err(e)
+            }
         }
     }
 
@@ -281,8 +394,14 @@ impl Allocator {
 
     // ----- pools --------------------------------------------------------
 
-    /// Every pool, by name.
+    /// Every pool, by name (read from the store).
     pub async fn pools(&self) -> Result<Vec<IpPool>, IpamError> {
+        Ok(self.fresh_pools().await?.as_ref().clone())
+    }
+
+    /// The pools from the store, also kept for the fast path.
+    async fn fresh_pools(&self) -> Result<Arc<Vec<IpPool>>, IpamError> {
+        let epoch = self.cache.epoch(Kind::IpPool);
         let listing = self.store.list(Kind::IpPool, "").await?;
         let mut pools = Vec::with_capacity(listing.objects.len());
         for obj in &listing.objects {
@@ -297,7 +416,22 @@ impl Allocator {
                 spec,
             });
         }
+        let pools = Arc::new(pools);
+        if self.config.cached_reads {
+            self.cache.put_pools(epoch, Arc::clone(&pools));
+            self.cache
+                .follow(&self.store, Kind::IpPool, listing.revision)
+                .await;
+        }
         Ok(pools)
+    }
+
+    /// The pools, from the cache when it is current.
+    async fn current_pools(&self) -> Result<Arc<Vec<IpPool>>, IpamError> {
+        match self.cache.pools() {
+            Some(pools) => Ok(pools),
+            None => self.fresh_pools().await,
+        }
     }
 
     /// Creates a pool after checking it and that it overlaps no other.
@@ -313,6 +447,7 @@ impl Allocator {
         )?;
         let value = encode(Kind::IpPool, name, &spec)?;
         self.store.create(Kind::IpPool, name, value).await?;
+        self.cache.invalidate(Kind::IpPool);
         Ok(())
     }
 
@@ -340,6 +475,7 @@ impl Allocator {
             }
         }
         self.store.delete(Kind::IpPool, name, &obj.revision).await?;
+        self.cache.invalidate(Kind::IpPool);
         Ok(removed)
     }
 
@@ -356,11 +492,20 @@ impl Allocator {
             #[serde(default)]
             labels: BTreeMap<String, String>,
         }
-        match self.store.get(Kind::FelixNode, node).await {
-            Ok(obj) => Ok(decode::<NodeLabels>(&obj)?.labels),
-            Err(StoreError::NotFound { .. }) => Ok(BTreeMap::new()),
-            Err(e) => Err(e.into()),
+        let epoch = self.cache.epoch(Kind::FelixNode);
+        // A listing (not a get) for the revision the cache's watch starts at.
+        let listing = self.store.list(Kind::FelixNode, node).await?;
+        let labels = match listing.objects.iter().find(|o| o.name == node) {
+            Some(obj) => decode::<NodeLabels>(obj)?.labels,
+            None => BTreeMap::new(),
+        };
+        if self.config.cached_reads {
+            self.cache.put_labels(node, epoch, labels.clone());
+            self.cache
+                .follow(&self.store, Kind::FelixNode, listing.revision)
+                .await;
         }
+        Ok(labels)
     }
 
     // ----- reading blocks and affinities --------------------------------
@@ -393,6 +538,7 @@ impl Allocator {
         &self,
         node: &str,
     ) -> Result<(Vec<BlockAffinity>, Revision), IpamError> {
+        let epoch = self.cache.epoch(Kind::BlockAffinity);
         let listing = self
             .store
             .list(Kind::BlockAffinity, &Self::affinity_prefix(node))
@@ -406,6 +552,12 @@ impl Allocator {
                     spec,
                 });
             }
+        }
+        if self.config.cached_reads {
+            self.cache.put_affinities(node, epoch, out.clone());
+            self.cache
+                .follow(&self.store, Kind::BlockAffinity, listing.revision.clone())
+                .await;
         }
         Ok((out, listing.revision))
     }
@@ -487,6 +639,19 @@ impl Allocator {
     async fn handle_add(&self, handle: &str, block: &IpNet, n: u64) -> Result<(), IpamError> {
         let name = handle_name(handle);
         let cidr = block.to_string();
+        // Most handles are new (a pod's first address): try to create it
+        // before reading it, which saves a round trip.
+        let mut spec = IpamHandleSpec {
+            handle_id: handle.to_owned(),
+            ..Default::default()
+        };
+        spec.add(&cidr, n);
+        let value = encode(Kind::IpamHandle, &name, &spec)?;
+        match self.store.create(Kind::IpamHandle, &name, value).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         for attempt in 0..self.config.max_attempts {
             match self.store.get(Kind::IpamHandle, &name).await {
                 Err(StoreError::NotFound { .. }) => {
@@ -571,34 +736,51 @@ impl Allocator {
     ) -> Result<Vec<Lease>, IpamError> {
         let name = cidr_name(&cidr);
         let _guard = self.block_lock(&name).await;
-        for attempt in 0..self.config.max_attempts {
-            let obj = match self.store.get(Kind::IpamBlock, &name).await {
-                Ok(obj) => obj,
-                Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
+        // Addresses the handle already counts in this block for this call:
+        // kept across a conflict (an over-count while retrying is harmless,
+        // see the write order above) instead of uncounted and counted again.
+        let mut counted = 0u64;
+        let mut remembered = true;
+        let mut attempt = 0;
+        while attempt < self.config.max_attempts {
+            let Some(read) = self.read_block(&name, remembered).await? else {
+                self.handle_remove_n(handle, &cidr, counted).await?;
+                return Ok(Vec::new());
             };
-            let mut spec = IpamBlockSpec::from_object(&obj)?;
-            if node.is_some() && spec.affine_node() != node {
-                return Ok(Vec::new());
-            }
-            let k = (n as usize).min(spec.free());
+            let mut spec = read.spec.clone();
+            let k = if node.is_some() && spec.affine_node() != node {
+                0
+            } else {
+                (n as usize).min(spec.free())
+            };
             if k == 0 {
+                if read.remembered {
+                    // Decide on what the store says, not on what we saw.
+                    remembered = false;
+                    continue;
+                }
+                self.handle_remove_n(handle, &cidr, counted).await?;
                 return Ok(Vec::new());
             }
-            self.handle_add(handle, &cidr, k as u64).await?;
+            let k64 = k as u64;
+            if counted < k64 {
+                self.handle_add(handle, &cidr, k64 - counted).await?;
+            } else if counted > k64 {
+                self.handle_remove(handle, &cidr, counted - k64).await?;
+            }
+            counted = k64;
             let leases = spec.allocate(k, handle, attrs);
-            let value = encode(Kind::IpamBlock, &name, &spec)?;
-            match self
-                .store
-                .update(Kind::IpamBlock, &name, value, &obj.revision)
-                .await
-            {
-                Ok(_) => return Ok(leases),
-                Err(StoreError::Conflict { .. }) => {
-                    self.handle_remove(handle, &cidr, k as u64).await?;
+            match self.write_block(&name, &read, &spec).await {
+                Ok(()) => return Ok(leases),
+                Err(StoreError::Conflict { .. }) if read.remembered => {
+                    // Someone else wrote the block since we last saw it:
+                    // read it (no back-off, this is not contention).
+                    remembered = false;
+                    continue;
                 }
+                Err(StoreError::Conflict { .. }) => {}
                 Err(StoreError::NotFound { .. }) => {
-                    self.handle_remove(handle, &cidr, k as u64).await?;
+                    self.handle_remove_n(handle, &cidr, counted).await?;
                     return Ok(Vec::new());
                 }
                 // Unknown outcome: keep the handle's count (over-counting
@@ -606,62 +788,174 @@ impl Allocator {
                 Err(e) => return Err(e.into()),
             }
             debug!(block = %cidr, attempt, "block write conflicted; retrying");
+            remembered = false;
             self.backoff(attempt).await;
+            attempt += 1;
         }
+        self.handle_remove_n(handle, &cidr, counted).await?;
         Err(self.too_many(format!("block {cidr}")))
+    }
+
+    async fn handle_remove_n(&self, handle: &str, block: &IpNet, n: u64) -> Result<(), IpamError> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.handle_remove(handle, block, n).await
     }
 
     /// Allocates `num_v4` IPv4 and `num_v6` IPv6 addresses for a handle on
     /// a node; all or nothing.
+    ///
+    /// First from the cached view (pools, node labels, node affinities;
+    /// `read_cache`) and only the node's affine blocks; whatever that
+    /// cannot give is then looked for with fresh reads, claiming and
+    /// borrowing as needed.
     pub async fn auto_assign(&self, req: &AutoAssignRequest) -> Result<Assigned, IpamError> {
         let attrs = owner_attrs(&req.handle, &req.node, &req.attrs)?;
-        let labels = self.node_labels(&req.node, &req.node_labels).await?;
-        let pools: Vec<IpPool> = self
-            .pools()
-            .await?
-            .into_iter()
-            .filter(|p| req.pools.is_empty() || req.pools.contains(&p.name))
-            .collect();
         let mut assigned = Assigned::default();
-        for (family, n) in [(Family::V4, req.num_v4), (Family::V6, req.num_v6)] {
+        let families = [(Family::V4, req.num_v4), (Family::V6, req.num_v6)];
+
+        let mut from_cache: [Vec<Lease>; 2] = [Vec::new(), Vec::new()];
+        if let Some((pools, labels, affinities)) = self.cached_view(req) {
+            for (i, (family, n)) in families.into_iter().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let eligible = eligible_pools(&pools, family, &labels, req);
+                let got = self
+                    .allocate_in_affine_blocks(
+                        family,
+                        n,
+                        &req.handle,
+                        &req.node,
+                        &attrs,
+                        &eligible,
+                        &affinities,
+                    )
+                    .await;
+                match got {
+                    Ok(leases) => from_cache[i] = leases,
+                    Err(e) => {
+                        let taken: Vec<Lease> = from_cache.concat();
+                        self.roll_back(&req.handle, &taken).await;
+                        return Err(e);
+                    }
+                }
+            }
+            let done = families
+                .iter()
+                .zip(&from_cache)
+                .all(|((_, n), got)| got.len() == *n as usize);
+            if done {
+                for (family, leases) in [Family::V4, Family::V6].into_iter().zip(from_cache) {
+                    push_leases(&mut assigned, family, leases);
+                }
+                return Ok(assigned);
+            }
+        }
+
+        let pools = match self.node_labels(&req.node, &req.node_labels).await {
+            Ok(labels) => self.fresh_pools().await.map(|p| (p, labels)),
+            Err(e) => Err(e),
+        };
+        let (pools, labels) = match pools {
+            Ok(x) => x,
+            Err(e) => {
+                let taken: Vec<Lease> = from_cache.concat();
+                self.roll_back(&req.handle, &taken).await;
+                return Err(e);
+            }
+        };
+        for (i, (family, n)) in families.into_iter().enumerate() {
+            let already = std::mem::take(&mut from_cache[i]);
             if n == 0 {
                 continue;
             }
-            let eligible: Vec<&IpPool> = pools
-                .iter()
-                .filter(|p| {
-                    Family::of(&p.spec.cidr) == family
-                        && !p.spec.disabled
-                        && p.spec.allowed_uses.contains(&req.intended_use)
-                        && p.spec.selects(&labels)
-                })
-                .collect();
+            let eligible = eligible_pools(&pools, family, &labels, req);
             let result = if eligible.is_empty() {
+                self.roll_back(&req.handle, &already).await;
                 Err(IpamError::NoPool {
                     family: family.name(),
                     node: req.node.clone(),
                 })
             } else {
-                self.assign_family(family, n, &req.handle, &req.node, &attrs, &eligible)
-                    .await
+                self.assign_family(
+                    family,
+                    n,
+                    &req.handle,
+                    &req.node,
+                    &attrs,
+                    &eligible,
+                    already,
+                )
+                .await
             };
             match result {
-                Ok(leases) => {
-                    for lease in leases {
-                        match family {
-                            Family::V4 => assigned.v4.push(host_net(lease.ip)),
-                            Family::V6 => assigned.v6.push(host_net(lease.ip)),
-                        }
-                        assigned.leases.push(lease);
-                    }
-                }
+                Ok(leases) => push_leases(&mut assigned, family, leases),
                 Err(e) => {
-                    self.roll_back(&req.handle, &assigned.leases).await;
+                    let mut taken = assigned.leases.clone();
+                    taken.extend(from_cache.concat());
+                    self.roll_back(&req.handle, &taken).await;
                     return Err(e);
                 }
             }
         }
         Ok(assigned)
+    }
+
+    /// Pools, labels and affinities of `req`'s node, when all are cached.
+    fn cached_view(&self, req: &AutoAssignRequest) -> Option<CachedView> {
+        if !self.config.cached_reads {
+            return None;
+        }
+        let labels = match &req.node_labels {
+            Some(given) => given.clone(),
+            None => self.cache.labels(&req.node)?,
+        };
+        let pools = self.cache.pools()?;
+        let affinities = self.cache.affinities(&req.node)?;
+        Some((pools, labels, affinities))
+    }
+
+    /// Up to `n` addresses from the blocks `affinities` says are confirmed
+    /// affine to `node` and lie in `pools` (each block re-checked when
+    /// written).
+    #[allow(clippy::too_many_arguments)]
+    async fn allocate_in_affine_blocks(
+        &self,
+        family: Family,
+        n: u32,
+        handle: &str,
+        node: &str,
+        attrs: &AllocationAttrs,
+        pools: &[&IpPool],
+        affinities: &[BlockAffinity],
+    ) -> Result<Vec<Lease>, IpamError> {
+        let in_pools = |cidr: &IpNet| pools.iter().any(|p| p.spec.cidr.contains(cidr));
+        let mut got: Vec<Lease> = Vec::new();
+        for aff in affinities {
+            let remaining = n - got.len() as u32;
+            if remaining == 0 {
+                break;
+            }
+            if aff.spec.state != AffinityState::Confirmed
+                || Family::of(&aff.spec.cidr) != family
+                || !in_pools(&aff.spec.cidr)
+            {
+                continue;
+            }
+            match self
+                .allocate_in_block(aff.spec.cidr, remaining, handle, attrs, Some(node))
+                .await
+            {
+                Ok(leases) => got.extend(leases),
+                Err(e) => {
+                    self.roll_back(handle, &got).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(got)
     }
 
     /// Gives back what a failed request took (best effort; what cannot be
@@ -683,6 +977,7 @@ impl Allocator {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn assign_family(
         &self,
         family: Family,
@@ -691,46 +986,71 @@ impl Allocator {
         node: &str,
         attrs: &AllocationAttrs,
         pools: &[&IpPool],
+        already: Vec<Lease>,
     ) -> Result<Vec<Lease>, IpamError> {
+        let mut got = already;
+        match self
+            .assign_family_into(&mut got, family, n, handle, node, attrs, pools)
+            .await
+        {
+            Ok(()) => Ok(got),
+            Err(e) => {
+                self.roll_back(handle, &got).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Allocator::assign_family`] adding to `got`; the caller gives back
+    /// `got` on failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn assign_family_into(
+        &self,
+        got: &mut Vec<Lease>,
+        family: Family,
+        n: u32,
+        handle: &str,
+        node: &str,
+        attrs: &AllocationAttrs,
+        pools: &[&IpPool],
+    ) -> Result<(), IpamError> {
         let in_pools = |cidr: &IpNet| pools.iter().any(|p| p.spec.cidr.contains(cidr));
-        let mut got: Vec<Lease> = Vec::new();
         let remaining = |got: &Vec<Lease>| n - got.len() as u32;
 
-        // 1. Blocks already affine to the node.
+        // 1. Blocks affine to the node (fresh list).
         let (affinities, _) = self.affinities_of(node).await?;
-        for aff in affinities {
-            if remaining(&got) == 0 {
-                break;
-            }
-            if aff.spec.state != AffinityState::Confirmed
-                || Family::of(&aff.spec.cidr) != family
-                || !in_pools(&aff.spec.cidr)
-            {
-                continue;
-            }
+        if remaining(got) > 0 {
             let leases = self
-                .allocate_in_block(aff.spec.cidr, remaining(&got), handle, attrs, Some(node))
+                .allocate_in_affine_blocks(
+                    family,
+                    remaining(got),
+                    handle,
+                    node,
+                    attrs,
+                    pools,
+                    &affinities,
+                )
                 .await?;
             got.extend(leases);
         }
 
         // 2. Claim new blocks.
         let mut claims = 0u32;
-        while remaining(&got) > 0 && claims < self.config.max_attempts {
+        while remaining(got) > 0 && claims < self.config.max_attempts {
             claims += 1;
             let Some(cidr) = self.claim_free_block(node, pools).await? else {
                 break;
             };
             let leases = self
-                .allocate_in_block(cidr, remaining(&got), handle, attrs, Some(node))
+                .allocate_in_block(cidr, remaining(got), handle, attrs, Some(node))
                 .await?;
             got.extend(leases);
         }
 
         // 3. Borrow from other nodes' blocks.
-        if remaining(&got) > 0 && !self.config.strict_affinity {
+        if remaining(got) > 0 && !self.config.strict_affinity {
             for (_, block) in self.blocks().await? {
-                if remaining(&got) == 0 {
+                if remaining(got) == 0 {
                     break;
                 }
                 if Family::of(&block.cidr) != family
@@ -741,7 +1061,7 @@ impl Allocator {
                     continue;
                 }
                 let leases = self
-                    .allocate_in_block(block.cidr, remaining(&got), handle, attrs, None)
+                    .allocate_in_block(block.cidr, remaining(got), handle, attrs, None)
                     .await?;
                 if !leases.is_empty() {
                     debug!(block = %block.cidr, node, "borrowed from another node's block");
@@ -750,9 +1070,8 @@ impl Allocator {
             }
         }
 
-        if remaining(&got) > 0 {
+        if remaining(got) > 0 {
             let found = got.len() as u32;
-            self.roll_back(handle, &got).await;
             return Err(IpamError::Exhausted {
                 family: family.name(),
                 node: node.to_owned(),
@@ -765,7 +1084,7 @@ impl Allocator {
                 },
             });
         }
-        Ok(got)
+        Ok(())
     }
 
     /// Claims the first block of `pools` that does not exist yet for
@@ -849,6 +1168,7 @@ impl Allocator {
                 if !ours {
                     self.delete_affinity_if(&aff_name, |s| s.state == AffinityState::Pending)
                         .await?;
+                    self.cache.invalidate(Kind::BlockAffinity);
                     return Ok(false);
                 }
             }
@@ -856,6 +1176,7 @@ impl Allocator {
         }
         self.set_affinity_state(&aff_name, node, cidr, AffinityState::Confirmed)
             .await?;
+        self.cache.invalidate(Kind::BlockAffinity);
         Ok(true)
     }
 
@@ -888,7 +1209,10 @@ impl Allocator {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.cache.invalidate(Kind::BlockAffinity);
+                    return Ok(());
+                }
                 Err(
                     StoreError::Conflict { .. }
                     | StoreError::NotFound { .. }
@@ -923,7 +1247,10 @@ impl Allocator {
                 .delete(Kind::BlockAffinity, name, &obj.revision)
                 .await
             {
-                Ok(()) => return Ok(true),
+                Ok(()) => {
+                    self.cache.invalidate(Kind::BlockAffinity);
+                    return Ok(true);
+                }
                 Err(StoreError::NotFound { .. }) => return Ok(false),
                 Err(StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(e.into()),
@@ -1011,7 +1338,7 @@ impl Allocator {
         &self,
         reqs: &[ReleaseRequest],
     ) -> Result<Vec<ReleaseOutcome>, IpamError> {
-        let pools = self.pools().await?;
+        let pools = self.current_pools().await?;
         let mut out = Vec::with_capacity(reqs.len());
         for req in reqs {
             let outcome = match self.block_of(req.ip, &pools).await? {
@@ -1037,34 +1364,40 @@ impl Allocator {
             sequence: req.sequence,
         };
         let _guard = self.block_lock(&name).await;
-        for attempt in 0..self.config.max_attempts {
-            let obj = match self.store.get(Kind::IpamBlock, &name).await {
-                Ok(obj) => obj,
-                Err(StoreError::NotFound { .. }) => return Ok(BlockRelease::NotAllocated),
-                Err(e) => return Err(e.into()),
+        let mut remembered = true;
+        let mut attempt = 0;
+        while attempt < self.config.max_attempts {
+            let Some(read) = self.read_block(&name, remembered).await? else {
+                return Ok(BlockRelease::NotAllocated);
             };
-            let mut spec = IpamBlockSpec::from_object(&obj)?;
+            let mut spec = read.spec.clone();
             let outcome = spec.release(req.ip, &check, now());
             let BlockRelease::Released { handle_id } = &outcome else {
+                if read.remembered {
+                    // Answer from what the store holds, not what we saw.
+                    remembered = false;
+                    continue;
+                }
                 return Ok(outcome);
             };
-            let value = encode(Kind::IpamBlock, &name, &spec)?;
-            match self
-                .store
-                .update(Kind::IpamBlock, &name, value, &obj.revision)
-                .await
-            {
-                Ok(_) => {
+            match self.write_block(&name, &read, &spec).await {
+                Ok(()) => {
                     if let Some(h) = handle_id {
                         self.handle_remove(h, &cidr, 1).await?;
                     }
                     return Ok(outcome);
                 }
+                Err(StoreError::Conflict { .. }) if read.remembered => {
+                    remembered = false;
+                    continue;
+                }
                 Err(StoreError::Conflict { .. }) => {}
                 Err(StoreError::NotFound { .. }) => return Ok(BlockRelease::NotAllocated),
                 Err(e) => return Err(e.into()),
             }
+            remembered = false;
             self.backoff(attempt).await;
+            attempt += 1;
         }
         Err(self.too_many(format!("block {cidr}")))
     }
@@ -1110,29 +1443,34 @@ impl Allocator {
     ) -> Result<Vec<IpAddr>, IpamError> {
         let name = cidr_name(&cidr);
         let _guard = self.block_lock(&name).await;
-        for attempt in 0..self.config.max_attempts {
-            let obj = match self.store.get(Kind::IpamBlock, &name).await {
-                Ok(obj) => obj,
-                Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
+        let mut remembered = true;
+        let mut attempt = 0;
+        while attempt < self.config.max_attempts {
+            let Some(read) = self.read_block(&name, remembered).await? else {
+                return Ok(Vec::new());
             };
-            let mut spec = IpamBlockSpec::from_object(&obj)?;
+            let mut spec = read.spec.clone();
             let ips = spec.release_handle(handle, now());
             if ips.is_empty() {
+                if read.remembered {
+                    remembered = false;
+                    continue;
+                }
                 return Ok(ips);
             }
-            let value = encode(Kind::IpamBlock, &name, &spec)?;
-            match self
-                .store
-                .update(Kind::IpamBlock, &name, value, &obj.revision)
-                .await
-            {
-                Ok(_) => return Ok(ips),
+            match self.write_block(&name, &read, &spec).await {
+                Ok(()) => return Ok(ips),
+                Err(StoreError::Conflict { .. }) if read.remembered => {
+                    remembered = false;
+                    continue;
+                }
                 Err(StoreError::Conflict { .. }) => {}
                 Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
                 Err(e) => return Err(e.into()),
             }
+            remembered = false;
             self.backoff(attempt).await;
+            attempt += 1;
         }
         Err(self.too_many(format!("block {cidr}")))
     }
@@ -1193,6 +1531,7 @@ impl Allocator {
                 .await
             {
                 Ok(()) | Err(StoreError::NotFound { .. }) => {
+                    self.forget_block(&name);
                     if let Some(aff) = &aff_name {
                         self.delete_affinity_if(aff, |_| true).await?;
                     }
@@ -1233,4 +1572,35 @@ fn owner_attrs(
         attrs.node = Some(node.to_string());
     }
     Ok(attrs)
+}
+
+fn push_leases(assigned: &mut Assigned, family: Family, leases: Vec<Lease>) {
+    for lease in leases {
+        match family {
+            Family::V4 => assigned.v4.push(host_net(lease.ip)),
+            Family::V6 => assigned.v6.push(host_net(lease.ip)),
+        }
+        assigned.leases.push(lease);
+    }
+}
+
+/// The pools of `family` a request for a node with `labels` may use
+/// (enabled, allowing the request's use, selecting the node, in the
+/// request's pool filter).
+fn eligible_pools<'a>(
+    pools: &'a [IpPool],
+    family: Family,
+    labels: &BTreeMap<String, String>,
+    req: &AutoAssignRequest,
+) -> Vec<&'a IpPool> {
+    pools
+        .iter()
+        .filter(|p| {
+            (req.pools.is_empty() || req.pools.contains(&p.name))
+                && Family::of(&p.spec.cidr) == family
+                && !p.spec.disabled
+                && p.spec.allowed_uses.contains(&req.intended_use)
+                && p.spec.selects(labels)
+        })
+        .collect()
 }

@@ -14,6 +14,7 @@ pub mod gc;
 pub mod handle;
 pub mod names;
 pub mod pool;
+pub(crate) mod read_cache;
 pub mod selector;
 pub mod store;
 pub mod tunnel;
