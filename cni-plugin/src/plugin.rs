@@ -354,7 +354,15 @@ fn add_steps(
             },
         )?;
     }
-    let state = inspect(host, pod, host_name, &ifname)?;
+    // The result needs only the two links, which are at hand: no dump of
+    // the node's routing table (which can hold every BGP route) per ADD.
+    let state = State {
+        host: Some(host_link),
+        pod: Some(pod_link),
+        pod_addresses: Vec::new(),
+        pod_routes: Vec::new(),
+        host_routes: Vec::new(),
+    };
     Ok(render(conf, &state, &addresses, netns))
 }
 
