@@ -22,6 +22,8 @@ pub mod spec;
 /// The kernel route protocol number on every route felix owns (the node's
 /// route to each pod address, and everything the agent's route programmer
 /// installs), so that felix finds its own routes and never touches others.
-/// Calico's Felix uses 80 as well; iproute2 names none of the numbers from
-/// 19 to 41 nor 44 to 98. `felix_rs` asserts its own constant agrees.
-pub const ROUTE_PROTOCOL: u8 = 80;
+/// 102 (0x66, ASCII `f`): not the kernel's (0–4), not named in iproute2's
+/// `rt_protos`, not FRR's (186–198), BIRD's (12) or Calico's Felix's (80),
+/// so felix-rs and Calico can share a node. `felix_rs::routes` has the same
+/// number as `FELIX_ROUTE_PROTOCOL`; a test there asserts they agree.
+pub const ROUTE_PROTOCOL: u8 = 102;

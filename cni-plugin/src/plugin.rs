@@ -337,22 +337,33 @@ fn add_steps(
         pod_iface::add_route(pod, route).map_err(kernel)?;
     }
     for address in &addresses {
-        pod_iface::add_route(host, pod_iface::host_route(address.addr(), &host_link)).map_err(
-            |e| {
-                if e.errno() == Some(nix::libc::EEXIST) {
-                    CniError::new(
-                        ErrorCode::AddressConflict,
-                        format!(
-                            "{} is already routed on this node (another pod, or a route not \
-                             made by felix): refusing to take it over",
-                            address.addr()
-                        ),
-                    )
+        let added = pod_iface::add_route(host, pod_iface::host_route(address.addr(), &host_link));
+        // The agent's route programmer also installs this node's pod routes
+        // (same protocol): when it got there first, the route is ours.
+        let added = match added {
+            Err(e) if e.errno() == Some(nix::libc::EEXIST) => {
+                if pod_iface::routed_to(host, address.addr(), &host_link).map_err(kernel)? {
+                    Ok(())
                 } else {
-                    kernel(e)
+                    Err(e)
                 }
-            },
-        )?;
+            }
+            other => other,
+        };
+        added.map_err(|e| {
+            if e.errno() == Some(nix::libc::EEXIST) {
+                CniError::new(
+                    ErrorCode::AddressConflict,
+                    format!(
+                        "{} is already routed on this node (another pod, or a route not \
+                             made by felix): refusing to take it over",
+                        address.addr()
+                    ),
+                )
+            } else {
+                kernel(e)
+            }
+        })?;
     }
     // The result needs only the two links, which are at hand: no dump of
     // the node's routing table (which can hold every BGP route) per ADD.

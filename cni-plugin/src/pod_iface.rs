@@ -296,6 +296,22 @@ pub fn add_route(socket: &mut RouteSocket, spec: RouteSpec) -> Result<(), Netlin
     )
 }
 
+/// Whether the main table routes `address` (as a host route) to `link`
+/// with felix's protocol: the route [`host_route`] makes.
+pub fn routed_to(
+    socket: &mut RouteSocket,
+    address: IpAddr,
+    link: &Link,
+) -> Result<bool, NetlinkError> {
+    let dst = IpNet::from(address);
+    Ok(routes(socket, address.is_ipv4())?.iter().any(|r| {
+        r.dst == dst
+            && r.oif == Some(link.index)
+            && r.gateway.is_none()
+            && r.protocol == ROUTE_PROTOCOL
+    }))
+}
+
 /// The main-table unicast routes of one family.
 pub fn routes(socket: &mut RouteSocket, v4: bool) -> Result<Vec<Route>, NetlinkError> {
     let mut request = RouteMessage::default();

@@ -24,6 +24,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
+use crate::local_pods::LocalPods;
+
 /// Where `felix node pod-api` listens unless told otherwise (the plugin's
 /// default, [`felix_cni::config::DEFAULT_AGENT_SOCKET`]).
 pub const DEFAULT_SOCKET: &str = felix_cni::config::DEFAULT_AGENT_SOCKET;
@@ -48,6 +50,9 @@ pub struct PodApi {
     /// ADD retried while the first attempt is still running finds the
     /// first one's addresses instead of taking a second set.
     writes: tokio::sync::Mutex<()>,
+    /// The node's pods, for the agent's route programmer (none when the
+    /// API runs without an agent, `felix node pod-api`).
+    pods: Option<LocalPods>,
 }
 
 impl PodApi {
@@ -56,6 +61,19 @@ impl PodApi {
             allocator,
             node: node.into(),
             writes: tokio::sync::Mutex::new(()),
+            pods: None,
+        }
+    }
+
+    /// Records every attachment assigned or released in `pods`.
+    pub fn with_local_pods(mut self, pods: LocalPods) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    fn record(&self, attachment: &Attachment, addresses: &[IpNet]) {
+        if let Some(pods) = &self.pods {
+            pods.insert(attachment, addresses.iter().map(IpNet::addr).collect());
         }
     }
 
@@ -126,6 +144,7 @@ impl PodApi {
         let held = self.addresses(&handle).await.map_err(api_error)?;
         if !held.is_empty() {
             debug!(%handle, "assign: the attachment holds addresses already");
+            self.record(attachment, &held);
             return Ok(Response::Addresses(held));
         }
         let request = AutoAssignRequest {
@@ -157,11 +176,15 @@ impl PodApi {
             })
             .collect();
         info!(%handle, ?addresses, "assigned");
+        self.record(attachment, &addresses);
         Ok(Response::Addresses(addresses))
     }
 
     async fn release(&self, handle: &str) -> Result<u32, IpamError> {
         let released = self.allocator.release_by_handle(handle).await?;
+        if let Some(pods) = &self.pods {
+            pods.remove(handle);
+        }
         if !released.is_empty() {
             info!(%handle, ?released, "released");
         }

@@ -93,17 +93,23 @@ async fn start(config: AgentConfig) -> anyhow::Result<run::Stopped> {
     let server = crate::pod_api::PodApiServer::bind(&config.pod_api_socket)
         .await
         .map_err(|e| anyhow::anyhow!("pod API: {e}"))?;
-    let api = std::sync::Arc::new(crate::pod_api::PodApi::new(
-        allocator.clone(),
-        config.node_name.clone(),
-    ));
+    // The node's pods as IPAM knows them; the pod API keeps this current
+    // and the route programmer keeps their routes.
+    let pods = crate::local_pods::LocalPods::load(&allocator, &config.node_name)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading this node's pods from IPAM: {e}"))?;
+    let api = std::sync::Arc::new(
+        crate::pod_api::PodApi::new(allocator.clone(), config.node_name.clone())
+            .with_local_pods(pods.clone()),
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let pod_api = tokio::spawn(server.serve(api, async {
         let _ = stop_rx.await;
     }));
     tracing::info!(socket = %config.pod_api_socket.display(), "pod API serving");
     let routes = super::kernel_routes::KernelRoutes::open(config.node_address.addr())
-        .map_err(|e| anyhow::anyhow!("route programmer: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("route programmer: {e}"))?
+        .with_local_pods(pods);
     let plugins = Plugins {
         blocks: Some(std::sync::Arc::new(IpamBlocks { allocator })),
         routes: Some(Box::new(routes)),

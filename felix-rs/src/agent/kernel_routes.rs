@@ -14,10 +14,13 @@
 
 use super::forwarding::{DesiredRoutes, LocalVtep, Tunnels, Via};
 use super::run::RouteSink;
-use crate::routes::{self, DesiredRoute, NextHop, RouteProgrammer};
+use crate::local_pods::LocalPods;
+use crate::routes::{self, DesiredRoute, NextHop, RouteError, RouteProgrammer};
 use crate::tunnel::ipip::{ensure_tunl0, IPIP_DEVICE};
 use crate::tunnel::vxlan::{VxlanConfig, VxlanDevice, VXLAN_DEVICE};
 use crate::tunnel::{rtnetlink_handle, Encapsulation, TunnelError, Underlay};
+use ipnet::IpNet;
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Programs the agent's desired routes and tunnels into the kernel
@@ -27,6 +30,10 @@ pub struct KernelRoutes {
     programmer: RouteProgrammer,
     node_address: Ipv4Addr,
     netlink: Option<rtnetlink::Handle>,
+    /// The node's pods: their `/32` and `/128` routes to their veths are
+    /// desired too (the CNI plugin adds them with the same protocol), so a
+    /// reconcile keeps a live pod's route and removes a stale one.
+    pods: Option<LocalPods>,
 }
 
 impl KernelRoutes {
@@ -37,7 +44,14 @@ impl KernelRoutes {
             programmer: RouteProgrammer::new()?,
             node_address,
             netlink: None,
+            pods: None,
         })
+    }
+
+    /// Keeps the routes of `pods` (see the field).
+    pub fn with_local_pods(mut self, pods: LocalPods) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     fn netlink(&mut self) -> Result<rtnetlink::Handle, TunnelError> {
@@ -117,6 +131,24 @@ impl KernelRoutes {
     }
 }
 
+/// Adds a device route per pod address to `table`; returns the prefixes.
+pub fn add_pod_routes(
+    table: &mut routes::DesiredRoutes,
+    pods: &LocalPods,
+    skipped: &mut Vec<String>,
+) -> HashSet<IpNet> {
+    let mut prefixes = HashSet::new();
+    for (address, veth) in pods.routes() {
+        match table.pod(address, &veth) {
+            Ok(_) => {
+                prefixes.insert(IpNet::from(address));
+            }
+            Err(e) => skipped.push(format!("pod {address}: {e}")),
+        }
+    }
+    prefixes
+}
+
 /// The MTU of routes through each tunnel; `None` when the tunnel is not up
 /// (its routes are then not programmed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -185,16 +217,44 @@ impl RouteSink for KernelRoutes {
             // Not known yet: the devices are left alone; their routes wait.
             None => TunnelMtus::default(),
         };
-        let (table, skipped) = kernel_table(desired, mtus);
-        problems.extend(skipped);
-        let wanted = table.len();
-        self.programmer.set_desired(table);
+        let mut skipped = Vec::new();
+        let mut wanted = 0;
+        let mut pod_prefixes = HashSet::new();
+        let pods = self.pods.clone();
+        // The pods are read after the kernel dump: a pod route in the dump
+        // belongs to an attachment recorded before it (the plugin adds the
+        // route only after the pod API answered), so it is never taken for
+        // a stale one (`RouteProgrammer::reconcile_with`).
         let report = self
             .programmer
-            .reconcile()
+            .reconcile_with(|| {
+                let (mut table, s) = kernel_table(desired, mtus);
+                skipped = s;
+                // The count reported is the agent's own routes (blocks and
+                // learned routes, what `felix status` compares with what it
+                // learned); pod routes come on top.
+                wanted = table.len();
+                if let Some(pods) = &pods {
+                    pod_prefixes = add_pod_routes(&mut table, pods, &mut skipped);
+                }
+                table
+            })
             .await
             .map_err(|e| format!("route reconcile: {e}"))?;
-        problems.extend(report.errors.iter().map(|e| e.to_string()));
+        problems.extend(skipped);
+        problems.extend(
+            report
+                .errors
+                .iter()
+                // A pod whose veth is not there: being created (its route
+                // comes with the plugin) or being deleted (its route went
+                // with the veth). Not a routing problem.
+                .filter(|e| {
+                    !(matches!(e, RouteError::DeviceNotFound { .. })
+                        && pod_prefixes.contains(&e.route()))
+                })
+                .map(|e| e.to_string()),
+        );
         if problems.is_empty() {
             Ok(wanted)
         } else {

@@ -217,6 +217,28 @@ impl RouteProgrammer {
     /// Full reconcile: dump felix's kernel routes, diff against the desired
     /// table, write only the differences.
     pub async fn reconcile(&mut self) -> Result<ReconcileReport, SocketError> {
+        self.full_reconcile(None::<fn() -> DesiredRoutes>).await
+    }
+
+    /// Full reconcile against the table `desired` returns, asked for only
+    /// *after* the kernel has been dumped.
+    ///
+    /// For routes another process adds once it has told the agent (a pod
+    /// route: the CNI plugin adds it after the agent assigned the address):
+    /// every such route the dump shows was announced before the dump, so it
+    /// is in the table taken after it, and a live pod's route is never
+    /// mistaken for a stale one.
+    pub async fn reconcile_with(
+        &mut self,
+        desired: impl FnOnce() -> DesiredRoutes,
+    ) -> Result<ReconcileReport, SocketError> {
+        self.full_reconcile(Some(desired)).await
+    }
+
+    async fn full_reconcile(
+        &mut self,
+        desired: Option<impl FnOnce() -> DesiredRoutes>,
+    ) -> Result<ReconcileReport, SocketError> {
         let started = Instant::now();
         let links = self.socket.link_indexes().await?;
         let mut kernel = HashMap::new();
@@ -233,6 +255,9 @@ impl RouteProgrammer {
             }
         }
         self.kernel = Some(kernel);
+        if let Some(desired) = desired {
+            self.set_desired(desired());
+        }
         let mut dsts: HashSet<IpNet> = self.desired.iter().map(|r| r.destination).collect();
         if let Some(k) = &self.kernel {
             dsts.extend(k.keys().copied());
