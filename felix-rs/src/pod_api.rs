@@ -278,10 +278,26 @@ impl PodApiServer {
             }
             std::fs::remove_file(path).map_err(socket_error)?;
         }
-        let listener = UnixListener::bind(path).map_err(socket_error)?;
+        // Bound and restricted under a temporary name, then renamed into
+        // place: a client that sees the socket file can connect at once
+        // and never finds it listening-but-not-yet-0600 (or not yet
+        // listening at all).
+        let staging = path.with_file_name(format!(
+            ".{}.{}",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&staging);
+        let listener = UnixListener::bind(&staging).map_err(socket_error)?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(socket_error)?;
+        let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&staging, path));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&staging);
+            return Err(socket_error(e));
+        }
         Ok(PodApiServer {
             listener,
             path: path.to_owned(),
