@@ -701,6 +701,37 @@ fn tcp_failure_in_connect_restarts_after_connect_retry() {
 }
 
 #[test]
+fn peer_connection_during_the_idle_hold_is_taken_not_refused() {
+    let t0 = Instant::now();
+    let mut f = fsm(config());
+    f.handle(Event::ManualStart, t0);
+    f.handle(Event::TcpConnectionFails, t0);
+    assert_eq!(f.state(), State::Idle);
+    assert!(f.accepts_peer_connection_in_idle());
+    // The peer comes up and connects before our idle hold ends.
+    let actions = f.handle(Event::TcpConnectionConfirmed, t0 + secs(3));
+    assert!(
+        matches!(actions.as_slice(), [Action::Send(Message::Open(_)), ..]),
+        "{actions:?}"
+    );
+    assert_eq!(f.state(), State::OpenSent);
+    assert!(!f.accepts_peer_connection_in_idle());
+    // The idle hold is gone: only the OpenSent hold timer runs.
+    assert_eq!(f.next_timeout(), Some(t0 + secs(3) + OPEN_SENT_HOLD_TIME));
+
+    // Stopped by hand: a connection is still refused.
+    let mut f = fsm(config());
+    f.handle(Event::ManualStart, t0);
+    f.handle(manual_stop(), t0);
+    assert!(!f.accepts_peer_connection_in_idle());
+    assert_eq!(
+        f.handle(Event::TcpConnectionConfirmed, t0),
+        vec![Action::Disconnect]
+    );
+    assert_eq!(f.state(), State::Idle);
+}
+
+#[test]
 fn connect_retry_expiry_in_connect_retries() {
     let t0 = Instant::now();
     let mut f = fsm(config());
@@ -1056,7 +1087,12 @@ mod randomized {
                     assert_ne!(after, State::Established);
                 }
                 Action::Send(Message::Open(_)) => {
-                    assert!(matches!(before, State::Connect | State::Active));
+                    // Idle too: the peer's connection taken while an
+                    // automatic restart waits (its own test above).
+                    assert!(matches!(
+                        before,
+                        State::Idle | State::Connect | State::Active
+                    ));
                     assert!(matches!(after, State::OpenSent | State::OpenConfirm));
                 }
                 _ => {}

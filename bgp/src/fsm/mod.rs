@@ -200,6 +200,12 @@ impl Fsm {
         self.state
     }
 
+    /// Idle with an automatic restart pending: a connection from the peer
+    /// is taken now rather than refused (see `step`).
+    pub fn accepts_peer_connection_in_idle(&self) -> bool {
+        self.state == State::Idle && self.timers.idle_hold.is_some()
+    }
+
     pub fn config(&self) -> &PeerConfig {
         &self.config
     }
@@ -312,7 +318,19 @@ impl Fsm {
             }
             (Idle, Input::Timer(Timer::IdleHold)) => self.start(false, now, out),
             (Idle, Input::ManualStop(_) | Input::AutomaticStop(..)) => self.timers.idle_hold = None,
-            // No connection is wanted in Idle: refuse it.
+            // The peer connects while our automatic restart waits out its
+            // idle hold: take its connection (a passive automatic start,
+            // RFC 4271 event 5) instead of refusing it. The idle hold paces
+            // our own attempts; refusing the peer's would keep a peer that
+            // just came up waiting for the whole backoff (up to
+            // `connect_retry_max`). The backoff goes on if this fails too.
+            (Idle, Input::TcpUp) if self.timers.idle_hold.is_some() => {
+                self.timers.idle_hold = None;
+                self.peer = None;
+                self.state = Active;
+                self.step(Input::TcpUp, now, out);
+            }
+            // Stopped, or no automatic restart: no connection is wanted.
             (Idle, Input::TcpUp) => out.push(Action::Disconnect),
             (Idle, _) => {}
 

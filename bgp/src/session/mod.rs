@@ -825,10 +825,10 @@ impl Driver {
         // Our own connection, open or still being opened.
         let ours = self.primary.stream.is_some() || self.connecting.is_some();
         match self.primary.fsm.state() {
-            State::Idle => {
-                debug!("refusing incoming connection in Idle");
+            State::Idle if !self.primary.fsm.accepts_peer_connection_in_idle() => {
+                debug!("refusing incoming connection in Idle (stopped)");
             }
-            State::Connect | State::Active if !ours => {
+            State::Idle | State::Connect | State::Active if !ours => {
                 debug!(?from, "accepting incoming connection");
                 self.primary.attach(stream, false);
                 self.event(Which::Primary, Event::TcpConnectionConfirmed)
