@@ -21,12 +21,6 @@
 #                N routes of the daemon (polled every 0.2 s: +-0.2 s)
 # Prints a markdown table; also `uptime` before and after (the machine is
 # shared). Results: docs/benchmarks.md.
-#
-# DOES NOT PRODUCE FIGURES YET (22 Nov 2026): the agent's speaker resets
-# every connection bgp-inject makes (bgp-inject only connects, it never
-# listens; the agent's neighbour for it is active and nobody answers its
-# connects). Nothing is logged at info level. To be found in the speaker's
-# handling of incoming connections; see docs/benchmarks.md.
 set -euo pipefail
 
 N=${1:-100000}
