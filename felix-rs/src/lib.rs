@@ -18,3 +18,15 @@ pub mod pod_api;
 pub mod routes;
 pub mod status_view;
 pub mod tunnel;
+
+/// The single-threaded tokio runtime a `felix` subcommand runs on. On
+/// failure it says so on stderr and gives the exit code (1) to return.
+pub fn command_runtime() -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("felix: starting the runtime: {e}");
+            std::process::ExitCode::from(1)
+        })
+}

@@ -214,15 +214,9 @@ fn ipam_command(args: &felix_rs::ipam_cli::IpamArgs) -> ExitCode {
 }
 
 fn node_pod_api(args: &PodApiArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match felix_rs::command_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("felix: starting the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(serve_pod_api(args)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -287,15 +281,9 @@ fn bgp_run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match felix_rs::command_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("felix: starting the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(bgp_run::run(plan)) {
         Ok(()) => ExitCode::SUCCESS,

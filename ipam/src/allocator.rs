@@ -639,34 +639,23 @@ impl Allocator {
     async fn handle_add(&self, handle: &str, block: &IpNet, n: u64) -> Result<(), IpamError> {
         let name = handle_name(handle);
         let cidr = block.to_string();
-        // Most handles are new (a pod's first address): try to create it
-        // before reading it, which saves a round trip.
-        let mut spec = IpamHandleSpec {
-            handle_id: handle.to_owned(),
-            ..Default::default()
-        };
-        spec.add(&cidr, n);
-        let value = encode(Kind::IpamHandle, &name, &spec)?;
-        match self.store.create(Kind::IpamHandle, &name, value).await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        // Most handles are new (a pod's first address): create it first
+        // and read it only when it exists, which saves a round trip.
         for attempt in 0..self.config.max_attempts {
+            let mut fresh = IpamHandleSpec {
+                handle_id: handle.to_owned(),
+                ..Default::default()
+            };
+            fresh.add(&cidr, n);
+            let value = encode(Kind::IpamHandle, &name, &fresh)?;
+            match self.store.create(Kind::IpamHandle, &name, value).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
             match self.store.get(Kind::IpamHandle, &name).await {
-                Err(StoreError::NotFound { .. }) => {
-                    let mut spec = IpamHandleSpec {
-                        handle_id: handle.to_owned(),
-                        ..Default::default()
-                    };
-                    spec.add(&cidr, n);
-                    let value = encode(Kind::IpamHandle, &name, &spec)?;
-                    match self.store.create(Kind::IpamHandle, &name, value).await {
-                        Ok(_) => return Ok(()),
-                        Err(StoreError::AlreadyExists { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                // Deleted between the two calls: create it again.
+                Err(StoreError::NotFound { .. }) => continue,
                 Err(e) => return Err(e.into()),
                 Ok(obj) => {
                     let mut spec = Self::decode_handle(&obj, handle)?;

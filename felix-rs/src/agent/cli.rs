@@ -56,15 +56,9 @@ pub fn node_run(args: &NodeRunArgs) -> ExitCode {
         eprintln!("felix: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("felix: starting the runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let runtime = match crate::command_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     match runtime.block_on(start(config)) {
         Ok(stopped) => {
@@ -126,15 +120,9 @@ async fn start(config: AgentConfig) -> anyhow::Result<run::Stopped> {
 /// addresses and gives back its blocks (`ipam::Allocator::remove_node`).
 /// 0 done, 1 failed.
 pub fn node_remove(args: &NodeRemoveArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("felix: starting the runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let runtime = match crate::command_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     match runtime.block_on(remove_node(&args.datastore, &args.name)) {
         Ok(text) => {
