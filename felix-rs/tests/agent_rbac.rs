@@ -183,6 +183,7 @@ async fn the_cluster_role_grants_exactly_what_the_agent_uses() {
                 allocator: allocator.clone(),
             })),
             routes: None,
+            nat: None,
         };
         let agent = tokio::spawn(run::run(
             config(tmp.path(), address, free_port()),

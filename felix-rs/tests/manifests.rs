@@ -627,6 +627,11 @@ fn the_containerfile_builds_the_workspace_binaries() {
         );
     }
     assert!(text.matches("\nFROM ").count() >= 2, "multi-stage");
+    // The agent writes its NAT outgoing table with `nft`.
+    assert!(
+        text.contains("install -y --no-install-recommends iproute2 nftables"),
+        "nft not in the image"
+    );
 }
 
 #[test]

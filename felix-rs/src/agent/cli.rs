@@ -107,6 +107,7 @@ async fn start(config: AgentConfig) -> anyhow::Result<run::Stopped> {
     let plugins = Plugins {
         blocks: Some(std::sync::Arc::new(IpamBlocks { allocator })),
         routes: Some(Box::new(routes)),
+        nat: Some(Box::new(super::nat_outgoing::NftTable::default())),
     };
     let result = run::run(config, store, plugins).await;
     let _ = stop_tx.send(());

@@ -67,6 +67,8 @@ pub struct Counters {
     pub reconciles: u64,
     pub reconcile_errors: u64,
     pub neighbor_changes: u64,
+    /// NAT outgoing table writes that failed.
+    pub nat_errors: u64,
 }
 
 /// The Prometheus text for a status snapshot.
@@ -131,6 +133,13 @@ pub fn metrics(s: &AgentStatus, c: &Counters) -> String {
         "Blocks affine to this node.",
         &[(String::new(), s.blocks.len() as f64)],
     );
+    if let Some(pools) = &s.nat_outgoing {
+        gauge(
+            "felix_nat_outgoing_pools",
+            "Pools whose pods' traffic leaving the cluster is masqueraded (as last written).",
+            &[(String::new(), pools.len() as f64)],
+        );
+    }
     gauge(
         "felix_ready",
         "1 when every configured session is Established and the first reconcile is done.",
@@ -150,6 +159,11 @@ pub fn metrics(s: &AgentStatus, c: &Counters) -> String {
         o,
         "# HELP felix_bgp_neighbor_changes_total Neighbours added or removed at run time.\n# TYPE felix_bgp_neighbor_changes_total counter\nfelix_bgp_neighbor_changes_total {}",
         c.neighbor_changes
+    );
+    let _ = writeln!(
+        o,
+        "# HELP felix_nat_outgoing_errors_total NAT outgoing table writes that failed.\n# TYPE felix_nat_outgoing_errors_total counter\nfelix_nat_outgoing_errors_total {}",
+        c.nat_errors
     );
     o
 }
@@ -207,5 +221,12 @@ mod tests {
         assert!(text.contains("felix_bgp_prefixes_accepted{peer=\"10.0.0.2\"} 2"));
         assert!(text.contains("felix_ipam_blocks 1"));
         assert!(text.contains("felix_ready 0"));
+        assert!(text.contains("felix_nat_outgoing_errors_total 0"));
+        assert!(!text.contains("felix_nat_outgoing_pools"));
+        let s = AgentStatus {
+            nat_outgoing: Some(["10.244.0.0/16".parse().unwrap()].into()),
+            ..Default::default()
+        };
+        assert!(metrics(&s, &Counters::default()).contains("felix_nat_outgoing_pools 1"));
     }
 }

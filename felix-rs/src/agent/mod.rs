@@ -11,6 +11,7 @@ pub mod forwarding;
 pub mod http;
 pub mod ipam_blocks;
 pub mod kernel_routes;
+pub mod nat_outgoing;
 pub mod peering;
 pub mod resources;
 pub mod run;

@@ -16,14 +16,17 @@
 //!    ([`forwarding::remote_route`]: direct, VXLAN or IPIP per block) plus
 //!    the tunnels, and hands them to the [`RouteSink`] (on every change and
 //!    every `resync_seconds`), once nodes and pools have been read.
-//! 7. Serves `felix status` (control socket) and `/metrics`, `/livez`,
+//! 7. Writes the NAT outgoing table from the pools
+//!    ([`NatOutgoingReconciler`]) once they are read, on every change and
+//!    every `resync_seconds`.
+//! 8. Serves `felix status` (control socket) and `/metrics`, `/livez`,
 //!    `/readyz`.
 //!
 //! On SIGINT/SIGTERM the agent exits without a Cease: its sessions just
 //! close, so peers that negotiated graceful restart keep its routes as
-//! stale (RFC 4724 §4.2), while its own kernel routes, tunnel devices and
-//! registration stay (a restart neither flushes routes nor makes the node
-//! leave the mesh or change its VTEP).
+//! stale (RFC 4724 §4.2), while its own kernel routes, tunnel devices,
+//! NAT outgoing table and registration stay (a restart neither flushes
+//! routes nor makes the node leave the mesh or change its VTEP).
 //! The next start finds felix's routes in the kernel and announces itself
 //! as restarting (R and F bits); until every peer's End-of-RIB is in, the
 //! route programmer only adds and changes routes, so forwarding never
@@ -34,6 +37,7 @@ use super::config::AgentConfig;
 use super::follow::{self, KindUpdate};
 use super::forwarding::{self, DesiredRoutes, LocalVtep, Topology, Tunnels};
 use super::http::{self, Counters, Responder};
+use super::nat_outgoing::{NatOutgoingReconciler, NatOutgoingSink};
 use super::peering::{self, PeeringInputs};
 use super::resources::{
     format_mac, BgpConfigurationSpec, BgpPeerSpec, FelixNode, NodeBgp, DEFAULT_BGP_CONFIGURATION,
@@ -93,6 +97,8 @@ pub trait RouteSink: Send {
 pub struct Plugins {
     pub blocks: Option<Arc<dyn BlockSource>>,
     pub routes: Option<Box<dyn RouteSink>>,
+    /// NAT outgoing for pools with `natOutgoing` (the kernel's nftables).
+    pub nat: Option<Box<dyn NatOutgoingSink>>,
 }
 
 /// Why the agent stopped.
@@ -341,6 +347,10 @@ pub async fn run(
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let resync = Duration::from_secs(config.resync_seconds.max(1));
+    let mut nat = plugins
+        .nat
+        .take()
+        .map(|sink| NatOutgoingReconciler::new(sink, resync));
     let mut last_sync = Instant::now();
     let mut routes_dirty = true;
     loop {
@@ -349,6 +359,7 @@ pub async fn run(
                 let Some(update) = update else { break };
                 let changed = state.apply(update, plugins.blocks.as_deref()).await;
                 routes_dirty |= changed;
+                state.program_nat(nat.as_mut()).await;
             }
             change = best.recv() => {
                 let Some(change) = change else { break };
@@ -363,6 +374,7 @@ pub async fn run(
                 if last_sync.elapsed() >= resync {
                     routes_dirty = true;
                 }
+                state.program_nat(nat.as_mut()).await;
                 if state.tunnels_due {
                     routes_dirty |= state.ensure_tunnels(plugins.blocks.as_deref()).await;
                 }
@@ -387,7 +399,7 @@ pub async fn run(
     // the process.
     tracing::info!(
         "stopping: BGP sessions dropped without Cease (graceful restart), \
-         kernel routes, tunnel devices and registration kept"
+         kernel routes, tunnel devices, NAT outgoing table and registration kept"
     );
     let _ = std::fs::remove_file(&config.control_socket);
     drop(state);
@@ -709,6 +721,34 @@ impl LoopState<'_> {
             tracing::warn!("route reconcile failed; retried at the next change or resync");
         }
         true
+    }
+
+    /// Writes the NAT outgoing table when it is due (once the pools are
+    /// read: before that a restarted agent keeps the previous table). A
+    /// failure is reported, never fatal.
+    async fn program_nat(&mut self, nat: Option<&mut NatOutgoingReconciler>) {
+        let Some(nat) = nat else { return };
+        if !self.seen.contains(&Kind::IpPool) {
+            return;
+        }
+        let Some(result) = nat.reconcile(&self.pools, Instant::now()).await else {
+            return;
+        };
+        if let Ok(mut s) = self.shared.lock() {
+            match result {
+                Ok(written) => {
+                    if s.status.nat_outgoing.as_ref() != Some(&written.masquerade) {
+                        tracing::info!(pools = ?written.masquerade, "NAT outgoing table written");
+                    }
+                    s.status.nat_outgoing = Some(written.masquerade);
+                }
+                Err(e) => {
+                    s.status.nat_outgoing = None;
+                    s.counters.nat_errors += 1;
+                    s.error(format!("NAT outgoing: {e}"));
+                }
+            }
+        }
     }
 
     /// Refreshes the status; true when a graceful restart's re-learning

@@ -6,7 +6,7 @@ use super::forwarding::{RemoteRoute, Via};
 use bgp::speaker::PeerStatus;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -37,6 +37,11 @@ pub struct AgentStatus {
     pub programming: bool,
     /// Routes the programmer reported installed at its last reconcile.
     pub routes_programmed: Option<usize>,
+    /// The pools the NAT outgoing table masquerades, as last written
+    /// (empty: no pool wants NAT, the table is removed); `None` before the
+    /// first write, after a failed one, or without NAT in this build.
+    #[serde(default)]
+    pub nat_outgoing: Option<BTreeSet<IpNet>>,
     pub ready: bool,
     /// Newest last; each prefixed with its age at the time of the answer.
     pub last_errors: Vec<String>,
@@ -110,6 +115,19 @@ pub fn render(s: &AgentStatus) -> String {
             hops.join(","),
         );
     }
+    let nat = match &s.nat_outgoing {
+        None => "not written (see last errors)".to_string(),
+        Some(p) if p.is_empty() => "none (no pool with natOutgoing; no table)".to_string(),
+        Some(p) => {
+            let pools: Vec<String> = p.iter().map(ToString::to_string).collect();
+            format!(
+                "pools {} (table {})",
+                pools.join(", "),
+                super::nat_outgoing::TABLE
+            )
+        }
+    };
+    let _ = writeln!(o, "nat outgoing {nat}");
     if !s.warnings.is_empty() {
         let _ = writeln!(o, "\nwarnings");
         for w in &s.warnings {
@@ -246,6 +264,7 @@ mod tests {
             ]
             .into(),
             last_errors: vec!["3s ago: datastore unavailable".into()],
+            nat_outgoing: Some(["10.244.0.0/16".parse().unwrap()].into()),
             ..Default::default()
         };
         let text = render(&s);
@@ -260,6 +279,7 @@ mod tests {
             "Vxlan via 10.244.1.0",
             "not programmed: node node-4 has no VTEP",
             "datastore unavailable",
+            "nat outgoing pools 10.244.0.0/16 (table inet felix)",
         ] {
             assert!(text.contains(needle), "{needle} in\n{text}");
         }
