@@ -13,10 +13,11 @@
 
 mod netns_support;
 
-use felix_rs::agent::nat_outgoing::{NatOutgoing, NftTable};
+use felix_rs::agent::nat_outgoing::{NatOutgoing, NatOutgoingReconciler, NftTable};
 use ipam::pool::IpPoolSpec;
 use netns_support::{sh, NetNs};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn skip() -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -40,9 +41,13 @@ fn pool(cidr: &str, nat: bool) -> IpPoolSpec {
 
 /// `nft ARGS` inside `ns`; stdout.
 fn nft(ns: &NetNs, args: &str) -> String {
+    nft_in(&ns.name, args)
+}
+
+fn nft_in(ns: &str, args: &str) -> String {
     let o = Command::new("sh")
         .arg("-c")
-        .arg(format!("ip netns exec {} nft {args}", ns.name))
+        .arg(format!("ip netns exec {ns} nft {args}"))
         .output()
         .unwrap();
     assert!(
@@ -255,4 +260,54 @@ fn pods_in_a_nat_pool_leave_as_the_node_and_pod_to_pod_keeps_its_source() {
     assert!(!ping(&a, "192.168.77.2", 2), "pod a after NAT removed");
     assert_eq!(packets(&outside, "from_node"), 3);
     assert!(packets(&outside, "from_pods") >= before + 2);
+}
+
+/// The kernel's handle of `table inet felix` (a new one each time the
+/// table is made).
+fn table_handle(ns: &str) -> String {
+    let text = nft_in(ns, "-a list table inet felix");
+    let first = text.lines().next().unwrap();
+    first.rsplit("# handle ").next().unwrap().trim().to_string()
+}
+
+#[test]
+fn an_unchanged_table_is_left_alone_and_a_changed_one_written_again() {
+    if skip() {
+        return;
+    }
+    let ns = NetNs::new("nat-rec");
+    let name = ns.name.clone();
+    ns.run(move || async move {
+        let resync = Duration::from_secs(60);
+        let mut r = NatOutgoingReconciler::new(Box::new(NftTable::default()), resync);
+        let pools = [pool("10.244.0.0/16", true), pool("10.245.0.0/16", false)];
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert!(r.reconcile(&pools, t0).await.unwrap().is_ok());
+        let handle = table_handle(&name);
+        // At the resync the table reads as written: not replaced.
+        assert!(r.reconcile(&pools, at(60)).await.is_none());
+        assert_eq!(table_handle(&name), handle);
+        // An element deleted behind the agent's back: put back at the next
+        // resync.
+        nft_in(
+            &name,
+            "delete element inet felix masq_pools_v4 { 10.244.0.0/16 }",
+        );
+        assert!(r.reconcile(&pools, at(61)).await.is_none());
+        assert!(r.reconcile(&pools, at(120)).await.unwrap().is_ok());
+        let listed = nft_in(&name, "list set inet felix masq_pools_v4");
+        assert!(listed.contains("elements = { 10.244.0.0/16 }"), "{listed}");
+        // The table deleted: made again.
+        nft_in(&name, "delete table inet felix");
+        assert!(r.reconcile(&pools, at(180)).await.unwrap().is_ok());
+        let handle = table_handle(&name);
+        assert!(r.reconcile(&pools, at(240)).await.is_none());
+        assert_eq!(table_handle(&name), handle);
+        // No pool wants NAT: removed, and found absent at the resync.
+        let off = [pool("10.244.0.0/16", false)];
+        assert!(r.reconcile(&off, at(241)).await.unwrap().is_ok());
+        assert!(!nft_in(&name, "list tables").contains("felix"));
+        assert!(r.reconcile(&off, at(301)).await.is_none());
+    });
 }

@@ -14,10 +14,11 @@
 //! that are never masqueraded. Disabled pools count too, as in Calico:
 //! their pods keep their addresses.
 //!
-//! The `nft` program (Debian `nftables`) applies the batch
-//! ([`NftTable`]); [`NatOutgoingReconciler`] decides when the agent
-//! writes it (the pools changed, the periodic resync, a retry after an
-//! error).
+//! The `nft` program (Debian `nftables`) applies the batch and lists the
+//! table ([`NftTable`]); [`NatOutgoingReconciler`] decides when the agent
+//! writes it: the pools changed, the kernel's table no longer reads as it
+//! did after the last write (checked at every resync), a retry after an
+//! error.
 
 use ipam::pool::IpPoolSpec;
 use ipnet::IpNet;
@@ -136,6 +137,12 @@ pub enum NatError {
         status: std::process::ExitStatus,
         stderr: String,
     },
+    #[error("{program} list table {TABLE} failed ({status}): {stderr}")]
+    List {
+        program: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
     #[error("the nft task stopped: {0}")]
     Task(String),
 }
@@ -146,6 +153,10 @@ pub enum NatError {
 pub trait NatOutgoingSink: Send {
     /// Makes the kernel's table what `desired` says.
     async fn write(&mut self, desired: &NatOutgoing) -> Result<(), NatError>;
+    /// The kernel's table as text (compared with what it read after the
+    /// last write, to find changes made behind the agent's back); `None`
+    /// when there is no table.
+    async fn read(&mut self) -> Result<Option<String>, NatError>;
 }
 
 /// The kernel's `table inet felix`, written with `nft -f -` in the
@@ -211,6 +222,43 @@ impl NftTable {
         }
         written.map_err(|source| NatError::Run { program, source })
     }
+
+    /// `nft list table inet felix`; `None` when there is no such table
+    /// (or no `nft`: then there is no table felix could have made).
+    pub fn read_blocking(&self) -> Result<Option<String>, NatError> {
+        let program = self.program.display().to_string();
+        let run = |args: &[&str]| match Command::new(&self.program).args(args).output() {
+            Ok(o) => Ok(Some(o)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(NatError::Run {
+                program: program.clone(),
+                source,
+            }),
+        };
+        let Some(listed) = run(&["list", "table", "inet", "felix"])? else {
+            return Ok(None);
+        };
+        if listed.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&listed.stdout).into_owned()));
+        }
+        // Failed: no table, or something else (told apart by the list of
+        // tables).
+        let Some(tables) = run(&["list", "tables", "inet"])? else {
+            return Ok(None);
+        };
+        let absent = tables.status.success()
+            && !String::from_utf8_lossy(&tables.stdout)
+                .lines()
+                .any(|l| l.trim() == format!("table {TABLE}"));
+        if absent {
+            return Ok(None);
+        }
+        Err(NatError::List {
+            program,
+            status: listed.status,
+            stderr: String::from_utf8_lossy(&listed.stderr).trim().to_string(),
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -222,18 +270,36 @@ impl NatOutgoingSink for NftTable {
             .await
             .map_err(|e| NatError::Task(e.to_string()))?
     }
+
+    async fn read(&mut self) -> Result<Option<String>, NatError> {
+        let table = self.clone();
+        tokio::task::spawn_blocking(move || table.read_blocking())
+            .await
+            .map_err(|e| NatError::Task(e.to_string()))?
+    }
 }
 
 /// When the agent writes the table: when the desired state differs from
-/// the last one written, every `resync` (puts back a table changed or
-/// removed behind the agent's back), and [`RETRY_AFTER_ERROR`] after a
-/// failure. Before the first write nothing is touched: a restarted agent
-/// keeps the previous run's table until it has read the pools.
+/// the last one written; at every `resync` when the kernel's table does
+/// not read as it did right after that write (changed or removed behind
+/// the agent's back; an unchanged table is left alone); and
+/// [`RETRY_AFTER_ERROR`] after a failure. Before the first write nothing
+/// is touched: a restarted agent keeps the previous run's table until it
+/// has read the pools.
 pub struct NatOutgoingReconciler {
     sink: Box<dyn NatOutgoingSink>,
     resync: Duration,
-    /// The last attempt: what, when, whether it worked.
-    last: Option<(NatOutgoing, Instant, bool)>,
+    last: Option<Attempt>,
+}
+
+/// The last write and what the kernel showed after it.
+struct Attempt {
+    desired: NatOutgoing,
+    /// When it was written or last found unchanged.
+    at: Instant,
+    /// `Some(listing)` read right after a write that succeeded; `None`
+    /// after a failed one.
+    read_back: Option<Option<String>>,
 }
 
 impl NatOutgoingReconciler {
@@ -245,30 +311,46 @@ impl NatOutgoingReconciler {
         }
     }
 
-    /// Writes the table for `pools` when it is due; `None` when it was not
-    /// due, else the outcome of the write.
+    /// Writes the table for `pools` when it is due; `None` when nothing
+    /// was written, else the outcome of the write.
     pub async fn reconcile<'a>(
         &mut self,
         pools: impl IntoIterator<Item = &'a IpPoolSpec>,
         now: Instant,
     ) -> Option<Result<NatOutgoing, NatError>> {
         let desired = NatOutgoing::from_pools(pools);
-        let due = match &self.last {
-            None => true,
-            Some((written, at, ok)) => {
-                let wait = if *ok {
-                    self.resync
-                } else {
-                    self.resync.min(RETRY_AFTER_ERROR)
-                };
-                *written != desired || now.saturating_duration_since(*at) >= wait
+        if let Some(last) = &mut self.last {
+            if last.desired == desired {
+                let since = now.saturating_duration_since(last.at);
+                match &last.read_back {
+                    None if since < self.resync.min(RETRY_AFTER_ERROR) => return None,
+                    None => {}
+                    Some(_) if since < self.resync => return None,
+                    Some(expected) => match self.sink.read().await {
+                        Ok(listed) if &listed == expected => {
+                            last.at = now;
+                            return None;
+                        }
+                        Ok(_) => tracing::warn!(
+                            "table {TABLE} was changed behind the agent's back; writing it again"
+                        ),
+                        Err(e) => tracing::warn!("{e}; writing table {TABLE} again"),
+                    },
+                }
             }
-        };
-        if !due {
-            return None;
         }
         let result = self.sink.write(&desired).await;
-        self.last = Some((desired.clone(), now, result.is_ok()));
+        let read_back = match &result {
+            // Unreadable right after the write: a listing no kernel
+            // prints, so the next resync writes again.
+            Ok(()) => Some(self.sink.read().await.unwrap_or(Some(String::new()))),
+            Err(_) => None,
+        };
+        self.last = Some(Attempt {
+            desired: desired.clone(),
+            at: now,
+            read_back,
+        });
         Some(result.map(|()| desired))
     }
 }
@@ -409,9 +491,11 @@ table inet felix {
         assert!(matches!(err, NatError::Refused { .. }), "{err:?}");
     }
 
-    /// Records every write; fails while `fail` is set.
+    /// Records every write into a pretend kernel table (the rendered
+    /// text); fails while `fail` is set.
     struct Recorder {
         writes: Arc<Mutex<Vec<NatOutgoing>>>,
+        kernel: Arc<Mutex<Option<String>>>,
         fail: Arc<Mutex<bool>>,
     }
 
@@ -422,16 +506,23 @@ table inet felix {
             if *self.fail.lock().unwrap() {
                 return Err(NatError::Task("failing on purpose".into()));
             }
+            *self.kernel.lock().unwrap() = (!desired.is_empty()).then(|| render(desired));
             Ok(())
+        }
+
+        async fn read(&mut self) -> Result<Option<String>, NatError> {
+            Ok(self.kernel.lock().unwrap().clone())
         }
     }
 
     #[tokio::test]
-    async fn writes_on_change_on_resync_and_retries_an_error_sooner() {
+    async fn writes_on_change_and_on_drift_and_retries_an_error_sooner() {
         let writes = Arc::new(Mutex::new(Vec::new()));
+        let kernel = Arc::new(Mutex::new(None));
         let fail = Arc::new(Mutex::new(false));
         let sink = Recorder {
             writes: writes.clone(),
+            kernel: kernel.clone(),
             fail: fail.clone(),
         };
         let resync = Duration::from_secs(60);
@@ -448,29 +539,27 @@ table inet felix {
         // A change writes at once.
         let written = r.reconcile(&off, t0 + Duration::from_secs(2)).await;
         assert!(written.unwrap().unwrap().is_empty());
-        // The resync writes the same state again.
-        assert!(r
-            .reconcile(&off, t0 + Duration::from_secs(61))
-            .await
-            .is_none());
-        assert!(r
-            .reconcile(&off, t0 + Duration::from_secs(62))
-            .await
-            .is_some());
+        assert!(kernel.lock().unwrap().is_none());
+        // The resync finds the kernel as written: nothing written.
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert!(r.reconcile(&off, at(62)).await.is_none());
+        assert!(r.reconcile(&on, at(63)).await.is_some());
+        assert!(r.reconcile(&on, at(124)).await.is_none());
+        assert_eq!(writes.lock().unwrap().len(), 3);
+        // Changed behind the agent's back: written again at the next
+        // resync (not before).
+        *kernel.lock().unwrap() = Some("table inet felix {}".into());
+        assert!(r.reconcile(&on, at(125)).await.is_none());
+        assert!(r.reconcile(&on, at(184)).await.is_some());
+        let want = render(&NatOutgoing::from_pools(&on));
+        assert_eq!(*kernel.lock().unwrap(), Some(want));
         // A failure is retried after RETRY_AFTER_ERROR, not at every call.
         *fail.lock().unwrap() = true;
-        let t1 = t0 + Duration::from_secs(63);
-        assert!(r.reconcile(&on, t1).await.unwrap().is_err());
-        assert!(r
-            .reconcile(&on, t1 + Duration::from_secs(9))
-            .await
-            .is_none());
+        assert!(r.reconcile(&off, at(200)).await.unwrap().is_err());
+        assert!(r.reconcile(&off, at(209)).await.is_none());
         *fail.lock().unwrap() = false;
-        assert!(r
-            .reconcile(&on, t1 + RETRY_AFTER_ERROR)
-            .await
-            .unwrap()
-            .is_ok());
-        assert_eq!(writes.lock().unwrap().len(), 5);
+        let retried = r.reconcile(&off, at(200) + RETRY_AFTER_ERROR).await;
+        assert!(retried.unwrap().is_ok());
+        assert_eq!(writes.lock().unwrap().len(), 6);
     }
 }
