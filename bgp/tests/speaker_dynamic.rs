@@ -171,3 +171,47 @@ async fn listen_range_needs_a_listener() {
     assert!(matches!(r, Err(SpeakerError::ListenRange { .. })), "{r:?}");
     s.shutdown(None).await;
 }
+
+/// A dual-stack listener (`[::]`): IPv4 peers' MD5 keys (a neighbour's and
+/// a listen range's) are installed as IPv4-mapped keys, which is how Linux
+/// takes IPv4 keys on an IPv6 socket; signed IPv4 connections then come in.
+#[tokio::test]
+async fn dual_stack_listener_takes_md5_keys_of_ipv4_peers() {
+    let rr_ip = ip(5, 1);
+    let IpAddr::V4(id) = rr_ip else {
+        unreachable!()
+    };
+    let mut config = SpeakerConfig::new(AS, id);
+    config.hold_time = 9;
+    config.listen = Some(SocketAddr::new(
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        0,
+    ));
+    let rr = Speaker::start(config).await.unwrap();
+    let mut range = ListenRange::new("127.0.5.0/28".parse().unwrap(), AS);
+    range.password = Some("range-secret".into());
+    rr.add_listen_range(range).await.unwrap();
+    let mut static_peer = NeighborConfig::new(ip(5, 20), AS);
+    static_peer.passive = true;
+    static_peer.password = Some("peer-secret".into());
+    rr.add_neighbor(static_peer).await.unwrap();
+
+    let in_range = client(ip(5, 2), &rr, rr_ip, Some("range-secret")).await;
+    let static_client = client(ip(5, 20), &rr, rr_ip, Some("peer-secret")).await;
+    let unsigned = client(ip(5, 3), &rr, rr_ip, None).await;
+    assert!(
+        eventually(|| established(&in_range, rr_ip)).await,
+        "{:?}",
+        rr.status().await
+    );
+    assert!(
+        eventually(|| established(&static_client, rr_ip)).await,
+        "{:?}",
+        rr.status().await
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!established(&unsigned, rr_ip).await);
+    for s in [in_range, static_client, unsigned, rr] {
+        s.shutdown(None).await;
+    }
+}

@@ -68,7 +68,7 @@ impl Listener {
     /// Installs a TCP MD5 key (RFC 2385) for connections from `peer`
     /// (an empty key removes it). Works before and after [`Listener::start`].
     pub fn set_md5(&self, peer: IpAddr, key: &[u8]) -> io::Result<()> {
-        let peer = SocketAddr::new(peer, 0);
+        let peer = SocketAddr::new(self.family_of_socket(peer), 0);
         match (&self.socket, &self.started) {
             (Some(s), _) => sockopt::set_md5(s, peer, key),
             (None, Some(fd)) => sockopt::set_md5(&fd.as_fd(), peer, key),
@@ -79,10 +79,24 @@ impl Listener {
     /// Installs a TCP MD5 key for connections from every address in
     /// `prefix` (an empty key removes it).
     pub fn set_md5_prefix(&self, prefix: IpNet, key: &[u8]) -> io::Result<()> {
+        let set = |fd: &std::os::fd::BorrowedFd<'_>| match (self.local, prefix) {
+            (SocketAddr::V6(_), IpNet::V4(p)) => sockopt::set_md5_prefix_v4_mapped(fd, p, key),
+            _ => sockopt::set_md5_prefix(fd, prefix, key),
+        };
         match (&self.socket, &self.started) {
-            (Some(s), _) => sockopt::set_md5_prefix(s, prefix, key),
-            (None, Some(fd)) => sockopt::set_md5_prefix(&fd.as_fd(), prefix, key),
+            (Some(s), _) => set(&s.as_fd()),
+            (None, Some(fd)) => set(&fd.as_fd()),
             (None, None) => Err(io::Error::other("listener closed")),
+        }
+    }
+
+    /// An IPv4 peer of a dual-stack (IPv6) socket as the socket sees it:
+    /// `::ffff:a.b.c.d` (Linux takes only IPv6 MD5 keys on an IPv6 socket,
+    /// and files a mapped one as the IPv4 key it is).
+    fn family_of_socket(&self, peer: IpAddr) -> IpAddr {
+        match (self.local, peer) {
+            (SocketAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            _ => peer,
         }
     }
 

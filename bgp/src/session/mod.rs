@@ -811,7 +811,8 @@ impl Driver {
     /// A connection the peer opened (RFC 4271 events 14–17).
     async fn incoming(&mut self, stream: TcpStream) {
         let from = stream.peer_addr().ok();
-        if from.map(|a| a.ip()) != Some(self.config.remote.ip()) {
+        // A dual-stack listener hands IPv4 peers over as ::ffff:a.b.c.d.
+        if from.map(|a| unmapped(a.ip())) != Some(self.config.remote.ip()) {
             // Event 15 (Tcp_CR_Invalid): not this peer's.
             warn!(?from, "refusing connection from an unexpected address");
             return;

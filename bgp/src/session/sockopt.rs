@@ -80,6 +80,18 @@ pub fn set_md5_prefix(socket: &impl AsFd, prefix: ipnet::IpNet, key: &[u8]) -> i
     md5_setsockopt(socket, addr, Some(prefix.prefix_len()), key)
 }
 
+/// [`set_md5_prefix`] for IPv4 peers of a dual-stack (IPv6) socket: Linux
+/// takes the IPv4 prefix as its IPv4-mapped address with the IPv4 prefix
+/// length (at most 32; `tcp_v6_parse_md5_keys`).
+pub fn set_md5_prefix_v4_mapped(
+    socket: &impl AsFd,
+    prefix: ipnet::Ipv4Net,
+    key: &[u8],
+) -> io::Result<()> {
+    let addr = SocketAddr::new(std::net::IpAddr::V6(prefix.network().to_ipv6_mapped()), 0);
+    md5_setsockopt(socket, addr, Some(prefix.prefix_len()), key)
+}
+
 #[allow(unsafe_code)]
 fn md5_setsockopt(
     socket: &impl AsFd,
