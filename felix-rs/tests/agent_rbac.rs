@@ -45,6 +45,7 @@ fn config(dir: &std::path::Path, address: &str, bgp_port: u16) -> AgentConfig {
     AgentConfig {
         node_name: "node-1".into(),
         node_address,
+        node_address_v6: None,
         router_id: node_address.addr(),
         as_number: None,
         route_reflector_cluster_id: None,

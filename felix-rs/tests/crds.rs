@@ -179,6 +179,7 @@ fn full_node() -> FelixNode {
     FelixNode {
         bgp: NodeBgp {
             ipv4_address: "10.0.0.1/24".parse().unwrap(),
+            ipv6_address: Some("fd00::1/64".parse().unwrap()),
             as_number: Some(64512),
             route_reflector_cluster_id: Some("10.255.0.1".parse().unwrap()),
         },

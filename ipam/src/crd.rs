@@ -45,6 +45,12 @@ pub fn ipv4_interface_pattern() -> String {
     format!("^{}/{V4_LEN}$", v4())
 }
 
+/// `^IPV6/LEN$`: an IPv6 interface address with its prefix length (a
+/// node's `ipv6Address`).
+pub fn ipv6_interface_pattern() -> String {
+    format!("^{V6}/{V6_LEN}$")
+}
+
 /// `^A.B.C.D$`.
 pub fn ipv4_pattern() -> String {
     format!("^{}$", v4())
@@ -88,6 +94,18 @@ pub fn ipv4_interface_schema(_: &mut SchemaGenerator) -> Schema {
         "maxLength": 18,
         "pattern": ipv4_interface_pattern(),
         "description": "An IPv4 address with the prefix length of its subnet (10.0.0.1/24)."
+    })
+}
+
+/// Schema of an optional IPv6 address with prefix length (`ipnet::Ipv6Net`
+/// holding an interface address; nullable).
+pub fn optional_ipv6_interface_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "nullable": true,
+        "maxLength": 43,
+        "pattern": ipv6_interface_pattern(),
+        "description": "An IPv6 address with the prefix length of its subnet (fd00::1/64)."
     })
 }
 

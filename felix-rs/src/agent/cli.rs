@@ -45,7 +45,7 @@ pub fn node_run(args: &NodeRunArgs) -> ExitCode {
     let env: std::collections::BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("FELIX_"))
         .collect();
-    let config = match config::load(args.config.as_deref(), &env, config::detect_node_address) {
+    let config = match config::load(args.config.as_deref(), &env, config::SystemAddresses) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("felix: {e}");

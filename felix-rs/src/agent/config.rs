@@ -5,10 +5,10 @@
 //! objects of the same kinds are merged over them at run time.
 
 use super::resources::{BgpConfigurationSpec, BgpPeerSpec};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -40,6 +40,42 @@ pub enum AgentConfigError {
     Invalid(String),
 }
 
+/// The node's IPv6 address as configured (`node_address_v6`,
+/// `FELIX_NODE_ADDRESS_V6`): Calico's `IP6` (`none`, `autodetect` or an
+/// address). IPv6 is opt-in, as in Calico: unset means `none`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeAddressV6 {
+    /// No IPv6: IPv4 only.
+    #[default]
+    None,
+    /// The global address of the interface holding the IPv6 default route,
+    /// else the global address on the IPv4 node interface.
+    Autodetect,
+    /// `ADDR/LEN`.
+    Address(Ipv6Net),
+}
+
+impl std::str::FromStr for NodeAddressV6 {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(NodeAddressV6::None),
+            "autodetect" => Ok(NodeAddressV6::Autodetect),
+            _ => s
+                .parse()
+                .map(NodeAddressV6::Address)
+                .map_err(|e| format!("{s:?}: expected none, autodetect or an IPv6 ADDR/LEN ({e})")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeAddressV6 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,6 +100,8 @@ pub struct AgentFile {
     pub node_name: Option<String>,
     /// `ADDR/LEN`; detected when absent.
     pub node_address: Option<Ipv4Net>,
+    /// `ADDR/LEN`, `autodetect` or `none` (the default).
+    pub node_address_v6: Option<NodeAddressV6>,
     pub router_id: Option<Ipv4Addr>,
     /// This node's AS (the cluster's, `bgp.asNumber`, when absent).
     pub as_number: Option<u32>,
@@ -93,6 +131,8 @@ pub struct AgentFile {
 pub struct AgentConfig {
     pub node_name: String,
     pub node_address: Ipv4Net,
+    /// The node's IPv6 address (dual stack); `None`: IPv4 only.
+    pub node_address_v6: Option<Ipv6Net>,
     pub router_id: Ipv4Addr,
     pub as_number: Option<u32>,
     pub route_reflector_cluster_id: Option<Ipv4Addr>,
@@ -116,13 +156,44 @@ pub fn parse_file(text: &str) -> Result<AgentFile, String> {
     toml::from_str(text).map_err(|e| e.to_string())
 }
 
+/// How the node's addresses are found when the configuration does not give
+/// them: the IPv4 one, and the IPv6 one for `autodetect` (given the IPv4
+/// node address, whose interface is the fallback).
+pub trait DetectAddresses {
+    fn ipv4(&self) -> Result<Ipv4Net, String>;
+    fn ipv6(&self, ipv4: Ipv4Net) -> Result<Ipv6Net, String>;
+}
+
+/// The running system's addresses ([`detect_node_address`],
+/// [`detect_node_address_v6`]).
+pub struct SystemAddresses;
+
+impl DetectAddresses for SystemAddresses {
+    fn ipv4(&self) -> Result<Ipv4Net, String> {
+        detect_node_address()
+    }
+    fn ipv6(&self, ipv4: Ipv4Net) -> Result<Ipv6Net, String> {
+        detect_node_address_v6(ipv4.addr())
+    }
+}
+
+/// An IPv4 detection closure alone (IPv6 `autodetect` then fails).
+impl<F: Fn() -> Result<Ipv4Net, String>> DetectAddresses for F {
+    fn ipv4(&self) -> Result<Ipv4Net, String> {
+        self()
+    }
+    fn ipv6(&self, _: Ipv4Net) -> Result<Ipv6Net, String> {
+        Err("IPv6 detection is not available here".into())
+    }
+}
+
 /// Reads `path` (if any), applies the environment `env` (name → value)
-/// and resolves defaults; `detect` finds the node address when neither
-/// gives one.
+/// and resolves defaults; `detect` finds the node addresses when neither
+/// gives them.
 pub fn load(
     path: Option<&Path>,
     env: &BTreeMap<String, String>,
-    detect: impl FnOnce() -> Result<Ipv4Net, String>,
+    detect: impl DetectAddresses,
 ) -> Result<AgentConfig, AgentConfigError> {
     let mut file = match path {
         Some(p) => {
@@ -161,7 +232,7 @@ where
     }
 }
 
-/// `FELIX_NODE_NAME`, `FELIX_NODE_ADDRESS`, `FELIX_ROUTER_ID`,
+/// `FELIX_NODE_NAME`, `FELIX_NODE_ADDRESS`, `FELIX_NODE_ADDRESS_V6`, `FELIX_ROUTER_ID`,
 /// `FELIX_AS_NUMBER`, `FELIX_DATASTORE`, `FELIX_LOG_FORMAT`,
 /// `FELIX_LOG_LEVEL`, `FELIX_HTTP_LISTEN` override the file.
 fn apply_env(file: &mut AgentFile, env: &BTreeMap<String, String>) -> Result<(), AgentConfigError> {
@@ -170,6 +241,9 @@ fn apply_env(file: &mut AgentFile, env: &BTreeMap<String, String>) -> Result<(),
     }
     if let Some(v) = env_parse(env, "FELIX_NODE_ADDRESS")? {
         file.node_address = Some(v);
+    }
+    if let Some(v) = env_parse(env, "FELIX_NODE_ADDRESS_V6")? {
+        file.node_address_v6 = Some(v);
     }
     if let Some(v) = env_parse(env, "FELIX_ROUTER_ID")? {
         file.router_id = Some(v);
@@ -202,10 +276,7 @@ fn apply_env(file: &mut AgentFile, env: &BTreeMap<String, String>) -> Result<(),
     Ok(())
 }
 
-fn resolve(
-    file: AgentFile,
-    detect: impl FnOnce() -> Result<Ipv4Net, String>,
-) -> Result<AgentConfig, AgentConfigError> {
+fn resolve(file: AgentFile, detect: impl DetectAddresses) -> Result<AgentConfig, AgentConfigError> {
     let node_name = match file.node_name {
         Some(n) => n,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -219,12 +290,28 @@ fn resolve(
     }
     let node_address = match file.node_address {
         Some(a) => a,
-        None => detect().map_err(AgentConfigError::NodeAddress)?,
+        None => detect.ipv4().map_err(AgentConfigError::NodeAddress)?,
     };
     if node_address.addr().is_unspecified() || node_address.addr().is_loopback() {
         return Err(AgentConfigError::NodeAddress(format!(
             "{node_address} cannot be a node address"
         )));
+    }
+    let node_address_v6 = match file.node_address_v6.unwrap_or_default() {
+        NodeAddressV6::None => None,
+        NodeAddressV6::Address(a) => Some(a),
+        NodeAddressV6::Autodetect => Some(
+            detect
+                .ipv6(node_address)
+                .map_err(|e| AgentConfigError::NodeAddress(format!("IPv6 autodetect: {e}")))?,
+        ),
+    };
+    if let Some(a) = node_address_v6 {
+        if !usable_global_v6(a.addr()) {
+            return Err(AgentConfigError::NodeAddress(format!(
+                "{a} cannot be a node's IPv6 address (it must be a global or unique-local unicast address)"
+            )));
+        }
     }
     let mut bgp_peers = BTreeMap::new();
     for p in file.bgp_peers {
@@ -248,6 +335,7 @@ fn resolve(
         node_name,
         router_id: file.router_id.unwrap_or(node_address.addr()),
         node_address,
+        node_address_v6,
         as_number: file.as_number,
         route_reflector_cluster_id: file.route_reflector_cluster_id,
         datastore: file
@@ -314,6 +402,88 @@ pub fn detect_node_address() -> Result<Ipv4Net, String> {
     ))
 }
 
+/// An IPv6 address a node can peer and be routed to from: not
+/// unspecified, loopback, multicast, link-local (fe80::/10: a BGP next hop
+/// must be usable from other links) or IPv4-mapped.
+pub fn usable_global_v6(a: Ipv6Addr) -> bool {
+    !(a.is_unspecified()
+        || a.is_loopback()
+        || a.is_multicast()
+        || (a.segments()[0] & 0xffc0) == 0xfe80
+        || a.to_ipv4_mapped().is_some())
+}
+
+/// IPv6 autodetection (Calico's `IP6=autodetect`, first-found style): the
+/// global address of the interface holding the IPv6 default route
+/// (`/proc/net/ipv6_route`), else the global address on the interface
+/// holding `ipv4` (the IPv4 node address).
+pub fn detect_node_address_v6(ipv4: Ipv4Addr) -> Result<Ipv6Net, String> {
+    let table = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("listing addresses: {e}"))?;
+    let mut v4_iface = None;
+    let mut v6: Vec<(String, Ipv6Net)> = Vec::new();
+    for a in addrs {
+        if let Some(s) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+            if s.ip() == ipv4 {
+                v4_iface = Some(a.interface_name.clone());
+            }
+            continue;
+        }
+        let (Some(addr), Some(mask)) = (
+            a.address.as_ref().and_then(|s| s.as_sockaddr_in6()),
+            a.netmask.as_ref().and_then(|s| s.as_sockaddr_in6()),
+        ) else {
+            continue;
+        };
+        let len = u128::from(mask.ip()).count_ones() as u8;
+        if let Ok(net) = Ipv6Net::new(addr.ip(), len) {
+            v6.push((a.interface_name.clone(), net));
+        }
+    }
+    pick_node_address_v6(
+        default_route_interface_v6(&table).as_deref(),
+        v4_iface.as_deref(),
+        &v6,
+    )
+}
+
+/// The choice of [`detect_node_address_v6`], pure: the first usable global
+/// address of `default_iface`, else of `v4_iface`.
+pub fn pick_node_address_v6(
+    default_iface: Option<&str>,
+    v4_iface: Option<&str>,
+    addresses: &[(String, Ipv6Net)],
+) -> Result<Ipv6Net, String> {
+    for iface in [default_iface, v4_iface].into_iter().flatten() {
+        if let Some((_, a)) = addresses
+            .iter()
+            .find(|(i, a)| i == iface && usable_global_v6(a.addr()))
+        {
+            return Ok(*a);
+        }
+    }
+    Err(format!(
+        "no global IPv6 address on the IPv6 default route's interface ({}) nor on the IPv4 node interface ({}): set node_address_v6 or FELIX_NODE_ADDRESS_V6",
+        default_iface.unwrap_or("none"),
+        v4_iface.unwrap_or("none")
+    ))
+}
+
+/// The interface of the first IPv6 default route (`::/0` with a device) in
+/// a `/proc/net/ipv6_route` dump (columns: destination, its length, source,
+/// its length, next hop, metric, refcount, use, flags, device; `lo` holds
+/// the unreachable default the kernel lists when there is none).
+pub fn default_route_interface_v6(table: &str) -> Option<String> {
+    table.lines().find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.len() >= 10
+            && cols[0] == "00000000000000000000000000000000"
+            && cols[1] == "00"
+            && cols[9] != "lo")
+            .then(|| cols[9].to_string())
+    })
+}
+
 /// The interface of the first default route in a `/proc/net/route` dump.
 pub fn default_route_interface(table: &str) -> Option<String> {
     table.lines().skip(1).find_map(|line| {
@@ -332,6 +502,7 @@ mod tests {
     const EXAMPLE: &str = r#"
 node_name = "node-1"
 node_address = "10.0.0.1/24"
+node_address_v6 = "fd00::1/64"
 router_id = "10.0.0.1"
 as_number = 64512
 datastore = "sqlite:/var/lib/felix/felix.db"
@@ -377,6 +548,7 @@ sourceAddress = "UseNodeIP"
         let c = load(Some(&path), &BTreeMap::new(), no_detect).unwrap();
         assert_eq!(c.node_name, "node-1");
         assert_eq!(c.node_address, "10.0.0.1/24".parse().unwrap());
+        assert_eq!(c.node_address_v6, Some("fd00::1/64".parse().unwrap()));
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(c.bgp.mesh());
         assert_eq!(c.bgp_peers["tor"].as_number, Some(65000));
@@ -440,5 +612,104 @@ sourceAddress = "UseNodeIP"
                      eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
         assert_eq!(default_route_interface(table).as_deref(), Some("eth0"));
         assert_eq!(default_route_interface("Iface\n"), None);
+    }
+
+    /// A detector with both families, to see which one `load` asks for.
+    struct Both;
+    impl DetectAddresses for Both {
+        fn ipv4(&self) -> Result<Ipv4Net, String> {
+            Ok("192.0.2.5/24".parse().unwrap())
+        }
+        fn ipv6(&self, ipv4: Ipv4Net) -> Result<Ipv6Net, String> {
+            assert_eq!(ipv4, "192.0.2.5/24".parse().unwrap());
+            Ok("2001:db8::5/64".parse().unwrap())
+        }
+    }
+
+    #[test]
+    fn ipv6_is_opt_in_configured_or_autodetected() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            std::iter::once(("FELIX_NODE_NAME", "n1"))
+                .chain(pairs.iter().copied())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // Unset: IPv4 only (Calico's IP6 defaults to none).
+        let c = load(None, &env(&[]), Both).unwrap();
+        assert_eq!(c.node_address_v6, None);
+        let c = load(None, &env(&[("FELIX_NODE_ADDRESS_V6", "none")]), Both).unwrap();
+        assert_eq!(c.node_address_v6, None);
+        let c = load(None, &env(&[("FELIX_NODE_ADDRESS_V6", "autodetect")]), Both).unwrap();
+        assert_eq!(c.node_address_v6, Some("2001:db8::5/64".parse().unwrap()));
+        let c = load(
+            None,
+            &env(&[("FELIX_NODE_ADDRESS_V6", "fd00:0:0:1::7/64")]),
+            Both,
+        )
+        .unwrap();
+        assert_eq!(c.node_address_v6, Some("fd00:0:0:1::7/64".parse().unwrap()));
+        // Refused, naming the value.
+        for bad in [
+            "fe80::1/64",
+            "::1/128",
+            "::ffff:10.0.0.1/96",
+            "10.0.0.1/24",
+            "auto",
+        ] {
+            let e = load(None, &env(&[("FELIX_NODE_ADDRESS_V6", bad)]), Both).unwrap_err();
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
+        }
+        // Autodetection that finds nothing is an error, not IPv4-only.
+        let e = load(
+            None,
+            &env(&[("FELIX_NODE_ADDRESS_V6", "autodetect")]),
+            || Ok("192.0.2.5/24".parse().unwrap()),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("IPv6 autodetect"), "{e}");
+        assert!(parse_file("node_address_v6 = \"fd00::/300\"")
+            .unwrap_err()
+            .contains("fd00::/300"));
+    }
+
+    #[test]
+    fn ipv6_default_route_interface_from_proc_net_ipv6_route() {
+        let table = "\
+fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth1
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000001 00000000 00000003     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+";
+        assert_eq!(default_route_interface_v6(table).as_deref(), Some("eth0"));
+        // Only the kernel's unreachable default (on lo): no default route.
+        let none = table.lines().skip(2).collect::<Vec<_>>().join("\n");
+        assert_eq!(default_route_interface_v6(&none), None);
+        assert_eq!(default_route_interface_v6(""), None);
+    }
+
+    #[test]
+    fn ipv6_detection_takes_a_global_address_of_the_default_or_the_ipv4_interface() {
+        let a = |i: &str, n: &str| (i.to_string(), n.parse::<Ipv6Net>().unwrap());
+        let addrs = vec![
+            a("eth0", "fe80::1/64"),
+            a("eth0", "2001:db8::1/64"),
+            a("eth1", "fe80::2/64"),
+            a("eth1", "fd00:1::2/64"),
+        ];
+        let pick = |d, v| pick_node_address_v6(d, v, &addrs);
+        // The default route's interface first, its link-local skipped.
+        assert_eq!(
+            pick(Some("eth0"), Some("eth1")),
+            Ok("2001:db8::1/64".parse().unwrap())
+        );
+        // No IPv6 default route: the IPv4 node interface's global address.
+        assert_eq!(
+            pick(None, Some("eth1")),
+            Ok("fd00:1::2/64".parse().unwrap())
+        );
+        // A default route on an interface with only a link-local address.
+        let only_ll = vec![a("eth0", "fe80::1/64")];
+        let e = pick_node_address_v6(Some("eth0"), Some("eth0"), &only_ll).unwrap_err();
+        assert!(e.contains("eth0"), "{e}");
+        assert!(pick(None, None).is_err());
     }
 }

@@ -148,15 +148,18 @@ impl Topology<'_> {
     fn node_at(&self, next_hop: IpAddr) -> Option<(&str, &FelixNode)> {
         self.nodes
             .iter()
-            .find(|(_, n)| n.address() == next_hop)
+            .find(|(_, n)| n.has_address(next_hop))
             .map(|(name, n)| (name.as_str(), n))
     }
 }
 
 /// How the learned block `prefix` with BGP `next_hops` is forwarded. A
 /// tunnel route that cannot be built yet (this node or the next hop's node
-/// has no tunnel address registered, the next hop is no node, IPv6) comes
-/// back with `pending` saying why and no gateways.
+/// has no tunnel address registered, the next hop is no node) or not at
+/// all (an IPv6 block whose pool tunnels it: no VXLAN/IPIP for IPv6 yet)
+/// comes back with `pending` saying why and no gateways. IPv6 blocks are
+/// otherwise routed like IPv4 ones: `via` the next hops (the owners' IPv6
+/// addresses), "on our subnet" meaning on this node's IPv6 subnet.
 pub fn remote_route(prefix: IpNet, next_hops: &[IpAddr], topo: &Topology<'_>) -> RemoteRoute {
     let encap = encapsulation_for(prefix, topo.pools);
     let via = via(encap, next_hops, |h| topo.me.same_subnet(h));
@@ -268,6 +271,7 @@ mod tests {
         FelixNode {
             bgp: NodeBgp {
                 ipv4_address: addr.parse().unwrap(),
+                ipv6_address: None,
                 as_number: None,
                 route_reflector_cluster_id: None,
             },
@@ -449,5 +453,84 @@ mod tests {
                 }
             ]
         );
+    }
+
+    /// node-1 and node-2 dual stack on fd00::/64, node-3 on fd00:0:0:1::/64.
+    fn dual_cluster() -> (FelixNode, BTreeMap<String, FelixNode>) {
+        let (_, mut nodes) = cluster();
+        for (name, v6) in [
+            ("node-1", "fd00::1/64"),
+            ("node-2", "fd00::2/64"),
+            ("node-3", "fd00:0:0:1::3/64"),
+        ] {
+            nodes.get_mut(name).unwrap().bgp.ipv6_address = Some(v6.parse().unwrap());
+        }
+        (nodes["node-1"].clone(), nodes)
+    }
+
+    #[test]
+    fn ipv6_blocks_route_via_the_owners_ipv6_address_and_never_tunnel() {
+        let (me, nodes) = dual_cluster();
+        let block2: IpNet = "fd00:10:244::40/122".parse().unwrap();
+        let block3: IpNet = "fd00:10:244::80/122".parse().unwrap();
+        let decide = |pools: &[IpPoolSpec], block, hops: &[&str]| {
+            let hops: Vec<IpAddr> = hops.iter().map(|h| ip(h)).collect();
+            remote_route(
+                block,
+                &hops,
+                &Topology {
+                    me: &me,
+                    nodes: &nodes,
+                    pools,
+                },
+            )
+        };
+        use EncapMode::*;
+        let v6_pool = [pool("fd00:10:244::/48", Never, Never)];
+        // On our IPv6 subnet: via the next hop.
+        let r = decide(&v6_pool, block2, &["fd00::2"]);
+        assert_eq!(
+            (r.via, r.gateways, r.pending),
+            (Via::Direct, vec![ip("fd00::2")], None)
+        );
+        // ECMP: both next hops.
+        let r = decide(&v6_pool, block2, &["fd00::2", "fd00::3"]);
+        assert_eq!(r.gateways, [ip("fd00::2"), ip("fd00::3")]);
+        // Off-subnet without a tunnel: via the next hop (the underlay routes).
+        let r = decide(&v6_pool, block3, &["fd00:0:0:1::3"]);
+        assert_eq!(
+            (r.via, r.gateways),
+            (Via::Direct, vec![ip("fd00:0:0:1::3")])
+        );
+        // A CrossSubnet pool: on our IPv6 subnet directly (same_subnet is
+        // per family), across subnets not programmed, saying why.
+        let cross = [pool("fd00:10:244::/48", CrossSubnet, Never)];
+        let r = decide(&cross, block2, &["fd00::2"]);
+        assert_eq!((r.via, r.pending), (Via::Direct, None));
+        let r = decide(&cross, block3, &["fd00:0:0:1::3"]);
+        assert_eq!(r.via, Via::Vxlan);
+        assert!(r.gateways.is_empty());
+        assert!(r.pending.unwrap().contains("IPv6"));
+        let ipip = [pool("fd00:10:244::/48", Never, Always)];
+        let r = decide(&ipip, block2, &["fd00::2"]);
+        assert!(r.pending.unwrap().contains("IPv4 only"));
+        // An IPv4 block in the same cluster is unaffected.
+        let v4 = [pool("10.244.0.0/16", CrossSubnet, Never)];
+        let r = decide(&v4, "10.244.0.64/26".parse().unwrap(), &["10.0.0.2"]);
+        assert_eq!((r.via, r.gateways), (Via::Direct, vec![ip("10.0.0.2")]));
+    }
+
+    #[test]
+    fn same_subnet_is_per_family() {
+        let (me, _) = dual_cluster();
+        assert!(me.same_subnet(ip("fd00::99")));
+        assert!(!me.same_subnet(ip("fd00:0:0:1::3")));
+        assert!(me.same_subnet(ip("10.0.0.7")));
+        assert!(!me.same_subnet(ip("10.0.1.7")));
+        // An IPv4-only node has no IPv6 subnet.
+        let (v4_only, _) = cluster();
+        assert!(!v4_only.same_subnet(ip("fd00::99")));
+        assert!(v4_only.has_address(ip("10.0.0.1")));
+        assert!(me.has_address(ip("fd00::1")) && !v4_only.has_address(ip("fd00::1")));
     }
 }

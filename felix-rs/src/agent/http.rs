@@ -140,6 +140,22 @@ pub fn metrics(s: &AgentStatus, c: &Counters) -> String {
             &[(String::new(), pools.len() as f64)],
         );
     }
+    let family = |(v4, v6): (usize, usize)| {
+        [
+            ("{family=\"ipv4\"}".to_string(), v4 as f64),
+            ("{family=\"ipv6\"}".to_string(), v6 as f64),
+        ]
+    };
+    gauge(
+        "felix_routes_learned_by_family",
+        "Remote prefixes learned, per address family.",
+        &family(s.routes_by_family()),
+    );
+    gauge(
+        "felix_ipam_blocks_by_family",
+        "Blocks affine to this node, per address family.",
+        &family(s.blocks_by_family()),
+    );
     gauge(
         "felix_ready",
         "1 when every configured session is Established and the first reconcile is done.",
@@ -213,13 +229,39 @@ mod tests {
                 dynamic: false,
                 end_of_rib: false,
             }],
-            blocks: vec!["10.244.0.0/26".parse().unwrap()],
+            blocks: vec![
+                "10.244.0.0/26".parse().unwrap(),
+                "fd00:10:244::/122".parse().unwrap(),
+            ],
+            routes: [
+                ("10.244.0.64/26", "10.0.0.2"),
+                ("fd00:10:244::40/122", "fd00::2"),
+                ("fd00:10:244::80/122", "fd00::3"),
+            ]
+            .into_iter()
+            .map(|(p, h)| {
+                let hop: std::net::IpAddr = h.parse().unwrap();
+                (
+                    p.parse().unwrap(),
+                    crate::agent::forwarding::RemoteRoute {
+                        next_hops: vec![hop],
+                        via: crate::agent::forwarding::Via::Direct,
+                        gateways: vec![hop],
+                        pending: None,
+                    },
+                )
+            })
+            .collect(),
             ..Default::default()
         };
         let text = metrics(&s, &Counters::default());
         assert!(text.contains("felix_bgp_session_established{peer=\"10.0.0.2\"} 1"));
         assert!(text.contains("felix_bgp_prefixes_accepted{peer=\"10.0.0.2\"} 2"));
-        assert!(text.contains("felix_ipam_blocks 1"));
+        assert!(text.contains("felix_ipam_blocks 2"));
+        assert!(text.contains("felix_routes_learned 3"));
+        assert!(text.contains("felix_routes_learned_by_family{family=\"ipv4\"} 1"));
+        assert!(text.contains("felix_routes_learned_by_family{family=\"ipv6\"} 2"));
+        assert!(text.contains("felix_ipam_blocks_by_family{family=\"ipv6\"} 1"));
         assert!(text.contains("felix_ready 0"));
         assert!(text.contains("felix_nat_outgoing_errors_total 0"));
         assert!(!text.contains("felix_nat_outgoing_pools"));

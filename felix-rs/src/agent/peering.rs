@@ -9,13 +9,28 @@
 //! - a route reflector (a node with `routeReflectorClusterID`) treats the
 //!   nodes it peers with that are not in its cluster as RR clients.
 //!
+//! Dual stack (Calico's way, as its `bird6` does): IPv6 unicast has
+//! sessions of its own between the nodes' IPv6 addresses, next to the IPv4
+//! ones; a session's next hop is our address on it, so IPv6 routes go out
+//! with our IPv6 address as next hop without any per-family next-hop
+//! setting. An IPv6 session carries IPv6 prefixes only (import and export
+//! filters), so an IPv4 block is never learned twice from one node.
+//!
 //! Pure: the agent diffs the result against the speaker's neighbours.
 
 use super::resources::{BgpConfigurationSpec, BgpPeerSpec, FelixNode, SourceAddress};
+use bgp::rib::PrefixList;
 use bgp::speaker::NeighborConfig;
 use ipam::selector::Selector;
+use ipnet::{IpNet, Ipv6Net};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+/// Import and export filter of an IPv6 session: IPv6 prefixes only (the
+/// IPv4 ones travel on the IPv4 session to the same node).
+pub fn ipv6_only() -> PrefixList {
+    PrefixList::only_within([IpNet::V6(Ipv6Net::default())])
+}
 
 /// The neighbours to have, and what could not be honoured (bad selectors,
 /// peers without an AS, settings the speaker cannot apply per peer).
@@ -42,24 +57,45 @@ pub fn plan(inputs: &PeeringInputs<'_>) -> PeeringPlan {
     let mut out = PeeringPlan::default();
     let me = inputs.node;
     let my_addr = me.address();
+    let my_v6 = me.address_v6();
     let cluster_asn = inputs.bgp.asn();
     let port = inputs.bgp.port();
     let node_asn = |n: &FelixNode| n.bgp.as_number.unwrap_or(cluster_asn);
+    // Our end of a session towards `address`: our address of its family
+    // (`None` for an IPv6 peer when we have no IPv6 address: no session).
+    let local_for = |address: IpAddr| match address {
+        IpAddr::V4(_) => Some(my_addr),
+        IpAddr::V6(_) => my_v6,
+    };
     let add = |out: &mut PeeringPlan, address: IpAddr, asn: u32, target: Option<&FelixNode>| {
         let mut n = NeighborConfig::new(address, asn);
         n.port = port;
-        n.local_address = Some(my_addr);
+        n.local_address = local_for(address);
+        if address.is_ipv6() {
+            n.import = Some(ipv6_only());
+            n.export = Some(ipv6_only());
+        }
         let my_cluster = me.bgp.route_reflector_cluster_id;
         n.rr_client = my_cluster.is_some()
             && asn == node_asn(me)
             && target.is_some_and(|t| t.bgp.route_reflector_cluster_id != my_cluster);
         out.neighbors.insert(address, n);
     };
+    // A node's session addresses: its IPv4 one, and its IPv6 one when both
+    // ends are dual stack.
+    let dual_stack = my_v6.is_some();
+    let node_addresses = |n: &FelixNode| {
+        let v6 = if dual_stack { n.address_v6() } else { None };
+        std::iter::once(n.address()).chain(v6)
+    };
 
     if inputs.bgp.mesh() {
         for (name, node) in inputs.nodes {
-            if name != inputs.node_name && node.address() != my_addr {
-                add(&mut out, node.address(), node_asn(node), Some(node));
+            if name == inputs.node_name || node.address() == my_addr {
+                continue;
+            }
+            for address in node_addresses(node) {
+                add(&mut out, address, node_asn(node), Some(node));
             }
         }
     }
@@ -82,14 +118,22 @@ pub fn plan(inputs: &PeeringInputs<'_>) -> PeeringPlan {
                     ));
                     continue;
                 };
-                let node = inputs.nodes.values().find(|n| n.address() == *ip);
+                if local_for(*ip).is_none() {
+                    out.warnings.push(format!(
+                        "BGPPeer {peer_name}: peerIP {ip} is IPv6 and this node has no IPv6 address (node_address_v6); ignored"
+                    ));
+                    continue;
+                }
+                let node = inputs.nodes.values().find(|n| n.has_address(*ip));
                 targets.push((*ip, asn, node));
             }
             (None, Some(selector)) => match peer_selector(selector) {
                 Ok(sel) => {
                     for (name, node) in inputs.nodes {
                         if name != inputs.node_name && sel.matches(&node.labels) {
-                            targets.push((node.address(), node_asn(node), Some(node)));
+                            for address in node_addresses(node) {
+                                targets.push((address, node_asn(node), Some(node)));
+                            }
                         }
                     }
                 }
@@ -123,7 +167,7 @@ pub fn plan(inputs: &PeeringInputs<'_>) -> PeeringPlan {
             Some(hops) => Some(hops),
         };
         for (address, asn, node) in targets {
-            if address == my_addr {
+            if me.has_address(address) {
                 continue;
             }
             add(&mut out, address, asn, node);
@@ -170,6 +214,7 @@ mod tests {
         FelixNode {
             bgp: NodeBgp {
                 ipv4_address: addr.parse().unwrap(),
+                ipv6_address: None,
                 as_number: None,
                 route_reflector_cluster_id: cluster.map(|c| c.parse().unwrap()),
             },
@@ -363,5 +408,68 @@ mod tests {
         for name in ["no-as", "bad-sel", "empty-sel", "or-sel", "neither"] {
             assert!(w.contains(name), "{w}");
         }
+    }
+
+    fn dual(addr: &str, v6: &str) -> FelixNode {
+        let mut n = node(addr, &[("rack", "a")], None);
+        n.bgp.ipv6_address = Some(v6.parse().unwrap());
+        n
+    }
+
+    #[test]
+    fn dual_stack_nodes_mesh_over_both_families_ipv6_sessions_carry_ipv6_only() {
+        let mut nodes = nodes();
+        nodes.insert("n1".into(), dual("10.0.0.1/24", "fd00::1/64"));
+        nodes.insert("n2".into(), dual("10.0.0.2/24", "fd00::2/64"));
+        // n3 and rr are IPv4 only: one session each.
+        let p = run("n1", &nodes, &Default::default(), &BTreeMap::new());
+        assert_eq!(addrs(&p), ["10.0.0.2", "10.0.0.3", "10.0.0.9", "fd00::2"]);
+        let v6 = &p.neighbors[&"fd00::2".parse().unwrap()];
+        // Our IPv6 address is the session's source, hence the next hop of
+        // the IPv6 routes we send on it.
+        assert_eq!(v6.local_address, Some("fd00::1".parse().unwrap()));
+        let filter = v6.export.as_ref().unwrap();
+        assert!(filter.permits(&"fd00:10:244::/122".parse().unwrap()));
+        assert!(!filter.permits(&"10.244.0.0/26".parse().unwrap()));
+        assert_eq!(v6.import, v6.export);
+        // The IPv4 session is as before: no filter.
+        let v4 = &p.neighbors[&"10.0.0.2".parse().unwrap()];
+        assert_eq!(v4.local_address, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!((&v4.import, &v4.export), (&None, &None));
+        // An IPv4-only node does not peer with the others' IPv6 addresses.
+        let p3 = run("n3", &nodes, &Default::default(), &BTreeMap::new());
+        assert_eq!(addrs(&p3), ["10.0.0.1", "10.0.0.2", "10.0.0.9"]);
+    }
+
+    #[test]
+    fn ipv6_bgp_peers_need_an_ipv6_node_address() {
+        let mut nodes = nodes();
+        nodes.insert("n1".into(), dual("10.0.0.1/24", "fd00::1/64"));
+        let bgp = BgpConfigurationSpec {
+            node_to_node_mesh_enabled: Some(false),
+            ..Default::default()
+        };
+        let peers: BTreeMap<_, _> = [(
+            "tor6".to_string(),
+            BgpPeerSpec {
+                peer_ip: Some("fd00::fe".parse().unwrap()),
+                as_number: Some(65000),
+                ..Default::default()
+            },
+        )]
+        .into();
+        let p1 = run("n1", &nodes, &bgp, &peers);
+        assert_eq!(addrs(&p1), ["fd00::fe"]);
+        let tor = &p1.neighbors[&"fd00::fe".parse().unwrap()];
+        assert_eq!(tor.local_address, Some("fd00::1".parse().unwrap()));
+        assert!(p1.warnings.is_empty(), "{:?}", p1.warnings);
+        // n2 has no IPv6 address: the peer is named as not applied.
+        let p2 = run("n2", &nodes, &bgp, &peers);
+        assert!(p2.neighbors.is_empty());
+        assert!(
+            p2.warnings.len() == 1 && p2.warnings[0].contains("tor6"),
+            "{:?}",
+            p2.warnings
+        );
     }
 }

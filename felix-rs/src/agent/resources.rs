@@ -50,6 +50,11 @@ pub const DEFAULT_AS_NUMBER: u32 = 64512;
         type_ = "string",
         json_path = ".spec.bgp.ipv4Address"
     ),
+    printcolumn(
+        name = "IPv6 Address",
+        type_ = "string",
+        json_path = ".spec.bgp.ipv6Address"
+    ),
     printcolumn(name = "AS", type_ = "integer", json_path = ".spec.bgp.asNumber"),
     printcolumn(
         name = "RR Cluster",
@@ -106,6 +111,16 @@ pub struct NodeBgp {
     #[serde(rename = "ipv4Address")]
     #[schemars(schema_with = "ipam::crd::ipv4_interface_schema")]
     pub ipv4_address: ipnet::Ipv4Net,
+    /// The node's IPv6 address with its prefix length (dual stack): the
+    /// other nodes peer with it for IPv6 unicast and route this node's
+    /// IPv6 blocks via it (Calico's `ipv6Address`).
+    #[serde(
+        default,
+        rename = "ipv6Address",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "ipam::crd::optional_ipv6_interface_schema")]
+    pub ipv6_address: Option<ipnet::Ipv6Net>,
     /// The node's AS; the cluster's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
@@ -126,9 +141,25 @@ impl FelixNode {
         IpAddr::V4(self.bgp.ipv4_address.addr())
     }
 
-    /// Whether `other` is on one of this node's directly connected subnets.
+    /// The node's IPv6 address, when it is dual stack.
+    pub fn address_v6(&self) -> Option<IpAddr> {
+        self.bgp.ipv6_address.map(|a| IpAddr::V6(a.addr()))
+    }
+
+    /// Whether `address` is one of this node's (IPv4 or IPv6): a BGP next
+    /// hop naming this node.
+    pub fn has_address(&self, address: IpAddr) -> bool {
+        self.address() == address || self.address_v6() == Some(address)
+    }
+
+    /// Whether `other` is on one of this node's directly connected subnets
+    /// (the IPv4 one, or the IPv6 one for an IPv6 address).
     pub fn same_subnet(&self, other: IpAddr) -> bool {
         IpNet::V4(self.bgp.ipv4_address.trunc()).contains(&other)
+            || self
+                .bgp
+                .ipv6_address
+                .is_some_and(|a| IpNet::V6(a.trunc()).contains(&other))
     }
 
     /// The node's VXLAN end as registered: tunnel address, MAC and underlay

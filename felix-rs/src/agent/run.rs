@@ -44,11 +44,13 @@ use super::resources::{
 };
 use super::status::{self, AgentStatus};
 use bgp::speaker::{BestPathChange, NeighborConfig, Speaker, SpeakerConfig};
+use bgp::wire::Family;
 use ipam::pool::IpPoolSpec;
 use ipam::store::{Datastore, Kind, StoreError};
 use ipam::TunnelKind;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -155,6 +157,7 @@ pub fn node_object(config: &AgentConfig) -> FelixNode {
     FelixNode {
         bgp: NodeBgp {
             ipv4_address: config.node_address,
+            ipv6_address: config.node_address_v6,
             as_number: config.as_number,
             route_reflector_cluster_id: config.route_reflector_cluster_id,
         },
@@ -163,6 +166,27 @@ pub fn node_object(config: &AgentConfig) -> FelixNode {
         vxlan_tunnel_mac_addr: None,
         ipv4_ipip_tunnel_addr: None,
     }
+}
+
+/// Where the speaker listens: the IPv4 node address; with an IPv6 node
+/// address, one dual-stack socket on `[::]` (the speaker has one listener;
+/// IPv4 peers arrive as `::ffff:a.b.c.d` and are mapped back).
+pub fn listen_address(config: &AgentConfig) -> SocketAddr {
+    let ip = match config.node_address_v6 {
+        Some(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        None => IpAddr::V4(config.node_address.addr()),
+    };
+    SocketAddr::new(ip, config.bgp.port())
+}
+
+/// The address families the speaker offers (RFC 4760): IPv6 unicast too
+/// when the node is dual stack.
+pub fn families(config: &AgentConfig) -> Vec<Family> {
+    let mut f = vec![Family::IPV4_UNICAST];
+    if config.node_address_v6.is_some() {
+        f.push(Family::IPV6_UNICAST);
+    }
+    f
 }
 
 /// Takes the tunnel fields of the node's stored object over into `me`, so
@@ -239,17 +263,16 @@ pub async fn run(
             node: config.node_name.clone(),
             source,
         })?;
-    tracing::info!(node = %config.node_name, address = %config.node_address, "node registered");
+    tracing::info!(node = %config.node_name, address = %config.node_address,
+        address_v6 = ?config.node_address_v6, "node registered");
 
     let asn = config
         .as_number
         .or(config.bgp.as_number)
         .unwrap_or(super::resources::DEFAULT_AS_NUMBER);
     let mut sc = SpeakerConfig::new(asn, config.router_id);
-    sc.listen = Some(SocketAddr::new(
-        IpAddr::V4(config.node_address.addr()),
-        config.bgp.port(),
-    ));
+    sc.listen = Some(listen_address(&config));
+    sc.families = families(&config);
     sc.cluster_id = config.route_reflector_cluster_id;
     sc.max_paths = 8;
     let restarting = match (
@@ -289,6 +312,7 @@ pub async fn run(
     if let Ok(mut s) = shared.lock() {
         s.status.node = config.node_name.clone();
         s.status.address = config.node_address.to_string();
+        s.status.address_v6 = config.node_address_v6.map(|a| a.to_string());
         s.status.asn = asn;
         s.status.router_id = Some(config.router_id);
         s.status.datastore = config.datastore.clone();
@@ -652,7 +676,13 @@ impl LoopState<'_> {
             s.status.nodes = self
                 .nodes
                 .iter()
-                .map(|(n, v)| (n.clone(), v.bgp.ipv4_address.to_string()))
+                .map(|(n, v)| {
+                    let mut a = v.bgp.ipv4_address.to_string();
+                    if let Some(v6) = v.bgp.ipv6_address {
+                        let _ = write!(a, " {v6}");
+                    }
+                    (n.clone(), a)
+                })
                 .collect();
         }
     }

@@ -20,13 +20,16 @@ use thiserror::Error;
 pub struct AgentStatus {
     pub node: String,
     pub address: String,
+    /// The node's IPv6 address (dual stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_v6: Option<String>,
     pub asn: u32,
     pub router_id: Option<Ipv4Addr>,
     pub datastore: String,
     /// The last datastore read succeeded.
     pub datastore_ok: bool,
     pub mesh: bool,
-    /// Registered nodes (name → address).
+    /// Registered nodes (name → IPv4 address, then the IPv6 one if any).
     pub nodes: BTreeMap<String, String>,
     pub peers: Vec<PeerStatus>,
     /// This node's affine blocks, originated via BGP.
@@ -49,13 +52,38 @@ pub struct AgentStatus {
     pub warnings: Vec<String>,
 }
 
+/// How many of `prefixes` are IPv4 and IPv6.
+fn count_by_family<'a>(prefixes: impl Iterator<Item = &'a IpNet>) -> (usize, usize) {
+    prefixes.fold((0, 0), |(v4, v6), p| match p {
+        IpNet::V4(_) => (v4 + 1, v6),
+        IpNet::V6(_) => (v4, v6 + 1),
+    })
+}
+
+impl AgentStatus {
+    /// This node's blocks: (IPv4, IPv6).
+    pub fn blocks_by_family(&self) -> (usize, usize) {
+        count_by_family(self.blocks.iter())
+    }
+
+    /// The learned routes: (IPv4, IPv6).
+    pub fn routes_by_family(&self) -> (usize, usize) {
+        count_by_family(self.routes.keys())
+    }
+}
+
 /// Renders the one screen.
 pub fn render(s: &AgentStatus) -> String {
     let mut o = String::new();
     let rid = s.router_id.map(|r| r.to_string()).unwrap_or_default();
+    let v6 = s
+        .address_v6
+        .as_ref()
+        .map(|a| format!(" {a}"))
+        .unwrap_or_default();
     let _ = writeln!(
         o,
-        "node       {}  address {}  AS {}  router id {}  {}",
+        "node       {}  address {}{v6}  AS {}  router id {}  {}",
         s.node,
         s.address,
         s.asn,
@@ -91,13 +119,19 @@ pub fn render(s: &AgentStatus) -> String {
         );
     }
     let blocks: Vec<String> = s.blocks.iter().map(|b| b.to_string()).collect();
-    let _ = writeln!(o, "\nblocks     {}", blocks.join(" "));
+    let (b4, b6) = s.blocks_by_family();
+    let _ = writeln!(o, "\nblocks     {b4} IPv4, {b6} IPv6: {}", blocks.join(" "));
     let prog = match (s.programming, s.routes_programmed) {
         (false, _) => "not programmed (no route programmer in this build)".to_string(),
         (true, Some(n)) => format!("{n} programmed"),
         (true, None) => "programming…".to_string(),
     };
-    let _ = writeln!(o, "routes     {} learned, {prog}", s.routes.len());
+    let (r4, r6) = s.routes_by_family();
+    let _ = writeln!(
+        o,
+        "routes     {} learned ({r4} IPv4, {r6} IPv6), {prog}",
+        s.routes.len()
+    );
     for (prefix, r) in &s.routes {
         let hops: Vec<String> = r.next_hops.iter().map(|h| h.to_string()).collect();
         let how = match (&r.pending, r.via) {
@@ -278,6 +312,8 @@ mod tests {
             "not programmed",
             "Vxlan via 10.244.1.0",
             "not programmed: node node-4 has no VTEP",
+            "1 IPv4, 0 IPv6",
+            "3 learned (3 IPv4, 0 IPv6)",
             "datastore unavailable",
             "nat outgoing pools 10.244.0.0/16 (table inet felix)",
         ] {

@@ -4,7 +4,7 @@
 
 use super::plan::{
     LabEncapsulation, LabPlan, NodePlan, Tor, UnderlayHost, CLUSTER_AS, ETCD_CLIENT_PORT, POD_POOL,
-    TOR_AS,
+    POD_POOL_V6, TOR_AS, UNDERLAY_V6_LEN,
 };
 use super::state::{state_dir, LabPod, LabProcess, LabState};
 use super::tor;
@@ -197,6 +197,9 @@ fn agent_toml(plan: &LabPlan, node: &NodePlan, dir: &Path) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "node_name = \"{}\"", node.name);
     let _ = writeln!(t, "node_address = \"{}/{}\"", node.address, node.prefix_len);
+    if let Some(v6) = node.address_v6 {
+        let _ = writeln!(t, "node_address_v6 = \"{v6}/{UNDERLAY_V6_LEN}\"");
+    }
     let _ = writeln!(t, "datastore = \"{}\"", plan.datastore_url(dir));
     let _ = writeln!(
         t,
@@ -277,9 +280,16 @@ pub fn up(plan: &LabPlan, bins: &Binaries, out: &mut dyn Write) -> Result<LabSta
             "dev",
             &br,
         ])?;
+        if plan.options.dual_stack {
+            let gw = format!("{}/{UNDERLAY_V6_LEN}", LabPlan::gateway_v6(k));
+            ip(&["-n", &lab, "addr", "add", &gw, "dev", &br, "nodad"])?;
+        }
         ip(&["-n", &lab, "link", "set", &br, "up"])?;
     }
     in_ns(&lab, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    if plan.options.dual_stack {
+        in_ns(&lab, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    }
     say(
         out,
         format!(
@@ -303,6 +313,37 @@ pub fn up(plan: &LabPlan, bins: &Binaries, out: &mut dyn Write) -> Result<LabSta
             &node.gateway.to_string(),
         ])?;
         in_ns(&node.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        if let Some(v6) = node.address_v6 {
+            // Without DAD the address is usable at once (the lab's
+            // addresses are unique by plan); the node forwards IPv6 to its
+            // pods and, from the lab router, answers as a router.
+            let addr = format!("{v6}/{UNDERLAY_V6_LEN}");
+            ip(&[
+                "-n",
+                &node.netns,
+                "addr",
+                "add",
+                &addr,
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            let gw = LabPlan::gateway_v6(node.subnet).to_string();
+            ip(&[
+                "-n",
+                &node.netns,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &gw,
+            ])?;
+            in_ns(
+                &node.netns,
+                &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+            )?;
+        }
     }
     say(
         out,
@@ -410,10 +451,12 @@ pub fn up(plan: &LabPlan, bins: &Binaries, out: &mut dyn Write) -> Result<LabSta
 
     let deadline = Instant::now() + Duration::from_secs(60);
     // Each node's sessions: the mesh (or the reflector), and the ToR.
+    // With dual stack the mesh has an IPv6 session to every node as well.
+    let families = if plan.options.dual_stack { 2 } else { 1 };
     let peers = if plan.route_reflector.is_some() {
         1
     } else {
-        plan.nodes.len() - 1
+        (plan.nodes.len() - 1) * families
     } + usize::from(plan.tor.is_some());
     wait_ready(&b.state, peers, deadline)?;
     say(out, "agents: every BGP session Established".into());
@@ -461,7 +504,12 @@ fn wait_routes(state: &LabState, deadline: Instant) -> Result<(), LabError> {
     let pods: Vec<(String, std::net::IpAddr)> = state
         .pods
         .iter()
-        .filter_map(|p| Some((p.node.clone(), p.address.parse().ok()?)))
+        .flat_map(|p| {
+            std::iter::once(&p.address)
+                .chain(&p.address_v6)
+                .map(move |a| (p, a))
+        })
+        .filter_map(|(p, a)| Some((p.node.clone(), a.parse().ok()?)))
         .collect();
     loop {
         let mut waiting = Vec::new();
@@ -535,6 +583,14 @@ fn create_pool(plan: &LabPlan, dir: &Path) -> Result<(), LabError> {
             LabEncapsulation::Ipip => spec.ipip_mode = ipam::pool::EncapMode::CrossSubnet,
         }
     }
+    let v6_spec = match plan.options.dual_stack {
+        true => {
+            Some(ipam::pool::IpPoolSpec::new(POD_POOL_V6.parse().map_err(
+                |e| LabError::Unsupported(format!("{POD_POOL_V6}: {e}")),
+            )?))
+        }
+        false => None,
+    };
     let attempt = move || -> Result<(), String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -551,7 +607,14 @@ fn create_pool(plan: &LabPlan, dir: &Path) -> Result<(), LabError> {
                     allocator
                         .create_pool("lab-pool", spec.clone())
                         .await
-                        .map_err(|e| format!("creating pool {POD_POOL} in {url}: {e}"))
+                        .map_err(|e| format!("creating pool {POD_POOL} in {url}: {e}"))?;
+                    if let Some(v6) = &v6_spec {
+                        allocator
+                            .create_pool("lab-pool-v6", v6.clone())
+                            .await
+                            .map_err(|e| format!("creating pool {POD_POOL_V6} in {url}: {e}"))?;
+                    }
+                    Ok::<(), String>(())
                 }
                 .await;
                 match result {
@@ -752,7 +815,7 @@ fn create_pods(b: &mut Builder<'_>, out: &mut dyn Write) -> Result<Vec<LabPod>, 
         let socket = b.dir.join(format!("{}-pod-api.sock", node.name));
         for pod in &node.pods {
             b.netns(&pod.netns)?;
-            let address = felix_cni(
+            let addresses = felix_cni_addresses(
                 &cni,
                 &CniCall {
                     command: "ADD",
@@ -762,13 +825,15 @@ fn create_pods(b: &mut Builder<'_>, out: &mut dyn Write) -> Result<Vec<LabPod>, 
                     pod_netns: &pod.netns,
                     pod_name: &pod.name,
                 },
-            )?
-            .unwrap_or_default();
+                b.plan.options.dual_stack,
+            )?;
+            let of = |v6: bool| addresses.iter().find(|a| a.contains(':') == v6).cloned();
             let p = LabPod {
                 name: pod.name.clone(),
                 node: node.name.clone(),
                 netns: pod.netns.clone(),
-                address,
+                address: of(false).unwrap_or_default(),
+                address_v6: of(true),
             };
             b.state.pods.push(p.clone());
             b.save()?;
@@ -797,15 +862,29 @@ pub struct CniCall<'a> {
     pub pod_name: &'a str,
 }
 
-/// Runs the real `felix-cni` binary; for ADD, the pod's address.
+/// Runs the real `felix-cni` binary; for ADD, the pod's (IPv4) address.
 pub fn felix_cni(cni: &Path, call: &CniCall<'_>) -> Result<Option<String>, LabError> {
-    let conf = serde_json::json!({
+    Ok(felix_cni_addresses(cni, call, false)?.into_iter().next())
+}
+
+/// Runs the real `felix-cni` binary, asking for an IPv6 address too when
+/// `dual_stack` (`assign_ipv6`); for ADD, every address of the result
+/// (none for the other commands).
+pub fn felix_cni_addresses(
+    cni: &Path,
+    call: &CniCall<'_>,
+    dual_stack: bool,
+) -> Result<Vec<String>, LabError> {
+    let mut conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "felix-lab",
         "type": "felix-cni",
         "mtu": 1450,
         "agent_socket": call.agent_socket.display().to_string(),
     });
+    if dual_stack {
+        conf["assign_ipv6"] = serde_json::Value::Bool(true);
+    }
     let cni_dir = cni.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut child = Command::new("ip")
         .args(["netns", "exec", call.node_netns])
@@ -845,14 +924,21 @@ pub fn felix_cni(cni: &Path, call: &CniCall<'_>) -> Result<Option<String>, LabEr
         return Err(failed());
     }
     if call.command != "ADD" {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .map(|a| Some(a.to_string()))
-        .ok_or_else(failed)
+    let addresses: Vec<String> = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .filter_map(|a| a.split('/').next())
+        .map(str::to_string)
+        .collect();
+    if addresses.is_empty() {
+        return Err(failed());
+    }
+    Ok(addresses)
 }
 
 /// The plan a lab was built from (its options are in its state).
@@ -935,6 +1021,39 @@ fn is_running(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Which addresses a ping matrix uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PingFamily {
+    V4,
+    V6,
+}
+
+impl PingFamily {
+    pub fn name(self) -> &'static str {
+        match self {
+            PingFamily::V4 => "IPv4",
+            PingFamily::V6 => "IPv6",
+        }
+    }
+}
+
+/// The pods with an address of `family`, each with that address as its
+/// `address` (what [`ping_matrix`] pings and [`render_matrix`] shows).
+pub fn pods_of_family(pods: &[LabPod], family: PingFamily) -> Vec<LabPod> {
+    pods.iter()
+        .filter_map(|p| {
+            let address = match family {
+                PingFamily::V4 => Some(p.address.clone()).filter(|a| !a.is_empty()),
+                PingFamily::V6 => p.address_v6.clone(),
+            }?;
+            Some(LabPod {
+                address,
+                ..p.clone()
+            })
+        })
+        .collect()
+}
+
 /// Pings every pod from every other pod; the matrix as rows of booleans.
 pub fn ping_matrix(pods: &[LabPod]) -> Vec<Vec<Option<bool>>> {
     let mut handles = Vec::new();
@@ -970,21 +1089,28 @@ pub fn ping_matrix(pods: &[LabPod]) -> Vec<Vec<Option<bool>>> {
 /// The ping matrix as a table: `ok`, `FAIL`, `-` on the diagonal.
 pub fn render_matrix(pods: &[LabPod], m: &[Vec<Option<bool>>]) -> String {
     let w = pods.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4);
+    // IPv6 addresses are wider than IPv4's 15.
+    let a = pods
+        .iter()
+        .map(|p| p.address.len())
+        .max()
+        .unwrap_or(15)
+        .max(15);
     let mut o = String::new();
-    let _ = write!(o, "{:<w$} {:<15}", "from \\ to", "");
+    let _ = write!(o, "{:<w$} {:<a$}", "from \\ to", "");
     for p in pods {
-        let _ = write!(o, " {:>15}", p.address);
+        let _ = write!(o, " {:>a$}", p.address);
     }
     o.push('\n');
     for (i, p) in pods.iter().enumerate() {
-        let _ = write!(o, "{:<w$} {:<15}", p.name, p.address);
+        let _ = write!(o, "{:<w$} {:<a$}", p.name, p.address);
         for cell in &m[i] {
             let c = match cell {
                 None => "-",
                 Some(true) => "ok",
                 Some(false) => "FAIL",
             };
-            let _ = write!(o, " {c:>15}");
+            let _ = write!(o, " {c:>a$}");
         }
         o.push('\n');
     }
@@ -1165,7 +1291,14 @@ pub fn status_text(prefix: &str) -> Result<String, LabError> {
         let _ = writeln!(o, "  {:<10} {line}", "ToR");
     }
     for p in &state.pods {
-        let _ = writeln!(o, "  pod {:<16} {:<10} {}", p.name, p.node, p.address);
+        let _ = writeln!(
+            o,
+            "  pod {:<16} {:<10} {} {}",
+            p.name,
+            p.node,
+            p.address,
+            p.address_v6.as_deref().unwrap_or("")
+        );
     }
     let _ = writeln!(
         o,

@@ -49,6 +49,10 @@ pub struct UpArgs {
     /// The datastore shared by the agents.
     #[arg(long, value_enum, default_value_t = LabDatastore::Sqlite)]
     pub datastore: LabDatastore,
+    /// IPv6 too: IPv6 underlay addresses, an IPv6 pool, dual-stack pods,
+    /// IPv6 BGP sessions; prints the IPv6 ping matrix as well.
+    #[arg(long)]
+    pub dual_stack: bool,
 }
 
 /// Runs a lab subcommand: 0 on success, 1 when it failed, 2 for bad options.
@@ -91,6 +95,7 @@ fn up(args: &UpArgs) -> ExitCode {
         subnets: args.subnets,
         encapsulation: args.encapsulation,
         datastore: args.datastore,
+        dual_stack: args.dual_stack,
     }) {
         Ok(p) => p,
         Err(e) => {
@@ -109,12 +114,22 @@ fn up(args: &UpArgs) -> ExitCode {
     match build::up(&plan, &bins, &mut stdout) {
         Ok(state) => {
             if !state.pods.is_empty() {
-                let m = build::ping_matrix(&state.pods);
-                println!("\nping matrix (every pod to every pod):");
-                print!("{}", build::render_matrix(&state.pods, &m));
-                let failed = m.iter().flatten().filter(|c| **c == Some(false)).count();
-                let total = m.iter().flatten().filter(|c| c.is_some()).count();
-                println!("{}/{} pings answered", total - failed, total);
+                let mut failed = 0;
+                let families: &[build::PingFamily] = if plan.options.dual_stack {
+                    &[build::PingFamily::V4, build::PingFamily::V6]
+                } else {
+                    &[build::PingFamily::V4]
+                };
+                for family in families {
+                    let pods = build::pods_of_family(&state.pods, *family);
+                    let m = build::ping_matrix(&pods);
+                    println!("\n{} ping matrix (every pod to every pod):", family.name());
+                    print!("{}", build::render_matrix(&pods, &m));
+                    let fails = m.iter().flatten().filter(|c| **c == Some(false)).count();
+                    let total = m.iter().flatten().filter(|c| c.is_some()).count();
+                    println!("{}/{} pings answered", total - fails, total);
+                    failed += fails;
+                }
                 if failed > 0 {
                     println!(
                         "lab is up but not fully connected; `felix lab status --prefix {}`, `felix lab down --prefix {}` removes it",

@@ -3,7 +3,7 @@
 //! Pure, so that every name can be checked (and swept by prefix later).
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use thiserror::Error;
 
@@ -50,6 +50,10 @@ pub struct LabOptions {
     #[serde(default)]
     pub encapsulation: LabEncapsulation,
     pub datastore: LabDatastore,
+    /// IPv6 too: underlay IPv6 addresses, an IPv6 pool next to the IPv4
+    /// one, dual-stack pods, IPv6 sessions between the agents.
+    #[serde(default)]
+    pub dual_stack: bool,
 }
 
 impl Default for LabOptions {
@@ -63,6 +67,7 @@ impl Default for LabOptions {
             subnets: 1,
             encapsulation: LabEncapsulation::Vxlan,
             datastore: LabDatastore::Sqlite,
+            dual_stack: false,
         }
     }
 }
@@ -78,6 +83,8 @@ pub enum PlanError {
     Subnets(u8),
     #[error("prefix {0:?}: 1 to 8 lower-case letters or digits, starting with a letter")]
     Prefix(String),
+    #[error("--dual-stack with {0}: not built yet (the full mesh on one subnet only)")]
+    DualStack(&'static str),
 }
 
 /// The lab's cluster AS (Calico's default) and the ToR's.
@@ -87,6 +94,10 @@ pub const TOR_AS: u32 = 65000;
 pub const ETCD_CLIENT_PORT: u16 = 2379;
 /// The pod pool.
 pub const POD_POOL: &str = "10.244.0.0/16";
+/// The IPv6 pod pool of `--dual-stack` (blocks of /122, IPAM's default).
+pub const POD_POOL_V6: &str = "fd00:10:244::/48";
+/// Prefix length of the lab's IPv6 underlay subnets (`fd00:0:0:K::/64`).
+pub const UNDERLAY_V6_LEN: u8 = 64;
 
 /// One node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +113,10 @@ pub struct NodePlan {
     pub gateway: Ipv4Addr,
     /// Which underlay bridge (0 or 1).
     pub subnet: u8,
+    /// Its IPv6 underlay address (`--dual-stack`), on a /64
+    /// ([`UNDERLAY_V6_LEN`]); the router is [`LabPlan::gateway_v6`].
+    #[serde(default)]
+    pub address_v6: Option<Ipv6Addr>,
     /// The lab-side end of its underlay veth.
     pub lab_link: String,
     pub pods: Vec<PodPlan>,
@@ -145,6 +160,12 @@ fn subnet_addr(k: u8, host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, k, host)
 }
 
+/// The IPv6 underlay subnet `k`: fd00:0:0:k::/64, host `host` at
+/// `fd00:0:0:k::HOST` (hex of the same number), router at `::fe`.
+pub fn subnet_addr_v6(k: u8, host: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0, 0, u16::from(k), 0, 0, 0, u16::from(host))
+}
+
 impl LabPlan {
     /// Checks the options and lays out the lab.
     pub fn new(options: LabOptions) -> Result<LabPlan, PlanError> {
@@ -160,6 +181,17 @@ impl LabPlan {
         if !valid_prefix(&options.prefix) {
             return Err(PlanError::Prefix(options.prefix.clone()));
         }
+        if options.dual_stack {
+            if options.route_reflector {
+                return Err(PlanError::DualStack("--route-reflector"));
+            }
+            if options.tor.is_some() {
+                return Err(PlanError::DualStack("--tor"));
+            }
+            if options.subnets > 1 {
+                return Err(PlanError::DualStack("--subnets 2"));
+            }
+        }
         let p = &options.prefix;
         let nodes = (1..=options.nodes)
             .map(|i| {
@@ -171,6 +203,7 @@ impl LabPlan {
                     prefix_len: 24,
                     gateway: subnet_addr(subnet, 254),
                     subnet,
+                    address_v6: options.dual_stack.then(|| subnet_addr_v6(subnet, i)),
                     lab_link: format!("{p}-n{i}"),
                     pods: (1..=options.pods_per_node)
                         .map(|j| PodPlan {
@@ -195,6 +228,11 @@ impl LabPlan {
             etcd: (options.datastore == LabDatastore::Etcd).then(|| host("etcd", 252)),
             options,
         })
+    }
+
+    /// The lab router's IPv6 address on subnet `k` (`--dual-stack`).
+    pub fn gateway_v6(k: u8) -> Ipv6Addr {
+        subnet_addr_v6(k, 0xfe)
     }
 
     /// Every namespace the lab makes, routers and pods included.
@@ -247,6 +285,29 @@ mod tests {
             plan.datastore_url(Path::new("/run/felix-lab/fxl")),
             "sqlite:/run/felix-lab/fxl/felix.db"
         );
+    }
+
+    #[test]
+    fn dual_stack_nodes_get_distinct_ipv6_addresses_on_the_router_subnet() {
+        let plan = LabPlan::new(LabOptions {
+            dual_stack: true,
+            nodes: 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let v6: Vec<Ipv6Addr> = plan.nodes.iter().map(|n| n.address_v6.unwrap()).collect();
+        assert_eq!(v6[0], "fd00::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6[19], "fd00::14".parse::<Ipv6Addr>().unwrap());
+        let mut sorted = v6.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 20);
+        let subnet: ipnet::Ipv6Net = "fd00::/64".parse().unwrap();
+        assert!(v6.iter().all(|a| subnet.contains(a)));
+        assert!(subnet.contains(&LabPlan::gateway_v6(0)) && !v6.contains(&LabPlan::gateway_v6(0)));
+        // Without the option: IPv4 only.
+        let plan = LabPlan::new(LabOptions::default()).unwrap();
+        assert!(plan.nodes.iter().all(|n| n.address_v6.is_none()));
     }
 
     #[test]
@@ -314,6 +375,35 @@ mod tests {
             }),
             PlanError::Subnets(3)
         );
+        for (o, what) in [
+            (
+                LabOptions {
+                    route_reflector: true,
+                    ..Default::default()
+                },
+                "--route-reflector",
+            ),
+            (
+                LabOptions {
+                    tor: Some(Tor::Bird),
+                    ..Default::default()
+                },
+                "--tor",
+            ),
+            (
+                LabOptions {
+                    subnets: 2,
+                    ..Default::default()
+                },
+                "--subnets 2",
+            ),
+        ] {
+            let o = LabOptions {
+                dual_stack: true,
+                ..o
+            };
+            assert_eq!(bad(o), PlanError::DualStack(what));
+        }
         for p in ["", "UP", "1abc", "toolongname", "a-b"] {
             assert_eq!(
                 bad(LabOptions {

@@ -26,6 +26,9 @@ pub struct LabPod {
     pub node: String,
     pub netns: String,
     pub address: String,
+    /// Its IPv6 address (`--dual-stack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_v6: Option<String>,
 }
 
 /// Everything made so far.
