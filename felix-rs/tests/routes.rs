@@ -299,6 +299,45 @@ fn ecmp_routes_get_every_next_hop_and_reconcile_stably() {
     );
 }
 
+/// The agent's IPv6 routes to learned blocks are gateway-only next hops
+/// (no device: the kernel finds it), ECMP when BGP hands several best
+/// paths; read back with the device, they must still compare equal.
+#[test]
+fn ipv6_ecmp_by_gateway_only_as_the_agent_writes_it_reconciles_stably() {
+    let ns = node("ecmp6");
+    let (r1, r2) = ns.run(|| async {
+        let mut p = RouteProgrammer::new().unwrap();
+        p.upsert(DesiredRoute::multipath(
+            net("fd00:10:244::40/122"),
+            vec![
+                NextHop::gateway(ip("2001:db8::2")),
+                NextHop::gateway(ip("2001:db8::3")),
+            ],
+        ))
+        .unwrap();
+        p.upsert(DesiredRoute::multipath(
+            net("fd00:10:244::80/122"),
+            vec![NextHop::gateway(ip("2001:db8::3"))],
+        ))
+        .unwrap();
+        let r1 = p.reconcile().await.unwrap();
+        let r2 = p.reconcile().await.unwrap();
+        (r1, r2)
+    });
+    assert!(r1.errors.is_empty(), "{:?}", r1.errors);
+    assert_eq!(r1.added, 2);
+    assert!(r2.no_changes(), "read back differs: {r2:?}");
+    let ecmp = ns.out("-6 route show fd00:10:244::40/122");
+    for hop in ["2001:db8::2", "2001:db8::3"] {
+        assert!(
+            ecmp.contains(&format!("nexthop via {hop} dev under0")),
+            "{ecmp}"
+        );
+    }
+    let single = ns.out("-6 route show fd00:10:244::80/122");
+    assert!(single.contains("via 2001:db8::3 dev under0"), "{single}");
+}
+
 #[test]
 fn bad_routes_fail_alone_with_an_error_naming_them() {
     let ns = node("bad");

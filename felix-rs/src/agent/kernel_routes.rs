@@ -383,4 +383,52 @@ mod tests {
             "{skipped:?}"
         );
     }
+
+    #[test]
+    fn ipv6_blocks_become_blackholes_and_gateway_routes_pending_ones_are_named() {
+        let mut desired = DesiredRoutes::default();
+        desired
+            .blackholes
+            .insert("fd00:10:244::/122".parse().unwrap());
+        desired.remote.insert(
+            "fd00:10:244::40/122".parse().unwrap(),
+            RemoteRoute {
+                next_hops: vec![ip("fd00::2"), ip("fd00::3")],
+                via: Via::Direct,
+                gateways: vec![ip("fd00::2"), ip("fd00::3")],
+                pending: None,
+            },
+        );
+        desired.remote.insert(
+            "fd00:10:244::80/122".parse().unwrap(),
+            RemoteRoute {
+                next_hops: vec![ip("fd00:0:0:1::4")],
+                via: Via::Vxlan,
+                gateways: vec![],
+                pending: Some("VXLAN for IPv6 pools is not built".into()),
+            },
+        );
+        let (table, skipped) = kernel_table(&desired, TunnelMtus::default());
+        assert_eq!(table.len(), 2);
+        assert!(matches!(
+            table
+                .get(&"fd00:10:244::/122".parse().unwrap())
+                .unwrap()
+                .kind,
+            RouteKind::Blackhole
+        ));
+        let ecmp = table.get(&"fd00:10:244::40/122".parse().unwrap()).unwrap();
+        assert_eq!(
+            ecmp.kind,
+            RouteKind::Via(vec![
+                NextHop::gateway(ip("fd00::2")),
+                NextHop::gateway(ip("fd00::3"))
+            ])
+        );
+        assert_eq!(ecmp.mtu, None);
+        assert_eq!(
+            skipped,
+            ["fd00:10:244::80/122: VXLAN for IPv6 pools is not built"]
+        );
+    }
 }
