@@ -226,3 +226,113 @@ fn dual_stack_mesh_routes_ipv6_blocks_and_keeps_them_across_an_agent_restart() {
     assert_eq!(felix_v6_routes(&lab, "node-2"), before, "after the restart");
     assert_full_matrix(&lab, PingFamily::V6);
 }
+
+/// True (after printing SKIPPED) when BIRD is not installed.
+fn bird_missing() -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing = ["bird", "birdc"]
+        .iter()
+        .find(|p| !std::env::split_paths(&path).any(|d| d.join(p).exists()));
+    if let Some(p) = missing {
+        println!("SKIPPED: {p} is not installed (scripts/test.sh installs it)");
+    }
+    missing.is_some()
+}
+
+/// A BIRD ToR over both families (`--dual-stack --tor bird`): each node has
+/// an IPv6 eBGP session to the ToR's IPv6 address next to the IPv4 one; BIRD
+/// learns every IPv6 block with its owner's IPv6 address as next hop (the
+/// node's address on the session: no per-family next-hop setting needed),
+/// installs them in its kernel, and reaches every pod over IPv6.
+#[test]
+fn a_bird_tor_peers_over_ipv6_and_routes_to_every_pod() {
+    if lab_common::skip() || bird_missing() {
+        return;
+    }
+    let lab = Lab::up(
+        "fxdt",
+        LabOptions {
+            dual_stack: true,
+            tor: Some(felix_rs::lab::plan::Tor::Bird),
+            ..Default::default()
+        },
+    );
+    for (i, node) in NODES.iter().enumerate() {
+        let i = i + 1;
+        let s = lab.status(node);
+        let mut want: Vec<String> = (1..=3)
+            .filter(|j| *j != i)
+            .flat_map(|j| [v4(j), v6(j)])
+            .chain(["10.0.0.253".to_string(), "fd00::fd".to_string()])
+            .collect();
+        want.sort();
+        assert_eq!(established(&s), want, "{node}");
+        // Nothing learned via the ToR: its paths carry our own AS.
+        assert_eq!(s.routes_by_family(), (2, 2), "{node}: {:?}", s.routes);
+        for r in s.routes.values() {
+            assert!(
+                r.next_hops.iter().all(|h| h.to_string() != "fd00::fd"),
+                "{node}: {r:?}"
+            );
+        }
+    }
+    // BIRD's RIB (its own CLI): each node's IPv6 block with that node's
+    // IPv6 address among the next hops (each node also passes on the
+    // blocks it learned over the mesh with itself as next hop, eBGP
+    // next-hop-self, as for IPv4: docs/lab.md, "ToR router"); and every
+    // block in the ToR's kernel via one of the nodes' IPv6 addresses.
+    let blocks = v6_blocks(&lab);
+    let tor_ns = format!("{}-tor", lab.prefix);
+    let run_in_tor = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &tor_ns])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ctl = lab.dir().join("bird.ctl").display().to_string();
+    let bird_rib = || {
+        let text = run_in_tor(&["birdc", "-s", &ctl, "show", "route", "table", "master6"]);
+        let mut rib: BTreeMap<IpNet, Vec<String>> = BTreeMap::new();
+        let mut current: Option<IpNet> = None;
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let Some(first) = words.next() else { continue };
+            if !line.starts_with(char::is_whitespace) {
+                current = first.parse().ok();
+            } else if let (Some(p), "via", Some(hop)) = (current, first, words.next()) {
+                rib.entry(p).or_default().push(hop.to_string());
+            }
+        }
+        rib
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let rib = bird_rib();
+            let kernel = run_in_tor(&["ip", "-6", "route", "show", "proto", "bird"]);
+            blocks.iter().enumerate().all(|(j, b)| {
+                rib.get(b).is_some_and(|hops| hops.contains(&v6(j + 1)))
+                    && kernel.lines().any(|l| {
+                        l.starts_with(&format!("{b} via fd00::")) && l.contains("dev eth0")
+                    })
+            })
+        }),
+        "BIRD's IPv6 RIB / kernel:\n{:?}\n{}\n{}",
+        bird_rib(),
+        run_in_tor(&["ip", "-6", "route", "show"]),
+        lab.logs()
+    );
+    // The ToR reaches every pod over IPv6.
+    for p in &lab.state.pods {
+        let a = p.address_v6.as_ref().unwrap();
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", &tor_ns, "ping", "-c", "3", "-i", "0.3"])
+            .args(["-W", "1", "-q", a])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ToR -> {} ({a})", p.name);
+    }
+    assert_full_matrix(&lab, PingFamily::V6);
+}

@@ -137,6 +137,10 @@ impl Builder<'_> {
             "via",
             "10.0.0.254",
         ])?;
+        if let Some(v6) = h.address_v6 {
+            let addr = format!("{v6}/{UNDERLAY_V6_LEN}");
+            ip(&["-n", &h.netns, "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+        }
         Ok(())
     }
 
@@ -228,6 +232,10 @@ fn agent_toml(plan: &LabPlan, node: &NodePlan, dir: &Path) -> String {
     if let Some(tor) = &plan.tor {
         let _ = writeln!(t, "\n[[bgp_peers]]\nname = \"tor\"");
         let _ = writeln!(t, "peerIP = \"{}\"\nasNumber = {TOR_AS}", tor.address);
+        if let Some(v6) = tor.address_v6 {
+            let _ = writeln!(t, "\n[[bgp_peers]]\nname = \"tor-v6\"");
+            let _ = writeln!(t, "peerIP = \"{v6}\"\nasNumber = {TOR_AS}");
+        }
     }
     t
 }
@@ -457,7 +465,10 @@ pub fn up(plan: &LabPlan, bins: &Binaries, out: &mut dyn Write) -> Result<LabSta
         1
     } else {
         (plan.nodes.len() - 1) * families
-    } + usize::from(plan.tor.is_some());
+    } + plan
+        .tor
+        .as_ref()
+        .map_or(0, |t| 1 + usize::from(t.address_v6.is_some()));
     wait_ready(&b.state, peers, deadline)?;
     say(out, "agents: every BGP session Established".into());
 

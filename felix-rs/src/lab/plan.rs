@@ -83,7 +83,7 @@ pub enum PlanError {
     Subnets(u8),
     #[error("prefix {0:?}: 1 to 8 lower-case letters or digits, starting with a letter")]
     Prefix(String),
-    #[error("--dual-stack with {0}: not built yet (the full mesh on one subnet only)")]
+    #[error("--dual-stack with {0}: not built yet (the full mesh on one subnet, optionally with --tor bird)")]
     DualStack(&'static str),
 }
 
@@ -139,6 +139,9 @@ pub struct PodPlan {
 pub struct UnderlayHost {
     pub netns: String,
     pub address: Ipv4Addr,
+    /// Its IPv6 address on subnet 0 (the ToR of `--dual-stack`).
+    #[serde(default)]
+    pub address_v6: Option<Ipv6Addr>,
     pub lab_link: String,
 }
 
@@ -185,8 +188,8 @@ impl LabPlan {
             if options.route_reflector {
                 return Err(PlanError::DualStack("--route-reflector"));
             }
-            if options.tor.is_some() {
-                return Err(PlanError::DualStack("--tor"));
+            if matches!(options.tor, Some(Tor::Gobgp | Tor::Frr)) {
+                return Err(PlanError::DualStack("--tor gobgp|frr"));
             }
             if options.subnets > 1 {
                 return Err(PlanError::DualStack("--subnets 2"));
@@ -218,13 +221,18 @@ impl LabPlan {
         let host = |what: &str, host: u8| UnderlayHost {
             netns: format!("{p}-{what}"),
             address: subnet_addr(0, host),
+            address_v6: None,
             lab_link: format!("{p}-{what}"),
         };
         Ok(LabPlan {
             lab_netns: format!("{p}-lab"),
             nodes,
             route_reflector: options.route_reflector.then(|| host("rr", 250)),
-            tor: options.tor.map(|_| host("tor", 253)),
+            // The ToR of a dual-stack lab peers over IPv6 too.
+            tor: options.tor.map(|_| UnderlayHost {
+                address_v6: options.dual_stack.then(|| subnet_addr_v6(0, 253)),
+                ..host("tor", 253)
+            }),
             etcd: (options.datastore == LabDatastore::Etcd).then(|| host("etcd", 252)),
             options,
         })
@@ -305,9 +313,24 @@ mod tests {
         let subnet: ipnet::Ipv6Net = "fd00::/64".parse().unwrap();
         assert!(v6.iter().all(|a| subnet.contains(a)));
         assert!(subnet.contains(&LabPlan::gateway_v6(0)) && !v6.contains(&LabPlan::gateway_v6(0)));
+        // A BIRD ToR gets an IPv6 address too.
+        let plan = LabPlan::new(LabOptions {
+            dual_stack: true,
+            tor: Some(Tor::Bird),
+            ..Default::default()
+        })
+        .unwrap();
+        let tor6 = plan.tor.as_ref().unwrap().address_v6.unwrap();
+        assert_eq!(tor6, "fd00::fd".parse::<Ipv6Addr>().unwrap());
+        assert!(plan.nodes.iter().all(|n| n.address_v6 != Some(tor6)));
         // Without the option: IPv4 only.
-        let plan = LabPlan::new(LabOptions::default()).unwrap();
+        let plan = LabPlan::new(LabOptions {
+            tor: Some(Tor::Bird),
+            ..Default::default()
+        })
+        .unwrap();
         assert!(plan.nodes.iter().all(|n| n.address_v6.is_none()));
+        assert_eq!(plan.tor.unwrap().address_v6, None);
     }
 
     #[test]
@@ -385,10 +408,10 @@ mod tests {
             ),
             (
                 LabOptions {
-                    tor: Some(Tor::Bird),
+                    tor: Some(Tor::Frr),
                     ..Default::default()
                 },
-                "--tor",
+                "--tor gobgp|frr",
             ),
             (
                 LabOptions {

@@ -43,6 +43,9 @@ pub fn bird_conf(tor: &UnderlayHost, nodes: &[NodePlan]) -> String {
         "router id {};\nprotocol device {{}}\nprotocol kernel {{ ipv4 {{ export all; }}; }}\n",
         tor.address
     );
+    if tor.address_v6.is_some() {
+        c.push_str("protocol kernel { ipv6 { export all; }; }\n");
+    }
     for (i, n) in nodes.iter().enumerate() {
         // `node{i}`: protocol names must not be BIRD keywords.
         let _ = writeln!(
@@ -52,6 +55,16 @@ pub fn bird_conf(tor: &UnderlayHost, nodes: &[NodePlan]) -> String {
              ipv4 {{ import all; export all; }}; }}",
             tor.address, n.address
         );
+        // Dual stack: a session of its own between the IPv6 addresses,
+        // as the nodes peer with each other (docs/agent.md, "Dual stack").
+        if let (Some(local), Some(node)) = (tor.address_v6, n.address_v6) {
+            let _ = writeln!(
+                c,
+                "protocol bgp node{i}v6 {{ local {local} as {TOR_AS}; neighbor {node} as {CLUSTER_AS}; \
+                 connect delay time 1; connect retry time 1; error wait time 1, 5; \
+                 ipv6 {{ import all; export all; }}; }}"
+            );
+        }
     }
     c
 }
@@ -266,6 +279,29 @@ mod tests {
             assert!(c.contains(&format!("neighbor 10.0.0.{i} as 64512;")), "{c}");
         }
         assert_eq!(c.matches("local 10.0.0.253 as 65000;").count(), 3);
+        assert!(!c.contains("ipv6"), "{c}");
+        // Dual stack: an IPv6 session per node and IPv6 routes to the kernel.
+        let p = LabPlan::new(LabOptions {
+            tor: Some(Tor::Bird),
+            dual_stack: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let c = bird_conf(p.tor.as_ref().unwrap(), &p.nodes);
+        for i in 1..=3 {
+            assert!(
+                c.contains(&format!(
+                    "protocol bgp node{}v6 {{ local fd00::fd as 65000; neighbor fd00::{i} as 64512;",
+                    i - 1
+                )),
+                "{c}"
+            );
+        }
+        assert!(
+            c.contains("protocol kernel { ipv6 { export all; }; }"),
+            "{c}"
+        );
+        assert_eq!(c.matches("ipv6 { import all; export all; }").count(), 3);
     }
 
     #[test]
