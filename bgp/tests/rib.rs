@@ -180,7 +180,7 @@ fn announce(rib: &mut Rib, peer: PeerId, update: &Update) -> Changes {
 }
 
 fn best_source(rib: &Rib, prefix: &str) -> Option<RouteSource> {
-    rib.best(&net(prefix)).first().map(|r| r.source)
+    rib.best(&net(prefix)).first().map(|r| r.source())
 }
 
 const P: &str = "10.244.1.0/26";
@@ -562,8 +562,8 @@ fn ecmp_returns_the_tied_set_up_to_max_paths() {
     }
     let best = rib.best(&net(P));
     assert_eq!(best.len(), 2);
-    assert_eq!(best[0].source, RouteSource::Peer(peers[0]));
-    assert_eq!(best[1].source, RouteSource::Peer(peers[1]));
+    assert_eq!(best[0].source(), RouteSource::Peer(peers[0]));
+    assert_eq!(best[1].source(), RouteSource::Peer(peers[1]));
 
     let mut cfg = config();
     cfg.max_paths = 8;
@@ -910,17 +910,17 @@ fn graceful_restart_keeps_stale_paths_until_end_of_rib() {
     let ch = rib.peer_down_graceful(e, &[Family::IPV4_UNICAST]).unwrap();
     // IPv4 kept (stale, still best, nothing re-sent); IPv6 not preserved.
     assert_eq!(rib.best(&net(P)).len(), 1);
-    assert!(rib.best(&net(P))[0].stale);
+    assert!(rib.best(&net(P))[0].stale());
     assert!(rib.best(&net("fd00:5::/48")).is_empty());
     assert_eq!(ch.best.len(), 1);
     assert_eq!(ch.for_peer(i).withdraw, vec![Nlri::new(net("fd00:5::/48"))]);
-    assert!(rib.adj_rib_in(e).iter().all(|r| r.stale));
+    assert!(rib.adj_rib_in(e).iter().all(|(_, r)| r.stale()));
 
     rib.peer_up(e, ip4("10.9.0.6"), &BOTH).unwrap();
     let ch = announce(&mut rib, e, &Ann::new(&[65002], "10.2.0.2").update(&[P]));
     assert!(ch.best.is_empty(), "same path refreshed: no best change");
-    assert!(!rib.best(&net(P))[0].stale);
-    assert!(rib.best(&net(q))[0].stale);
+    assert!(!rib.best(&net(P))[0].stale());
+    assert!(rib.best(&net(q))[0].stale());
     let ch = announce(&mut rib, e, &Update::end_of_rib(Family::IPV4_UNICAST));
     assert!(rib.best(&net(q)).is_empty());
     assert_eq!(rib.best(&net(P)).len(), 1);
@@ -1227,7 +1227,7 @@ fn randomized_incremental_best_matches_from_scratch() {
             };
             for c in &changes.best {
                 match c.paths.first() {
-                    Some(r) => programmed.insert(c.prefix, r.source),
+                    Some(r) => programmed.insert(c.prefix, r.source()),
                     None => programmed.remove(&c.prefix),
                 };
             }
@@ -1248,12 +1248,12 @@ fn randomized_incremental_best_matches_from_scratch() {
                 let want = reference_best(&cands, &refs).map(|i| RouteSource::Peer(ids[i]));
                 let got: Option<&Route> = rib.best(&net(prefix)).first();
                 assert_eq!(
-                    got.map(|r| r.source),
+                    got.map(|r| r.source()),
                     want,
                     "seed {seed} step {step} {prefix}"
                 );
                 if let Some(r) = got {
-                    let RouteSource::Peer(p) = r.source else {
+                    let RouteSource::Peer(p) = r.source() else {
                         panic!()
                     };
                     let i = ids.iter().position(|x| *x == p).unwrap();

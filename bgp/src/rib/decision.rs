@@ -112,7 +112,7 @@ pub(crate) fn select(
         .enumerate()
         .filter_map(|(index, route)| {
             let attrs = &route.attrs;
-            let (local, facts) = match route.source {
+            let (local, facts) = match route.source() {
                 RouteSource::Local => (true, None),
                 RouteSource::Peer(p) => (false, Some(source(p)?)),
             };
@@ -141,8 +141,8 @@ pub(crate) fn select(
                     .unwrap_or(settings.router_id),
                 cluster_list_len: attrs.cluster_list.len(),
                 peer_address: facts.map(|f| f.address),
-                path_id: route.nlri.path_id,
-                peer: match route.source {
+                path_id: route.path_id(),
+                peer: match route.source() {
                     RouteSource::Peer(p) => Some(p),
                     RouteSource::Local => None,
                 },

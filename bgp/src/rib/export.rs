@@ -46,12 +46,13 @@ fn may_advertise(route: &Route, source: Option<&PeerInfo>, target: &PeerInfo) ->
 /// must not be. The caller has already excluded sending a route back to the
 /// peer it came from.
 pub(crate) fn export_attributes(
+    prefix: &IpNet,
     route: &Route,
     source: Option<&PeerInfo>,
     target: &PeerInfo,
     settings: &ExportSettings,
 ) -> Option<PathAttributes> {
-    if !may_advertise(route, source, target) || !target.policy.export.permits(&route.nlri.prefix) {
+    if !may_advertise(route, source, target) || !target.policy.export.permits(prefix) {
         return None;
     }
     let mut attrs = PathAttributes::clone(&route.attrs);
@@ -62,7 +63,7 @@ pub(crate) fn export_attributes(
         .iter()
         .filter_map(|a| a.readvertised())
         .collect();
-    let self_next_hop = self_address(&route.nlri.prefix, target);
+    let self_next_hop = self_address(prefix, target);
     if target.internal {
         // RFC 4271 §5.1.5: LOCAL_PREF goes to internal peers.
         attrs.local_pref = Some(attrs.effective_local_pref(settings.default_local_pref));
@@ -88,7 +89,7 @@ pub(crate) fn export_attributes(
         attrs.cluster_list.clear();
         // RFC 4271 §5.1.4: a MED learned from a neighbouring AS is not
         // passed to other ASes; ours goes only where configured.
-        let ours = matches!(route.source, RouteSource::Local);
+        let ours = matches!(route.source(), RouteSource::Local);
         if !(ours && target.policy.send_med) {
             attrs.med = None;
         }

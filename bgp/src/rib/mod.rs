@@ -17,6 +17,7 @@ mod export;
 pub mod hash;
 pub mod pack;
 pub mod prefix_list;
+mod prefix_table;
 mod table;
 
 pub use attrs::PathAttributes;

@@ -5,13 +5,14 @@
 use super::attrs::PathAttributes;
 use super::decision::{self, AllReachable, DecisionSettings, NextHopResolver, SourceFacts};
 use super::export::{self, ExportSettings};
-use super::hash::{BuildPrefixHasher, PrefixHashMap, PrefixHashSet};
+use super::hash::{PrefixHashMap, PrefixHashSet};
 use super::prefix_list::PrefixList;
+use super::prefix_table::{PrefixEntry, PrefixTable};
+pub use super::prefix_table::{Route, RouteSource};
 use crate::wire::error::{cease_subcode, code};
 use crate::wire::{
     Afi, Community, Family, LargeCommunity, Nlri, Notification, Safi, SessionParams, Update,
 };
-use indexmap::IndexMap;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use thiserror::Error;
 
 /// Handle of a peer registered with a [`Rib`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PeerId(u32);
+pub struct PeerId(pub(super) u32);
 
 impl PeerId {
     pub fn index(self) -> usize {
@@ -122,34 +123,6 @@ impl PeerInfo {
             local_ipv6: None,
             policy: PeerPolicy::default(),
         }
-    }
-}
-
-/// Where a path came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RouteSource {
-    /// Originated by this router ([`Rib::originate`]).
-    Local,
-    Peer(PeerId),
-}
-
-/// One path to a prefix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    /// The prefix and, with ADD-PATH, the sender's path id (RFC 7911).
-    pub nlri: Nlri,
-    pub source: RouteSource,
-    /// Shared with the other prefixes of the same UPDATE.
-    pub attrs: Arc<PathAttributes>,
-    /// Kept across a graceful restart of `source`, awaiting refresh (RFC
-    /// 4724 §4.2).
-    pub stale: bool,
-}
-
-impl Route {
-    /// Same source, path id and attributes (the stale flag aside).
-    pub fn same_path(&self, other: &Route) -> bool {
-        self.source == other.source && self.nlri == other.nlri && self.attrs == other.attrs
     }
 }
 
@@ -256,39 +229,12 @@ impl PeerState {
     }
 }
 
-/// All paths of one prefix, the best-path set first.
-///
-/// The best path and the other ECMP members are `routes[..best_len]`, in
-/// order; the decision process reorders `routes` to keep them there. One
-/// path (the common case) is stored inline.
-#[derive(Default)]
-struct PrefixEntry {
-    routes: SmallVec<[Route; 1]>,
-    best_len: u32,
-}
-
-impl PrefixEntry {
-    fn best(&self) -> &[Route] {
-        self.routes.get(..self.best_len as usize).unwrap_or(&[])
-    }
-
-    fn best_snapshot(&self) -> BestSnapshot {
-        self.best().iter().cloned().collect()
-    }
-
-    fn position(&self, source: RouteSource, nlri: &Nlri) -> Option<usize> {
-        self.routes
-            .iter()
-            .position(|r| r.source == source && r.nlri == *nlri)
-    }
-
-    fn has_path_from(&self, source: RouteSource) -> bool {
-        self.routes.iter().any(|r| r.source == source)
-    }
-}
-
 /// A prefix's best-path set before an operation changed its paths.
 type BestSnapshot = SmallVec<[Route; 1]>;
+
+fn best_snapshot(entry: &PrefixEntry) -> BestSnapshot {
+    entry.best().iter().cloned().collect()
+}
 
 /// The unicast family of a prefix.
 pub fn family_of(prefix: &IpNet) -> Family {
@@ -357,35 +303,21 @@ impl Context<'_> {
     /// first, in order.
     fn decide(&self, entry: &mut PrefixEntry) {
         let settings = self.decision_settings();
-        let chosen = decision::select(&entry.routes, &settings, self.resolver, |p| {
+        let chosen = decision::select(entry.routes(), &settings, self.resolver, |p| {
             self.peer(p).map(|s| SourceFacts {
                 internal: s.info.internal,
                 router_id: s.info.router_id,
                 address: s.info.address,
             })
         });
-        let in_place = chosen.iter().enumerate().all(|(i, &c)| i == c);
-        if !in_place {
-            let mut slots: SmallVec<[Option<Route>; 4]> = std::mem::take(&mut entry.routes)
-                .into_iter()
-                .map(Some)
-                .collect();
-            let mut ordered: SmallVec<[Route; 1]> = SmallVec::with_capacity(slots.len());
-            for &i in &chosen {
-                if let Some(route) = slots.get_mut(i).and_then(Option::take) {
-                    ordered.push(route);
-                }
-            }
-            ordered.extend(slots.into_iter().flatten());
-            entry.routes = ordered;
-        }
-        entry.best_len = chosen.len() as u32;
+        entry.set_best(&chosen);
     }
 
     /// The attributes `best` goes to `target` with, or `None`. `former`
     /// stands in for a source peer's current facts.
     fn export(
         &self,
+        prefix: &IpNet,
         best: Option<&Route>,
         target: PeerId,
         target_info: &PeerInfo,
@@ -393,8 +325,7 @@ impl Context<'_> {
         cache: &mut ExportCache,
     ) -> Option<Arc<PathAttributes>> {
         let best = best?;
-        let prefix = best.nlri.prefix;
-        let (source, used_former) = match best.source {
+        let (source, used_former) = match best.source() {
             RouteSource::Peer(p) if p == target => return None,
             RouteSource::Peer(p) => match former.filter(|f| f.peer == p) {
                 Some(f) => (Some(f.info), true),
@@ -403,11 +334,11 @@ impl Context<'_> {
             RouteSource::Local => (None, false),
         };
         // Per-prefix policy (export list) is checked outside the cache.
-        if !target_info.policy.export.permits(&prefix) {
+        if !target_info.policy.export.permits(prefix) {
             return None;
         }
         let address = Arc::as_ptr(&best.attrs) as usize;
-        let slot = family_slot(&prefix);
+        let slot = family_slot(prefix);
         let key = (address, target, slot, used_former);
         if let Some((_, out)) = cache.map.get(&key) {
             return out.clone();
@@ -417,17 +348,18 @@ impl Context<'_> {
             cluster_id: self.config.cluster_id(),
             default_local_pref: self.config.default_local_pref,
         };
-        let out = export::export_attributes(best, source, target_info, &settings).map(|attrs| {
-            let shared = cache.shared.entry((address, slot)).or_default();
-            match shared.iter().find(|a| ***a == attrs) {
-                Some(same) => same.clone(),
-                None => {
-                    let attrs = Arc::new(attrs);
-                    shared.push(attrs.clone());
-                    attrs
+        let out =
+            export::export_attributes(prefix, best, source, target_info, &settings).map(|attrs| {
+                let shared = cache.shared.entry((address, slot)).or_default();
+                match shared.iter().find(|a| ***a == attrs) {
+                    Some(same) => same.clone(),
+                    None => {
+                        let attrs = Arc::new(attrs);
+                        shared.push(attrs.clone());
+                        attrs
+                    }
                 }
-            }
-        });
+            });
         cache.map.insert(key, (best.attrs.clone(), out.clone()));
         out
     }
@@ -450,8 +382,8 @@ impl Context<'_> {
                 continue;
             };
             let target = PeerId(i as u32);
-            let before = self.export(old, target, &state.info, former, cache);
-            let after = self.export(new, target, &state.info, None, cache);
+            let before = self.export(&prefix, old, target, &state.info, former, cache);
+            let after = self.export(&prefix, new, target, &state.info, None, cache);
             if before == after {
                 continue;
             }
@@ -511,7 +443,7 @@ impl Context<'_> {
 pub struct Rib {
     config: RibConfig,
     peers: Vec<Option<PeerState>>,
-    table: IndexMap<IpNet, PrefixEntry, BuildPrefixHasher>,
+    table: PrefixTable,
     resolver: Box<dyn NextHopResolver + Send + Sync>,
 }
 
@@ -521,7 +453,7 @@ impl Rib {
         Rib {
             config,
             peers: Vec::new(),
-            table: IndexMap::default(),
+            table: PrefixTable::default(),
             resolver: Box::new(AllReachable),
         }
     }
@@ -543,7 +475,7 @@ impl Rib {
         let snapshots: Vec<(IpNet, BestSnapshot)> = self
             .sorted_prefixes(|_| true)
             .into_iter()
-            .filter_map(|p| Some((p, self.table.get(&p)?.best_snapshot())))
+            .filter_map(|p| Some((p, best_snapshot(self.table.get(&p)?))))
             .collect();
         self.settle_all(snapshots, None)
     }
@@ -615,13 +547,13 @@ impl Rib {
         };
         let (mut old_cache, mut new_cache) = (ExportCache::default(), ExportCache::default());
         let ctx = self.context();
-        for prefix in self.sorted_prefixes(|e| e.best_len > 0) {
+        for prefix in self.sorted_prefixes(PrefixEntry::has_best) {
             if !state.exports(family_of(&prefix)) {
                 continue;
             }
             let best = self.table.get(&prefix).and_then(|e| e.best().first());
-            let before = ctx.export(best, peer, &old_info, None, &mut old_cache);
-            let after = ctx.export(best, peer, &state.info, None, &mut new_cache);
+            let before = ctx.export(&prefix, best, peer, &old_info, None, &mut old_cache);
+            let after = ctx.export(&prefix, best, peer, &state.info, None, &mut new_cache);
             if before == after {
                 continue;
             }
@@ -655,7 +587,7 @@ impl Rib {
         let snapshots: Vec<(IpNet, BestSnapshot)> = self
             .sorted_prefixes(|e| e.has_path_from(source))
             .into_iter()
-            .filter_map(|p| Some((p, self.table.get(&p)?.best_snapshot())))
+            .filter_map(|p| Some((p, best_snapshot(self.table.get(&p)?))))
             .collect();
         let former = FormerSource {
             peer,
@@ -678,7 +610,7 @@ impl Rib {
         state.counts = [0; 2];
         state.filtered.clear();
         let source = RouteSource::Peer(peer);
-        let (snapshots, _) = self.remove_paths(|r| r.source == source);
+        let (snapshots, _) = self.remove_paths(|_, r| r.source() == source);
         Ok(self.settle_all(snapshots, None))
     }
 
@@ -695,15 +627,18 @@ impl Rib {
         state.up = None;
         state.filtered.clear();
         let source = RouteSource::Peer(peer);
-        for entry in self.table.values_mut() {
-            for r in entry.routes.iter_mut() {
-                if r.source == source && preserved.contains(&family_of(&r.nlri.prefix)) {
-                    r.stale = true;
+        for (prefix, entry) in self.table.iter_mut() {
+            if !preserved.contains(&family_of(&prefix)) {
+                continue;
+            }
+            for r in entry.routes_mut() {
+                if r.source() == source {
+                    r.set_stale(true);
                 }
             }
         }
-        let (snapshots, removed) = self.remove_paths(|r| {
-            r.source == source && !preserved.contains(&family_of(&r.nlri.prefix))
+        let (snapshots, removed) = self.remove_paths(|prefix, r| {
+            r.source() == source && !preserved.contains(&family_of(prefix))
         });
         self.forget_counted(peer, removed)?;
         Ok(self.settle_all(snapshots, None))
@@ -715,8 +650,9 @@ impl Rib {
     pub fn sweep_stale(&mut self, peer: PeerId, family: Family) -> Result<Changes, RibError> {
         let source = RouteSource::Peer(peer);
         self.peer(peer).ok_or(RibError::UnknownPeer(peer))?;
-        let (snapshots, removed) = self
-            .remove_paths(|r| r.source == source && r.stale && family_of(&r.nlri.prefix) == family);
+        let (snapshots, removed) = self.remove_paths(|prefix, r| {
+            r.source() == source && r.stale() && family_of(prefix) == family
+        });
         self.forget_counted(peer, removed)?;
         Ok(self.settle_all(snapshots, None))
     }
@@ -831,22 +767,21 @@ impl Rib {
             let len = rest.iter().take_while(|(n, _)| n.prefix == prefix).count();
             let (group, tail) = rest.split_at(len);
             rest = tail;
-            let index = if group.iter().any(|(_, a)| a.is_some()) {
-                table.entry(prefix).or_default();
-                table.get_index_of(&prefix)
+            let entry = if group.iter().any(|(_, a)| a.is_some()) {
+                Some(table.entry(&prefix))
             } else {
-                table.get_index_of(&prefix)
+                table.get_mut(&prefix)
             };
-            let Some((_, entry)) = index.and_then(|i| table.get_index_mut(i)) else {
+            let Some(entry) = entry else {
                 continue;
             };
-            let old_best = entry.best_snapshot();
+            let old_best = best_snapshot(entry);
             let mut changed = false;
             for (nlri, attrs) in group {
                 let slot = family_slot(&nlri.prefix);
-                match (entry.position(source, nlri), attrs) {
+                match (entry.position(source, nlri.path_id), attrs) {
                     (Some(i), None) => {
-                        entry.routes.remove(i);
+                        entry.remove(i);
                         changed = true;
                         if let Some(c) = counts.get_mut(slot) {
                             *c -= 1;
@@ -854,17 +789,12 @@ impl Rib {
                     }
                     (None, None) => {}
                     (at, Some(attrs)) => {
-                        let route = Route {
-                            nlri: *nlri,
-                            source,
-                            attrs: attrs.clone(),
-                            stale: false,
-                        };
+                        let route = Route::new(source, nlri.path_id, attrs.clone());
                         changed = true;
-                        match at.and_then(|i| entry.routes.get_mut(i)) {
-                            Some(existing) => *existing = route,
+                        match at {
+                            Some(i) => entry.replace(i, route),
                             None => {
-                                entry.routes.push(route);
+                                entry.push(route);
                                 if let Some(c) = counts.get_mut(slot) {
                                     *c += 1;
                                 }
@@ -873,14 +803,11 @@ impl Rib {
                     }
                 }
             }
-            if !changed {
-                continue;
+            if changed {
+                ctx.settle(prefix, entry, &old_best, None, &mut changes, &mut cache);
             }
-            ctx.settle(prefix, entry, &old_best, None, &mut changes, &mut cache);
-            if entry.routes.is_empty() {
-                if let Some(i) = index {
-                    table.swap_remove_index(i);
-                }
+            if entry.is_empty() {
+                table.remove(&prefix);
             }
         }
         if let Ok(state) = self.peer_mut(peer) {
@@ -897,16 +824,11 @@ impl Rib {
     /// session address.
     pub fn originate(&mut self, prefix: IpNet, attrs: PathAttributes) -> Changes {
         let prefix = prefix.trunc();
-        let route = Route {
-            nlri: Nlri::new(prefix),
-            source: RouteSource::Local,
-            attrs: Arc::new(attrs),
-            stale: false,
-        };
-        let entry = self.table.entry(prefix).or_default();
-        let old_best = entry.best_snapshot();
-        entry.routes.retain(|r| r.source != RouteSource::Local);
-        entry.routes.push(route);
+        let route = Route::new(RouteSource::Local, None, Arc::new(attrs));
+        let entry = self.table.entry(&prefix);
+        let old_best = best_snapshot(entry);
+        entry.retain(|r| r.source() != RouteSource::Local);
+        entry.push(route);
         self.settle_all(vec![(prefix, old_best)], None)
     }
 
@@ -916,8 +838,8 @@ impl Rib {
         let Some(entry) = self.table.get_mut(&prefix) else {
             return Changes::default();
         };
-        let old_best = entry.best_snapshot();
-        entry.routes.retain(|r| r.source != RouteSource::Local);
+        let old_best = best_snapshot(entry);
+        entry.retain(|r| r.source() != RouteSource::Local);
         self.settle_all(vec![(prefix, old_best)], None)
     }
 
@@ -928,31 +850,37 @@ impl Rib {
 
     /// Every candidate path of `prefix` (the best-path set first).
     pub fn candidates(&self, prefix: &IpNet) -> &[Route] {
-        self.table.get(prefix).map_or(&[], |e| e.routes.as_slice())
+        self.table.get(prefix).map_or(&[], PrefixEntry::routes)
     }
 
     /// The Loc-RIB: every reachable prefix with its best-path set, in
     /// prefix order (sorted on each call: the table is a hash table).
-    pub fn loc_rib(&self) -> impl Iterator<Item = (&IpNet, &[Route])> {
-        let mut all: Vec<(&IpNet, &[Route])> = self
+    pub fn loc_rib(&self) -> impl Iterator<Item = (IpNet, &[Route])> {
+        let mut all: Vec<(IpNet, &[Route])> = self
             .table
             .iter()
-            .filter(|(_, e)| e.best_len > 0)
+            .filter(|(_, e)| e.has_best())
             .map(|(p, e)| (p, e.best()))
             .collect();
-        all.sort_unstable_by_key(|(p, _)| **p);
+        all.sort_unstable_by_key(|(p, _)| *p);
         all.into_iter()
     }
 
-    /// The peer's paths as accepted by import policy, in prefix order.
-    pub fn adj_rib_in(&self, peer: PeerId) -> Vec<Route> {
+    /// The peer's paths as accepted by import policy, with their NLRI, in
+    /// prefix order.
+    pub fn adj_rib_in(&self, peer: PeerId) -> Vec<(Nlri, Route)> {
         let source = RouteSource::Peer(peer);
-        let mut routes: Vec<Route> = self
+        let mut routes: Vec<(Nlri, Route)> = self
             .table
-            .values()
-            .flat_map(|e| e.routes.iter().filter(|r| r.source == source).cloned())
+            .iter()
+            .flat_map(|(p, e)| {
+                e.routes()
+                    .iter()
+                    .filter(|r| r.source() == source)
+                    .map(move |r| (r.nlri(p), r.clone()))
+            })
             .collect();
-        routes.sort_unstable_by_key(|r| r.nlri);
+        routes.sort_unstable_by_key(|(n, _)| *n);
         routes
     }
 
@@ -965,12 +893,12 @@ impl Rib {
         };
         let ctx = self.context();
         let mut cache = ExportCache::default();
-        self.sorted_prefixes(|e| e.best_len > 0)
+        self.sorted_prefixes(PrefixEntry::has_best)
             .into_iter()
             .filter(|p| state.exports(family_of(p)))
             .filter_map(|prefix| {
                 let best = self.table.get(&prefix)?.best().first();
-                let attrs = ctx.export(best, peer, &state.info, None, &mut cache)?;
+                let attrs = ctx.export(&prefix, best, peer, &state.info, None, &mut cache)?;
                 Some(OutRoute {
                     nlri: Nlri::new(prefix),
                     attrs,
@@ -1028,7 +956,7 @@ impl Rib {
             .table
             .iter()
             .filter(|(_, e)| keep(e))
-            .map(|(p, _)| *p)
+            .map(|(p, _)| p)
             .collect();
         prefixes.sort_unstable();
         prefixes
@@ -1039,19 +967,19 @@ impl Rib {
     /// how many paths went per family slot.
     fn remove_paths(
         &mut self,
-        gone: impl Fn(&Route) -> bool,
+        gone: impl Fn(&IpNet, &Route) -> bool,
     ) -> (Vec<(IpNet, BestSnapshot)>, [usize; 2]) {
         let mut snapshots = Vec::new();
         let mut removed = [0usize; 2];
         for (prefix, entry) in self.table.iter_mut() {
-            if entry.routes.iter().any(&gone) {
-                let old_best = entry.best_snapshot();
-                let before = entry.routes.len();
-                entry.routes.retain(|r| !gone(r));
-                if let Some(c) = removed.get_mut(family_slot(prefix)) {
-                    *c += before - entry.routes.len();
+            if entry.routes().iter().any(|r| gone(&prefix, r)) {
+                let old_best = best_snapshot(entry);
+                let before = entry.routes().len();
+                entry.retain(|r| !gone(&prefix, r));
+                if let Some(c) = removed.get_mut(family_slot(&prefix)) {
+                    *c += before - entry.routes().len();
                 }
-                snapshots.push((*prefix, old_best));
+                snapshots.push((prefix, old_best));
             }
         }
         snapshots.sort_unstable_by_key(|(p, _)| *p);
@@ -1091,7 +1019,7 @@ impl Rib {
         let has = |n: &Nlri| {
             self.table
                 .get(&n.prefix)
-                .is_some_and(|e| e.position(source, n).is_some())
+                .is_some_and(|e| e.position(source, n.path_id).is_some())
         };
         // The last operation on each NLRI decides whether the peer has it.
         let mut last: PrefixHashMap<Nlri, bool> = PrefixHashMap::default();
@@ -1139,12 +1067,12 @@ impl Rib {
             resolver: &*self.resolver,
         };
         for (prefix, old_best) in snapshots {
-            let Some((index, _, entry)) = self.table.get_full_mut(&prefix) else {
+            let Some(entry) = self.table.get_mut(&prefix) else {
                 continue;
             };
             ctx.settle(prefix, entry, &old_best, former, &mut changes, &mut cache);
-            if entry.routes.is_empty() {
-                self.table.swap_remove_index(index);
+            if entry.is_empty() {
+                self.table.remove(&prefix);
             }
         }
         changes

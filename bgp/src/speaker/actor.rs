@@ -244,7 +244,7 @@ impl Actor {
                 let snapshot: Vec<BestPathChange> = self
                     .rib
                     .loc_rib()
-                    .map(|(prefix, paths)| best_path_change(*prefix, paths.to_vec()))
+                    .map(|(prefix, paths)| best_path_change(prefix, paths.to_vec()))
                     .collect();
                 if snapshot.into_iter().all(|c| tx.send(c).is_ok()) {
                     self.subscribers.push(tx);
@@ -927,22 +927,19 @@ impl Actor {
     fn routes(&self, within: Option<IpNet>) -> Vec<RouteView> {
         self.rib
             .loc_rib()
-            .filter(|(prefix, _)| within.is_none_or(|w| w.contains(*prefix)))
+            .filter(|(prefix, _)| within.is_none_or(|w| w.contains(prefix)))
             .map(|(prefix, best)| {
                 let mut paths: Vec<PathView> = Vec::new();
                 // Best (and ECMP members) first, in the RIB's order.
                 for route in best {
                     paths.push(self.path_view(route, true));
                 }
-                for route in self.rib.candidates(prefix) {
+                for route in self.rib.candidates(&prefix) {
                     if !best.iter().any(|b| b.same_path(route)) {
                         paths.push(self.path_view(route, false));
                     }
                 }
-                RouteView {
-                    prefix: *prefix,
-                    paths,
-                }
+                RouteView { prefix, paths }
             })
             .collect()
     }
@@ -952,7 +949,7 @@ impl Actor {
         PathView {
             best,
             next_hop: a.next_hop,
-            from: match route.source {
+            from: match route.source() {
                 RouteSource::Local => None,
                 RouteSource::Peer(id) => self.by_id.get(&id).copied(),
             },
@@ -966,7 +963,7 @@ impl Actor {
             local_pref: a.local_pref,
             med: a.med,
             communities: a.communities.iter().map(ToString::to_string).collect(),
-            stale: route.stale,
+            stale: route.stale(),
         }
     }
 }
@@ -1036,7 +1033,7 @@ fn attr_set(attrs: &PathAttributes, span: &Span) -> Option<Arc<AttrSet>> {
 fn best_path_change(prefix: IpNet, paths: Vec<Route>) -> BestPathChange {
     let local = paths
         .first()
-        .is_some_and(|r| r.source == RouteSource::Local);
+        .is_some_and(|r| r.source() == RouteSource::Local);
     let mut next_hops: Vec<IpAddr> = Vec::new();
     if !local {
         for hop in paths.iter().filter_map(|r| r.attrs.next_hop) {
