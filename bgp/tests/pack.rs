@@ -417,7 +417,7 @@ fn withdrawals_ipv4_and_ipv6_come_first_and_packed() {
         peer.routes.keys().copied().collect::<Vec<_>>(),
         [v4(5_000, 24)]
     );
-    assert_eq!(packer.advertised().count(), 1);
+    assert!(packer.is_idle());
 }
 
 #[test]
@@ -427,23 +427,16 @@ fn coalescing_keeps_only_the_last_change() {
     let b = set_v4(2, 0);
     let mut packer = UpdatePacker::new(p);
 
-    // Announce then withdraw before any flush: nothing at all.
-    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
-    packer.withdraw(v4(1, 24)).unwrap();
-    assert_eq!(packer.flush(), Flushed::default());
-
-    // Withdrawing what the peer never had: nothing.
-    packer.withdraw(v4(2, 24)).unwrap();
-    assert_eq!(packer.flush(), Flushed::default());
-
     // Announce A then B: only B.
     packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
     packer.announce(v4(1, 24), Arc::clone(&b)).unwrap();
     let out = packer.flush();
     assert_eq!(out.messages.len(), 1);
     assert_eq!(updates(&out)[0].as_path(), Some(&AsPath::sequence([2])));
+    assert!(packer.is_idle());
 
-    // Advertised with B; announce A, then withdraw: only the withdrawal.
+    // Announce A, then withdraw: only the withdrawal (the packer keeps no
+    // Adj-RIB-Out; the peer may have had the prefix).
     packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
     packer.withdraw(v4(1, 24)).unwrap();
     let out = packer.flush();
@@ -451,62 +444,51 @@ fn coalescing_keeps_only_the_last_change() {
     assert_eq!(updates(&out)[0].withdrawn, [v4(1, 24)]);
     assert!(updates(&out)[0].attributes.is_empty());
 
-    // Withdraw then re-announce before the flush: the announcement.
-    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
-    packer.flush();
+    // Withdraw twice: one withdrawal.
+    packer.withdraw(v4(2, 24)).unwrap();
+    packer.withdraw(v4(2, 24)).unwrap();
+    let out = packer.flush();
+    assert_eq!(out.messages.len(), 1);
+    assert_eq!(updates(&out)[0].withdrawn, [v4(2, 24)]);
+
+    // Withdraw then re-announce before the flush: only the announcement
+    // (it replaces, RFC 4271 §3.1).
     packer.withdraw(v4(1, 24)).unwrap();
     packer.announce(v4(1, 24), Arc::clone(&b)).unwrap();
     let out = packer.flush();
+    assert_eq!(out.messages.len(), 1);
     assert_eq!(updates(&out)[0].nlri, [v4(1, 24)]);
     assert!(updates(&out)[0].withdrawn.is_empty());
+
+    // An announcement is sent even if it repeats the last one: the caller
+    // (the RIB) sends differences only, and a route refresh repeats on
+    // purpose.
+    packer.announce(v4(1, 24), Arc::clone(&b)).unwrap();
+    assert_eq!(updates(&packer.flush())[0].nlri, [v4(1, 24)]);
+    assert_eq!(packer.flush(), Flushed::default());
 }
 
 #[test]
-fn adj_rib_out_suppresses_duplicates() {
+fn route_refresh_markers_bracket_the_resent_routes() {
     let p = params(false, &[]);
     let a = set_v4(1, 0);
-    let mut packer = UpdatePacker::new(p);
-    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
-    assert_eq!(packer.flush().messages.len(), 1);
-
-    // Same Arc, or an equal set in another Arc: nothing to send.
-    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
-    packer.announce(v4(1, 24), Arc::new((*a).clone())).unwrap();
-    assert_eq!(packer.flush(), Flushed::default());
-
-    // Change away and back before a flush: nothing either.
-    packer.announce(v4(1, 24), set_v4(2, 0)).unwrap();
-    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
-    assert_eq!(packer.flush(), Flushed::default());
-    assert!(packer.is_idle());
-
-    // Withdraw twice: one withdrawal; then nothing.
-    packer.withdraw(v4(1, 24)).unwrap();
-    packer.withdraw(v4(1, 24)).unwrap();
-    assert_eq!(packer.flush().messages.len(), 1);
-    packer.withdraw(v4(1, 24)).unwrap();
-    assert_eq!(packer.flush(), Flushed::default());
-    assert_eq!(packer.advertised().count(), 0);
-}
-
-#[test]
-fn route_refresh_resends_everything_with_optional_markers() {
-    let p = params(false, &[]);
-    let a = set_v4(1, 0);
-    let b = set_v6(1, 0, false);
     let mut packer = UpdatePacker::new(p);
     for i in 0..10 {
         packer.announce(v4(i, 24), Arc::clone(&a)).unwrap();
-        packer
-            .announce(v6(u64::from(i), 64), Arc::clone(&b))
-            .unwrap();
     }
     packer.flush();
 
-    // Enhanced route refresh for IPv4: BoRR, the IPv4 routes, EoRR.
-    packer.resend(Family::IPV4_UNICAST, true);
+    // Enhanced route refresh for IPv4: BoRR, the routes the caller
+    // re-announces, EoRR.
+    packer.bracket_refresh(Family::IPV4_UNICAST);
+    packer.bracket_refresh(Family::IPV4_UNICAST);
+    for i in 0..10 {
+        packer.announce(v4(i, 24), Arc::clone(&a)).unwrap();
+    }
+    // A change after the refresh started still wins.
+    packer.withdraw(v4(0, 24)).unwrap();
     let out = packer.flush();
-    assert_eq!(out.messages.len(), 3);
+    assert_eq!(out.messages.len(), 4);
     assert_eq!(
         out.messages[0],
         Message::RouteRefresh(RouteRefresh::new(
@@ -514,42 +496,17 @@ fn route_refresh_resends_everything_with_optional_markers() {
             RouteRefreshSubtype::BeginningOfRefresh
         ))
     );
-    assert_eq!(updates(&out)[0].nlri.len(), 10);
+    assert_eq!(updates(&out)[0].withdrawn, [v4(0, 24)]);
+    assert_eq!(updates(&out)[1].nlri.len(), 9);
     assert_eq!(
-        out.messages[2],
+        out.messages[3],
         Message::RouteRefresh(RouteRefresh::new(
             Family::IPV4_UNICAST,
             RouteRefreshSubtype::EndOfRefresh
         ))
     );
     wire_round_trip(&out.messages, &p);
-
-    // A re-announcement with the same attributes after resend still goes.
-    packer.resend_all();
-    packer.announce(v4(0, 24), Arc::clone(&a)).unwrap();
-    let out = packer.flush();
-    assert_eq!(out.messages.len(), 2);
-    let total: usize = updates(&out).iter().map(|u| u.announced_count()).sum();
-    assert_eq!(total, 20);
-
-    // A withdrawal after a resend request still withdraws.
-    packer.resend_all();
-    packer.withdraw(v4(0, 24)).unwrap();
-    let out = packer.flush();
-    assert_eq!(updates(&out)[0].withdrawn, [v4(0, 24)]);
-
-    // After a session reset everything wanted is sent again.
-    packer.peer_reset();
-    let out = packer.flush();
-    let total: usize = updates(&out).iter().map(|u| u.announced_count()).sum();
-    assert_eq!(total, 19);
-    assert_eq!(
-        updates(&out)
-            .iter()
-            .map(|u| u.withdrawn_count())
-            .sum::<usize>(),
-        0
-    );
+    assert!(packer.is_idle());
 }
 
 #[test]
@@ -604,8 +561,8 @@ fn an_attribute_set_too_large_for_any_prefix_is_rejected() {
     packer.announce(v4(1, 24), Arc::clone(&small)).unwrap();
     packer.flush();
 
-    // The /24 no longer fits (and is withdrawn: the peer must not keep
-    // the old route); a /8 (2 bytes) still does.
+    // The /24s no longer fit (and are withdrawn: the peer may have an old
+    // route and must not keep it); a /8 (2 bytes) still does.
     packer.announce(v4(1, 24), Arc::clone(&too_big)).unwrap();
     packer.announce(v4(2, 24), Arc::clone(&too_big)).unwrap();
     packer
@@ -623,12 +580,16 @@ fn an_attribute_set_too_large_for_any_prefix_is_rejected() {
     ));
     let decoded = wire_round_trip(&out.messages, &p);
     assert_eq!(decoded.len(), 2);
-    assert_eq!(updates(&out)[0].withdrawn, [v4(1, 24)]);
+    assert_eq!(updates(&out)[0].withdrawn, [v4(1, 24), v4(2, 24)]);
     assert_eq!(
         updates(&out)[1].nlri,
         [Nlri::new("11.0.0.0/8".parse().unwrap())]
     );
-    assert_eq!(packer.advertised().count(), 1);
+    assert_eq!(packer.rejected_len(), 2);
+    // A later change of a rejected prefix is no longer counted as rejected.
+    packer.announce(v4(2, 24), Arc::clone(&small)).unwrap();
+    packer.withdraw(v4(1, 24)).unwrap();
+    assert_eq!(packer.rejected_len(), 0);
 
     // With extended messages the same set fits.
     let mut ext = UpdatePacker::new(params(true, &[]));
@@ -777,6 +738,8 @@ proptest! {
         let prefixes = pool(add_path);
         let mut packer = UpdatePacker::new(p);
         let mut want: BTreeMap<Nlri, PeerRoute> = BTreeMap::new();
+        // The set each prefix was last announced with.
+        let mut announced_set: BTreeMap<Nlri, usize> = BTreeMap::new();
         let mut peer = Peer::default();
         let apply = |f: Flushed, peer: &mut Peer| -> Result<(), TestCaseError> {
             prop_assert!(f.rejected.is_empty());
@@ -792,19 +755,29 @@ proptest! {
                     let s = if n.prefix.addr().is_ipv4() { &sets4[set] } else { &sets6[set] };
                     packer.announce(n, Arc::clone(s)).unwrap();
                     want.insert(n, intended(s));
+                    announced_set.insert(n, set);
                 }
                 Op::Withdraw { prefix } => {
                     packer.withdraw(prefixes[prefix]).unwrap();
                     want.remove(&prefixes[prefix]);
                 }
                 Op::Flush => apply(packer.flush(), &mut peer)?,
-                Op::Resend { enhanced } => packer.resend(Family::IPV6_UNICAST, enhanced),
+                Op::Resend { enhanced } => {
+                    // What the speaker does on a ROUTE-REFRESH: every
+                    // route of the family the peer should have, again.
+                    if enhanced {
+                        packer.bracket_refresh(Family::IPV6_UNICAST);
+                    }
+                    for n in want.keys().filter(|n| !n.prefix.addr().is_ipv4()) {
+                        let set = &sets6[announced_set[n]];
+                        packer.announce(*n, Arc::clone(set)).unwrap();
+                    }
+                }
                 Op::EndOfRib => packer.queue_end_of_rib(Family::IPV4_UNICAST),
             }
         }
         apply(packer.flush(), &mut peer)?;
         prop_assert_eq!(&peer.routes, &want);
-        prop_assert_eq!(packer.advertised().count(), want.len());
         // Nothing left to send.
         prop_assert_eq!(packer.flush(), Flushed::default());
     }

@@ -1267,6 +1267,7 @@ fn randomized_incremental_best_matches_from_scratch() {
                 .map(|r| (r.nlri, r.attrs))
                 .collect();
             assert_eq!(full, observed, "seed {seed} step {step}");
+            assert_eq!(rib.advertised_count(observer), full.len());
             assert_eq!(observed.len(), rib.loc_rib().count());
         }
     }
@@ -1371,6 +1372,11 @@ fn randomized_adj_rib_out_mirrors_match_the_loc_rib_export() {
                     .map(|r| (r.nlri, r.attrs))
                     .collect();
                 assert_eq!(&full, mirror, "seed {seed} step {step} observer {o:?}");
+                assert_eq!(
+                    rib.advertised_count(*o),
+                    full.len(),
+                    "seed {seed} step {step}"
+                );
             }
         }
     }

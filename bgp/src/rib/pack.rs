@@ -10,10 +10,11 @@
 //! (an UPDATE carries one set of path attributes and every destination that
 //! shares it, RFC 4271 §4.3).
 //!
-//! - The latest change to a prefix before a flush wins, and the packer keeps
-//!   what the peer was last sent (the Adj-RIB-Out, RFC 4271 §3.2), so
-//!   withdrawing a prefix the peer never had, or announcing one with the
-//!   attributes it already has, sends nothing.
+//! - The latest change to a prefix before a flush wins. The packer does
+//!   not keep what the peer was sent (its Adj-RIB-Out, RFC 4271 §3.2): the
+//!   caller sends it differences only (the RIB exports the difference
+//!   between a prefix's old and new best path, docs/bgp-rib.md), and a
+//!   withdrawal of something the peer may not have is harmless.
 //! - IPv4 unicast prefixes go in the NLRI / Withdrawn Routes fields with a
 //!   NEXT_HOP attribute; IPv6 unicast prefixes go in MP_REACH_NLRI /
 //!   MP_UNREACH_NLRI (RFC 4760, RFC 2545 for the global [+ link-local] next
@@ -23,14 +24,12 @@
 //!
 //! Pure and synchronous; flushing n prefixes costs O(n log n) (one sort).
 
-use super::hash::PrefixHashMap;
+use super::hash::{PrefixHashMap, PrefixHashSet};
 use crate::wire::{
     attr_type, AttributeValue, EncodeError, Family, Message, MpReach, MpUnreach, NextHop, Nlri,
     PathAttribute, Prefix, RouteRefresh, RouteRefreshSubtype, SessionParams, Update, HEADER_LEN,
 };
 use bytes::{Bytes, BytesMut};
-use ipnet::Ipv4Net;
-use std::collections::hash_map::Entry;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -237,97 +236,9 @@ fn family_of(prefix: &Prefix) -> Family {
     }
 }
 
-/// What the peer should have for one prefix, changed since the last flush.
-#[derive(Debug)]
-struct Pending {
-    /// `None`: nothing.
-    wanted: Option<Arc<AttrSet>>,
-    /// Send `wanted` even if the peer already has it (route refresh).
-    resend: bool,
-}
-
-/// What the peer has been sent (the Adj-RIB-Out, RFC 4271 §3.2), by prefix:
-/// IPv4 prefixes without a path id (nearly all) under a packed 8-byte key,
-/// the rest under their NLRI. 16 bytes an IPv4 route instead of 40.
-#[derive(Debug, Default)]
-struct SentRoutes {
-    v4: PrefixHashMap<u64, Arc<AttrSet>>,
-    other: PrefixHashMap<Nlri, Arc<AttrSet>>,
-}
-
-/// The packed key of an IPv4 prefix without path id: address, then length.
-fn v4_key(nlri: &Nlri) -> Option<u64> {
-    match (nlri.prefix, nlri.path_id) {
-        (Prefix::V4(net), None) => {
-            Some((u64::from(u32::from(net.addr())) << 8) | u64::from(net.prefix_len()))
-        }
-        _ => None,
-    }
-}
-
-fn v4_nlri(key: u64) -> Option<Nlri> {
-    let net = Ipv4Net::new(Ipv4Addr::from((key >> 8) as u32), (key & 0xff) as u8).ok()?;
-    Some(Nlri::new(Prefix::V4(net)))
-}
-
-impl SentRoutes {
-    fn get(&self, nlri: &Nlri) -> Option<&Arc<AttrSet>> {
-        match v4_key(nlri) {
-            Some(k) => self.v4.get(&k),
-            None => self.other.get(nlri),
-        }
-    }
-
-    fn contains(&self, nlri: &Nlri) -> bool {
-        self.get(nlri).is_some()
-    }
-
-    fn insert(&mut self, nlri: Nlri, attrs: Arc<AttrSet>) {
-        match v4_key(&nlri) {
-            Some(k) => self.v4.insert(k, attrs),
-            None => self.other.insert(nlri, attrs),
-        };
-    }
-
-    fn remove(&mut self, nlri: &Nlri) -> Option<Arc<AttrSet>> {
-        match v4_key(nlri) {
-            Some(k) => self.v4.remove(&k),
-            None => self.other.remove(nlri),
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (Nlri, &Arc<AttrSet>)> {
-        self.v4
-            .iter()
-            .filter_map(|(k, a)| Some((v4_nlri(*k)?, a)))
-            .chain(self.other.iter().map(|(n, a)| (*n, a)))
-    }
-
-    /// The routes of `family`.
-    fn of_family(&self, family: Family) -> impl Iterator<Item = (Nlri, &Arc<AttrSet>)> {
-        let v4 = (family == Family::IPV4_UNICAST)
-            .then(|| self.v4.iter().filter_map(|(k, a)| Some((v4_nlri(*k)?, a))))
-            .into_iter()
-            .flatten();
-        v4.chain(
-            self.other
-                .iter()
-                .filter(move |(n, _)| family_of(&n.prefix) == family)
-                .map(|(n, a)| (*n, a)),
-        )
-    }
-
-    fn drain(&mut self) -> impl Iterator<Item = (Nlri, Arc<AttrSet>)> + '_ {
-        self.v4
-            .drain()
-            .filter_map(|(k, a)| Some((v4_nlri(k)?, a)))
-            .chain(self.other.drain())
-    }
-}
-
-/// Routes the packer could not send, and why. They are not advertised to
-/// the peer (withdrawn if they were), but stay wanted: a later
-/// [`UpdatePacker::announce`] with a smaller set sends them.
+/// Routes the packer could not send, and why. They are withdrawn (the peer
+/// may have an older version and must not keep it) and counted apart
+/// ([`UpdatePacker::rejected_len`]) until the next change of the prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejected {
     /// Sorted.
@@ -344,18 +255,15 @@ pub struct Flushed {
     pub rejected: Vec<Rejected>,
 }
 
-/// The outbound queue and Adj-RIB-Out of one peer session.
+/// The outbound queue of one peer session.
 #[derive(Debug)]
 pub struct UpdatePacker {
     params: SessionParams,
-    /// What the peer has.
-    sent: SentRoutes,
     /// Prefixes changed since the last flush, with what the peer should
-    /// have now.
-    pending: PrefixHashMap<Nlri, Pending>,
-    /// Routes wanted but refused by a flush ([`Rejected`]): tried again on
-    /// [`UpdatePacker::peer_reset`].
-    unsent: PrefixHashMap<Nlri, Arc<AttrSet>>,
+    /// have now (`None`: nothing).
+    pending: PrefixHashMap<Nlri, Option<Arc<AttrSet>>>,
+    /// Routes a flush refused ([`Rejected`]) and not changed since.
+    rejected: PrefixHashSet<Nlri>,
     refresh_begin: Vec<Family>,
     refresh_end: Vec<Family>,
     end_of_rib: Vec<Family>,
@@ -368,9 +276,8 @@ impl UpdatePacker {
     pub fn new(params: SessionParams) -> Self {
         UpdatePacker {
             params,
-            sent: SentRoutes::default(),
             pending: PrefixHashMap::default(),
-            unsent: PrefixHashMap::default(),
+            rejected: PrefixHashSet::default(),
             refresh_begin: Vec::new(),
             refresh_end: Vec::new(),
             end_of_rib: Vec::new(),
@@ -396,7 +303,9 @@ impl UpdatePacker {
 
     /// The peer should have `nlri` with `attrs`, replacing any earlier
     /// announcement or withdrawal not yet flushed. With ADD-PATH for the
-    /// family, `nlri.path_id` tells paths apart (none means 0).
+    /// family, `nlri.path_id` tells paths apart (none means 0). Sent at the
+    /// next flush even if the peer has it already (a route refresh re-sends
+    /// this way).
     pub fn announce(&mut self, nlri: Nlri, attrs: Arc<AttrSet>) -> Result<(), PackError> {
         let nlri = self.normalize(nlri)?;
         let prefix = family_of(&nlri.prefix);
@@ -406,90 +315,37 @@ impl UpdatePacker {
                 next_hop: attrs.family(),
             });
         }
-        if !self.unsent.is_empty() {
-            self.unsent.remove(&nlri);
+        if !self.rejected.is_empty() {
+            self.rejected.remove(&nlri);
         }
-        match self.pending.entry(nlri) {
-            Entry::Occupied(mut e) => e.get_mut().wanted = Some(attrs),
-            Entry::Vacant(e) => {
-                e.insert(Pending {
-                    wanted: Some(attrs),
-                    resend: false,
-                });
-            }
-        }
+        self.pending.insert(nlri, Some(attrs));
         Ok(())
     }
 
-    /// The peer should not have `nlri`. Nothing is sent for a prefix it
-    /// was never sent.
+    /// The peer should not have `nlri`: a withdrawal goes at the next flush
+    /// unless an announcement replaces it first.
     pub fn withdraw(&mut self, nlri: Nlri) -> Result<(), PackError> {
         let nlri = self.normalize(nlri)?;
-        if !self.unsent.is_empty() {
-            self.unsent.remove(&nlri);
+        if !self.rejected.is_empty() {
+            self.rejected.remove(&nlri);
         }
-        match self.pending.get_mut(&nlri) {
-            Some(p) => p.wanted = None,
-            None if self.sent.contains(&nlri) => {
-                self.pending.insert(
-                    nlri,
-                    Pending {
-                        wanted: None,
-                        resend: false,
-                    },
-                );
-            }
-            None => {}
-        }
+        self.pending.insert(nlri, None);
         Ok(())
     }
 
-    /// Sends every route of `family` the peer has again at the next flush,
-    /// as a ROUTE-REFRESH request asks (RFC 2918 §4). With
-    /// `enhanced_refresh` (both sides sent the Enhanced Route Refresh
-    /// capability), the routes are bracketed by BoRR and EoRR markers so the
-    /// peer can purge what it is not sent again (RFC 7313 §4).
-    pub fn resend(&mut self, family: Family, enhanced_refresh: bool) {
-        for (nlri, attrs) in self.sent.of_family(family) {
-            self.pending
-                .entry(nlri)
-                .or_insert_with(|| Pending {
-                    wanted: Some(Arc::clone(attrs)),
-                    resend: false,
-                })
-                .resend = true;
+    /// Brackets the next flush's UPDATEs with Beginning- and
+    /// End-of-Route-Refresh markers for `family` (RFC 7313 §4: the peer then
+    /// purges what it was not sent again). For a ROUTE-REFRESH request
+    /// (RFC 2918 §4) the caller announces every route of the family the
+    /// peer should have (the RIB's `adj_rib_out`), with this first when
+    /// both sides sent the Enhanced Route Refresh capability.
+    pub fn bracket_refresh(&mut self, family: Family) {
+        if !self.refresh_begin.contains(&family) {
+            self.refresh_begin.push(family);
         }
-        if enhanced_refresh {
-            if !self.refresh_begin.contains(&family) {
-                self.refresh_begin.push(family);
-            }
-            if !self.refresh_end.contains(&family) {
-                self.refresh_end.push(family);
-            }
+        if !self.refresh_end.contains(&family) {
+            self.refresh_end.push(family);
         }
-    }
-
-    /// [`UpdatePacker::resend`] for IPv4 and IPv6 unicast, without markers.
-    pub fn resend_all(&mut self) {
-        self.resend(Family::IPV4_UNICAST, false);
-        self.resend(Family::IPV6_UNICAST, false);
-    }
-
-    /// Forgets what the peer was sent (a new session: it has nothing), so
-    /// every wanted route goes out at the next flush.
-    pub fn peer_reset(&mut self) {
-        let had: Vec<(Nlri, Arc<AttrSet>)> = self.sent.drain().chain(self.unsent.drain()).collect();
-        for (nlri, attrs) in had {
-            self.pending.entry(nlri).or_insert(Pending {
-                wanted: Some(attrs),
-                resend: false,
-            });
-        }
-        for p in self.pending.values_mut() {
-            p.resend = false;
-        }
-        self.refresh_begin.clear();
-        self.refresh_end.clear();
     }
 
     /// Appends an End-of-RIB marker for `family` after the next flush's
@@ -500,9 +356,10 @@ impl UpdatePacker {
         }
     }
 
-    /// The routes the peer has been sent (the Adj-RIB-Out), in no order.
-    pub fn advertised(&self) -> impl Iterator<Item = (Nlri, &Arc<AttrSet>)> {
-        self.sent.iter()
+    /// How many routes the last flushes refused ([`Rejected`]) that have
+    /// not changed since: announced to the packer but not to the peer.
+    pub fn rejected_len(&self) -> usize {
+        self.rejected.len()
     }
 
     /// How many prefixes changed since the last flush (an upper bound on
@@ -519,22 +376,16 @@ impl UpdatePacker {
             && self.end_of_rib.is_empty()
     }
 
-    /// Turns every change since the last flush into messages, and records
-    /// what was sent as the peer's Adj-RIB-Out.
+    /// Turns every change since the last flush into messages.
     pub fn flush(&mut self) -> Flushed {
         let params = self.params;
         let max = params.max_message_len();
         let mut withdrawals = Vec::new();
         let mut announcements = Vec::new();
-        for (nlri, pending) in self.pending.drain() {
-            match (pending.wanted, self.sent.get(&nlri)) {
-                (None, None) => {}
-                (None, Some(_)) => {
-                    self.sent.remove(&nlri);
-                    withdrawals.push(nlri);
-                }
-                (Some(w), Some(s)) if !pending.resend && (Arc::ptr_eq(&w, s) || w == *s) => {}
-                (Some(w), _) => announcements.push((nlri, w)),
+        for (nlri, wanted) in self.pending.drain() {
+            match wanted {
+                None => withdrawals.push(nlri),
+                Some(w) => announcements.push((nlri, w)),
             }
         }
         if self.pending.capacity() > 4096 {
@@ -570,16 +421,10 @@ impl UpdatePacker {
                     })
                 }
             };
-            for nlri in &group.prefixes {
-                self.sent.insert(*nlri, Arc::clone(&group.attrs));
-            }
             if let Some((prefixes, error)) = error {
-                for nlri in &prefixes {
-                    if self.sent.remove(nlri).is_some() {
-                        withdrawals.push(*nlri);
-                    }
-                    self.unsent.insert(*nlri, Arc::clone(&group.attrs));
-                }
+                // The peer may have an older version: it must not keep it.
+                withdrawals.extend_from_slice(&prefixes);
+                self.rejected.extend(prefixes.iter().copied());
                 rejected.push(Rejected { prefixes, error });
             }
         }

@@ -166,9 +166,37 @@ pub struct Changes {
     pub best: Vec<BestPathChange>,
     /// Adj-RIB-Out changes per established peer.
     pub out: BTreeMap<PeerId, AdjRibOutChanges>,
+    /// Per peer, how many routes the operation added to its Adj-RIB-Out
+    /// (announcements of prefixes it had nothing for) minus those it took
+    /// away (withdrawals): [`Rib::advertised_count`] follows it.
+    advertised_delta: BTreeMap<PeerId, isize>,
 }
 
 impl Changes {
+    /// Records one export difference for `peer`.
+    fn record(
+        &mut self,
+        peer: PeerId,
+        prefix: IpNet,
+        before: bool,
+        after: Option<Arc<PathAttributes>>,
+    ) {
+        let nlri = Nlri::new(prefix);
+        let delta = match (before, after.is_some()) {
+            (false, true) => 1,
+            (true, false) => -1,
+            _ => 0,
+        };
+        if delta != 0 {
+            *self.advertised_delta.entry(peer).or_default() += delta;
+        }
+        let out = self.out.entry(peer).or_default();
+        match after {
+            Some(attrs) => out.announce.push(OutRoute { nlri, attrs }),
+            None => out.withdraw.push(nlri),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.best.is_empty() && self.out.values().all(AdjRibOutChanges::is_empty)
     }
@@ -221,6 +249,8 @@ struct PeerState {
     /// Prefixes the peer announces that import policy or the loop checks
     /// refused: with `counts`, what it announces in all.
     filtered: PrefixHashSet<Nlri>,
+    /// The size of its Adj-RIB-Out (what export gives it; 0 while down).
+    advertised: usize,
 }
 
 impl PeerState {
@@ -387,12 +417,7 @@ impl Context<'_> {
             if before == after {
                 continue;
             }
-            let nlri = Nlri::new(prefix);
-            let out = changes.out.entry(target).or_default();
-            match after {
-                Some(attrs) => out.announce.push(OutRoute { nlri, attrs }),
-                None => out.withdraw.push(nlri),
-            }
+            changes.record(target, prefix, before.is_some(), after);
         }
     }
 
@@ -487,6 +512,7 @@ impl Rib {
             up: None,
             counts: [0; 2],
             filtered: PrefixHashSet::default(),
+            advertised: 0,
         };
         match self.peers.iter().position(Option::is_none) {
             Some(i) => {
@@ -557,13 +583,9 @@ impl Rib {
             if before == after {
                 continue;
             }
-            let nlri = Nlri::new(prefix);
-            let out = changes.out.entry(peer).or_default();
-            match after {
-                Some(attrs) => out.announce.push(OutRoute { nlri, attrs }),
-                None => out.withdraw.push(nlri),
-            }
+            changes.record(peer, prefix, before.is_some(), after);
         }
+        self.count_advertised(&changes);
         Ok(changes)
     }
 
@@ -578,6 +600,7 @@ impl Rib {
     ) -> Result<Changes, RibError> {
         let state = self.peer_mut(peer)?;
         state.up = None;
+        state.advertised = 0;
         state.filtered.clear();
         let old_info = state.info.clone();
         state.info.router_id = router_id;
@@ -596,6 +619,7 @@ impl Rib {
         let mut changes = self.settle_all(snapshots, Some(former));
         self.peer_mut(peer)?.up = Some(families.to_vec());
         let dump = self.adj_rib_out(peer);
+        self.peer_mut(peer)?.advertised = dump.len();
         if !dump.is_empty() {
             changes.out.entry(peer).or_default().announce = dump;
         }
@@ -607,6 +631,7 @@ impl Rib {
     pub fn peer_down(&mut self, peer: PeerId) -> Result<Changes, RibError> {
         let state = self.peer_mut(peer)?;
         state.up = None;
+        state.advertised = 0;
         state.counts = [0; 2];
         state.filtered.clear();
         let source = RouteSource::Peer(peer);
@@ -625,6 +650,7 @@ impl Rib {
     ) -> Result<Changes, RibError> {
         let state = self.peer_mut(peer)?;
         state.up = None;
+        state.advertised = 0;
         state.filtered.clear();
         let source = RouteSource::Peer(peer);
         for (prefix, entry) in self.table.iter_mut() {
@@ -815,6 +841,7 @@ impl Rib {
                 *c = c.saturating_add_signed(d);
             }
         }
+        self.count_advertised(&changes);
         Ok(changes)
     }
 
@@ -905,6 +932,12 @@ impl Rib {
                 })
             })
             .collect()
+    }
+
+    /// How many routes the peer's Adj-RIB-Out holds: `adj_rib_out(peer).len()`,
+    /// kept up to date by every operation instead of computed.
+    pub fn advertised_count(&self, peer: PeerId) -> usize {
+        self.peer(peer).map_or(0, |s| s.advertised)
     }
 
     /// How many paths of `family` the peer has in its Adj-RIB-In.
@@ -1075,6 +1108,16 @@ impl Rib {
                 self.table.remove(&prefix);
             }
         }
+        self.count_advertised(&changes);
         changes
+    }
+
+    /// Applies the operation's Adj-RIB-Out size changes to the peers.
+    fn count_advertised(&mut self, changes: &Changes) {
+        for (peer, delta) in &changes.advertised_delta {
+            if let Ok(state) = self.peer_mut(*peer) {
+                state.advertised = state.advertised.saturating_add_signed(*delta);
+            }
+        }
     }
 }

@@ -10,8 +10,8 @@ use crate::fsm::{DownReason, Negotiated, PeerAsn, PeerConfig};
 use crate::rib::hash::PrefixHashMap;
 use crate::rib::pack::{AttrSet, UpdatePacker};
 use crate::rib::{
-    family_of, Changes, PathAttributes, PeerId, PeerInfo, PeerPolicy, PrefixList, Rib, RibConfig,
-    RibError, Route, RouteSource,
+    family_of, AdjRibOutChanges, Changes, PathAttributes, PeerId, PeerInfo, PeerPolicy, PrefixList,
+    Rib, RibConfig, RibError, Route, RouteSource,
 };
 use crate::session::{
     Listener, Session, SessionConfig, SessionEvent, SessionHandle, UpdateBacklog,
@@ -580,8 +580,22 @@ impl Actor {
                     RouteRefreshSubtype::Request if up.negotiated.families.contains(&r.family) => {
                         peer.span
                             .in_scope(|| info!(family = %r.family, "route refresh: re-sending"));
-                        up.packer
-                            .resend(r.family, up.negotiated.enhanced_route_refresh);
+                        // RFC 2918 §4: the whole Adj-RIB-Out of the family
+                        // again (RFC 7313 §4: between BoRR and EoRR).
+                        if up.negotiated.enhanced_route_refresh {
+                            up.packer.bracket_refresh(r.family);
+                        }
+                        let announce = self
+                            .rib
+                            .adj_rib_out(peer.id)
+                            .into_iter()
+                            .filter(|o| family_of(&o.nlri.prefix) == r.family)
+                            .collect();
+                        let out = AdjRibOutChanges {
+                            announce,
+                            withdraw: Vec::new(),
+                        };
+                        queue_out(up, &peer.span, out, &mut PrefixHashMap::default());
                         self.schedule_flush();
                     }
                     subtype => peer.span.in_scope(
@@ -816,29 +830,7 @@ impl Actor {
             let Some(up) = peer.up.as_mut() else {
                 continue;
             };
-            for nlri in out.withdraw {
-                if let Err(e) = up.packer.withdraw(nlri) {
-                    peer.span
-                        .in_scope(|| warn!(prefix = %nlri.prefix, "withdrawal not packed: {e}"));
-                }
-            }
-            for route in out.announce {
-                let key = Arc::as_ptr(&route.attrs) as usize;
-                let set = sets
-                    .entry(key)
-                    .or_insert_with(|| attr_set(&route.attrs, &peer.span))
-                    .clone();
-                let result = match set {
-                    Some(set) => up.packer.announce(route.nlri, set),
-                    // Cannot be sent: make sure the peer does not keep an
-                    // older version.
-                    None => up.packer.withdraw(route.nlri),
-                };
-                if let Err(e) = result {
-                    peer.span
-                        .in_scope(|| warn!(prefix = %route.nlri.prefix, "route not packed: {e}"));
-                }
-            }
+            queue_out(up, &peer.span, out, &mut sets);
             queued = true;
         }
         if queued {
@@ -901,10 +893,13 @@ impl Actor {
                     rr_client: p.config.rr_client,
                     received: self.rib.received_count(p.id) as u64,
                     accepted: accepted as u64,
-                    advertised: p
-                        .up
-                        .as_ref()
-                        .map_or(0, |u| u.packer.advertised().count() as u64),
+                    // What export gives the peer, less what the packer
+                    // could not send (queued routes count as sent).
+                    advertised: p.up.as_ref().map_or(0, |u| {
+                        self.rib
+                            .advertised_count(p.id)
+                            .saturating_sub(u.packer.rejected_len()) as u64
+                    }),
                     last_error: p.last_error.clone(),
                     dynamic: p.dynamic,
                     end_of_rib: p.up.as_ref().is_some_and(|u| {
@@ -1014,6 +1009,38 @@ fn stop_session(session: SessionParts, how: Stop) -> JoinHandle<()> {
             Err(_) => warn!("session handle still shared: dropped without stop"),
         }
     })
+}
+
+/// Hands one peer's Adj-RIB-Out changes to its packer. `sets` caches the
+/// wire attribute set of each exported attribute `Arc` (shared by the peers
+/// the RIB gave the same `Arc`).
+fn queue_out(
+    up: &mut UpState,
+    span: &Span,
+    out: AdjRibOutChanges,
+    sets: &mut PrefixHashMap<usize, Option<Arc<AttrSet>>>,
+) {
+    for nlri in out.withdraw {
+        if let Err(e) = up.packer.withdraw(nlri) {
+            span.in_scope(|| warn!(prefix = %nlri.prefix, "withdrawal not packed: {e}"));
+        }
+    }
+    for route in out.announce {
+        let key = Arc::as_ptr(&route.attrs) as usize;
+        let set = sets
+            .entry(key)
+            .or_insert_with(|| attr_set(&route.attrs, span))
+            .clone();
+        let result = match set {
+            Some(set) => up.packer.announce(route.nlri, set),
+            // Cannot be sent: make sure the peer does not keep an older
+            // version.
+            None => up.packer.withdraw(route.nlri),
+        };
+        if let Err(e) = result {
+            span.in_scope(|| warn!(prefix = %route.nlri.prefix, "route not packed: {e}"));
+        }
+    }
 }
 
 fn attr_set(attrs: &PathAttributes, span: &Span) -> Option<Arc<AttrSet>> {
