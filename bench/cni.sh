@@ -14,7 +14,10 @@
 # built in CNI_BENCH_AGENT_PROFILE (default `debug`: a release build of the
 # whole agent needs several GB of disk; `release` for the real figure; a
 # debug agent only makes felix look slower).
-# Prints a markdown table; results in docs/benchmarks.md.
+# Prints a markdown table, then each mode's CPU time per call (plugin
+# processes; for felix also the agent); with CNI_BENCH_TIMINGS=1 also
+# felix-cni's own step timings (p50/p90/p99 per step, felix_cni::timings).
+# Results in docs/benchmarks.md.
 set -euo pipefail
 
 PODS=${1:-200}
@@ -60,7 +63,8 @@ new_node() {
 }
 
 bench() {
-    "$ABIN/cni-bench" --node-netns "$NODE" --pods "$PODS" --parallel "$PARALLEL" "$@"
+    "$ABIN/cni-bench" --node-netns "$NODE" --pods "$PODS" --parallel "$PARALLEL" \
+        --details "$WORK/details.md" "$@"
 }
 
 cat >"$WORK/felix.json" <<EOF
@@ -80,8 +84,12 @@ new_node
 AGENT_PID=$!
 for _ in $(seq 100); do [ -S "$WORK/pod-api.sock" ] && break; sleep 0.05; done
 [ -S "$WORK/pod-api.sock" ] || { cat "$WORK/agent.log" >&2; exit 1; }
-bench --plugin "$BIN/felix-cni" --conf "$WORK/felix.json" --label "felix-cni + agent ($AGENT_PROFILE, SQLite)"
+TIMINGS=()
+[ "${CNI_BENCH_TIMINGS:-0}" = 1 ] && TIMINGS=(--timings)
+bench --plugin "$BIN/felix-cni" --conf "$WORK/felix.json" --label "felix-cni + agent ($AGENT_PROFILE, SQLite)" \
+    --agent-pid "$AGENT_PID" "${TIMINGS[@]}"
 kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=
 
 new_node
 bench --plugin /usr/lib/cni/bridge --conf "$WORK/bridge.json" --label "reference bridge + host-local"
+cat "$WORK/details.md"

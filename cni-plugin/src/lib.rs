@@ -18,6 +18,7 @@ pub mod netns;
 pub mod plugin;
 pub mod pod_iface;
 pub mod spec;
+pub mod timings;
 
 /// The kernel route protocol number on every route felix owns (the node's
 /// route to each pod address, and everything the agent's route programmer

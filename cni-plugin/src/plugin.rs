@@ -21,7 +21,7 @@ use crate::spec::{
     self, CniError, CniResult, CniVersion, Command, Environment, ErrorCode, Interface, IpConfig,
     RouteConfig,
 };
-use crate::ROUTE_PROTOCOL;
+use crate::{timings, ROUTE_PROTOCOL};
 
 /// What one invocation prints and how it exits.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +47,7 @@ pub fn run(mode: Mode, env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Ou
         Ok(conf) => conf,
         Err(e) => return Outcome::Failure(e, answer_version),
     };
+    timings::mark("parse");
     if !conf.version.has(env.command) {
         let e = CniError::new(
             ErrorCode::IncompatibleVersion,
@@ -216,8 +217,10 @@ fn add(env: &Environment, conf: &NetConf) -> Result<Value, CniError> {
         .as_deref()
         .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is not set"))?;
     let netns = NetNs::open(netns_path).map_err(netns_error)?;
+    timings::mark("netns");
     let mut host = RouteSocket::open().map_err(|e| kernel(e.into()))?;
     let mut pod = netns.route_socket().map_err(netns_error)?;
+    timings::mark("sockets");
     let attachment = attachment(env, conf);
     let host_name = pod_iface::host_veth_name(&attachment.container_id, &attachment.ifname);
 
@@ -237,9 +240,13 @@ fn add(env: &Environment, conf: &NetConf) -> Result<Value, CniError> {
     if existing_host.is_some() {
         pod_iface::delete_link(&mut host, &host_name).map_err(kernel)?;
     }
-    if pod_iface::find_link(&mut pod, &attachment.ifname)
-        .map_err(kernel)?
-        .is_some()
+    // The pod end goes with the host end; a pod interface that is still
+    // there is not felix's. (Nothing to look up again when there was none.)
+    if existing_pod.is_some()
+        && (existing_host.is_none()
+            || pod_iface::find_link(&mut pod, &attachment.ifname)
+                .map_err(kernel)?
+                .is_some())
     {
         return Err(CniError::new(
             ErrorCode::InterfaceExists,
@@ -251,6 +258,7 @@ fn add(env: &Environment, conf: &NetConf) -> Result<Value, CniError> {
         ));
     }
 
+    timings::mark("existing");
     let mut rollback = Rollback {
         conf,
         attachment: attachment.clone(),
@@ -291,7 +299,11 @@ fn add_steps(
     rollback: &mut Rollback<'_>,
 ) -> Result<Value, CniError> {
     let ifname = rollback.attachment.ifname.clone();
-    pod_iface::create_veth(host, host_name, &ifname, conf.mtu, netns).map_err(|e| {
+    // With IPv6 the host end comes up only once its duplicate address
+    // detection is off, so that its link-local address (the pod's IPv6
+    // gateway) is usable at once; without, it is up from the start.
+    let ipv6 = conf.agent.num_v6 > 0;
+    pod_iface::create_veth(host, host_name, &ifname, conf.mtu, netns, !ipv6).map_err(|e| {
         if e.errno() == Some(nix::libc::EEXIST) {
             CniError::new(
                 ErrorCode::InterfaceExists,
@@ -302,12 +314,16 @@ fn add_steps(
         }
     })?;
     rollback.host_link = Some(host_name.to_owned());
+    timings::mark("veth");
     let host_link = pod_iface::find_link(host, host_name)
         .map_err(kernel)?
         .ok_or_else(|| CniError::new(ErrorCode::Kernel, format!("{host_name} vanished")))?;
-    pod_iface::configure_host_end(host_name, conf.agent.num_v6 > 0)
+    pod_iface::configure_host_end(host_name, ipv6)
         .map_err(|e| CniError::new(ErrorCode::Kernel, e.to_string()))?;
-    pod_iface::set_up(host, &host_link).map_err(kernel)?;
+    if ipv6 {
+        pod_iface::set_up(host, &host_link).map_err(kernel)?;
+    }
+    timings::mark("host_end");
 
     // Ask for the addresses only now: everything that can fail without
     // the agent has been tried. From here on the agent may hold addresses
@@ -317,6 +333,7 @@ fn add_steps(
         rollback.assigned = reached;
         e
     })?;
+    timings::mark("agent");
 
     let pod_link = pod_iface::find_link(pod, &ifname)
         .map_err(kernel)?
@@ -333,6 +350,7 @@ fn add_steps(
         pod_iface::add_host_address(pod, &pod_link, address.addr()).map_err(kernel)?;
     }
     pod_iface::set_up(pod, &pod_link).map_err(kernel)?;
+    timings::mark("pod_end");
     for route in pod_iface::pod_routes(&addresses, &pod_link) {
         pod_iface::add_route(pod, route).map_err(kernel)?;
     }
@@ -365,6 +383,7 @@ fn add_steps(
             }
         })?;
     }
+    timings::mark("routes");
     // The result needs only the two links, which are at hand: no dump of
     // the node's routing table (which can hold every BGP route) per ADD.
     let state = State {
@@ -547,7 +566,10 @@ fn del(env: &Environment, conf: &NetConf) -> Result<(), CniError> {
     // node's routes through it along. When the netns is gone the kernel
     // is removing the pair already; "no such device" is success.
     pod_iface::delete_link(&mut host, &host_name).map_err(kernel)?;
-    release(&attachment, &conf.agent)
+    timings::mark("delete_veth");
+    release(&attachment, &conf.agent)?;
+    timings::mark("agent");
+    Ok(())
 }
 
 fn check(env: &Environment, conf: &NetConf) -> Result<(), CniError> {
@@ -677,6 +699,7 @@ fn ipam_check(env: &Environment, conf: &NetConf) -> Result<(), CniError> {
 /// status (0 or 1).
 pub fn main_with(mode: Mode) -> std::process::ExitCode {
     use std::io::{Read, Write};
+    timings::start(std::env::var(timings::ENV).ok().as_deref());
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => run(mode, |k| std::env::var(k).ok(), &stdin),
@@ -695,6 +718,9 @@ pub fn main_with(mode: Mode) -> std::process::ExitCode {
     if let Some(json) = json {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{json}").and_then(|()| out.flush());
+    }
+    if let Some(line) = timings::line() {
+        eprintln!("{line}");
     }
     code
 }

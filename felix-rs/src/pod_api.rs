@@ -7,11 +7,11 @@
 //! allocations carry the node, pod namespace, pod name and interface as
 //! attributes, which is how GC keeps to this node's attachments.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use felix_cni::api::{ApiError, ApiErrorKind, Attachment, Request, Response, MAX_MESSAGE_BYTES};
@@ -46,10 +46,12 @@ pub enum PodApiError {
 pub struct PodApi {
     allocator: Arc<Allocator>,
     node: String,
-    /// Assign / release / GC of one node run one at a time, so that an
-    /// ADD retried while the first attempt is still running finds the
-    /// first one's addresses instead of taking a second set.
-    writes: tokio::sync::Mutex<()>,
+    /// Assign / release / GC of one attachment run one at a time, so that
+    /// an ADD retried while the first attempt is still running finds the
+    /// first one's addresses instead of taking a second set. Different
+    /// attachments' run side by side: the allocator is safe for concurrent
+    /// use, and a node's concurrent pod starts reach it together.
+    writes: HandleLocks,
     /// The node's pods, for the agent's route programmer (none when the
     /// API runs without an agent, `felix node pod-api`).
     pods: Option<LocalPods>,
@@ -60,7 +62,7 @@ impl PodApi {
         PodApi {
             allocator,
             node: node.into(),
-            writes: tokio::sync::Mutex::new(()),
+            writes: HandleLocks::default(),
             pods: None,
         }
     }
@@ -106,8 +108,9 @@ impl PodApi {
                 }
             }
             Request::Release { attachment } => {
-                let _writes = self.writes.lock().await;
-                self.release(&attachment.handle_id())
+                let handle = attachment.handle_id();
+                let _writes = self.writes.lock(&handle).await;
+                self.release(&handle)
                     .await
                     .map(Response::Released)
                     .map_err(api_error)
@@ -140,7 +143,7 @@ impl PodApi {
             });
         }
         let handle = attachment.handle_id();
-        let _writes = self.writes.lock().await;
+        let _writes = self.writes.lock(&handle).await;
         let held = self.addresses(&handle).await.map_err(api_error)?;
         if !held.is_empty() {
             debug!(%handle, "assign: the attachment holds addresses already");
@@ -212,7 +215,6 @@ impl PodApi {
         let valid: BTreeSet<String> = valid.iter().map(Attachment::handle_id).collect();
         let prefix = Attachment::network_prefix(network);
         let listing = self.allocator.store().list(Kind::IpamHandle, "").await?;
-        let _writes = self.writes.lock().await;
         let mut collected = Vec::new();
         for object in listing.objects {
             let Ok(spec) = serde_json::from_slice::<IpamHandleSpec>(&object.value) else {
@@ -223,6 +225,7 @@ impl PodApi {
             if !handle.starts_with(&prefix) || valid.contains(&handle) {
                 continue;
             }
+            let _writes = self.writes.lock(&handle).await;
             let held = self.holdings(&handle).await?;
             let ours = !held.is_empty()
                 && held
@@ -237,6 +240,57 @@ impl PodApi {
             }
         }
         Ok(Response::Collected(collected))
+    }
+}
+
+/// One lock per IPAM handle, made when first asked for and forgotten
+/// when nobody holds or waits for it (the map holds only attachments in
+/// flight).
+#[derive(Default)]
+struct HandleLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl HandleLocks {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.locks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until nobody else holds `handle`'s lock, then holds it until
+    /// the guard is dropped.
+    async fn lock(&self, handle: &str) -> HandleGuard<'_> {
+        let lock = Arc::clone(self.map().entry(handle.to_owned()).or_default());
+        // The guard exists before the wait, so that a request given up
+        // while waiting still forgets the lock.
+        let mut guard = HandleGuard {
+            locks: self,
+            handle: handle.to_owned(),
+            lock,
+            held: None,
+        };
+        guard.held = Some(Arc::clone(&guard.lock).lock_owned().await);
+        guard
+    }
+}
+
+/// A held (or awaited) [`HandleLocks`] entry.
+struct HandleGuard<'a> {
+    locks: &'a HandleLocks,
+    handle: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for HandleGuard<'_> {
+    fn drop(&mut self) {
+        // Under the map's lock, where every other user takes its
+        // reference: the map's and ours left means nobody else holds or
+        // waits for it.
+        let mut map = self.locks.map();
+        self.held = None;
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.handle);
+        }
     }
 }
 
@@ -377,5 +431,121 @@ fn op_name(request: &Request) -> &'static str {
         Request::Release { .. } => "release",
         Request::Gc { .. } => "gc",
         Request::Status => "status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use ipam::store::sqlite::SqliteStore;
+    use ipam::AllocatorConfig;
+
+    #[tokio::test]
+    async fn one_handle_waits_other_handles_do_not_and_idle_locks_are_forgotten() {
+        let locks = HandleLocks::default();
+        let a = locks.lock("a").await;
+        // Another handle is not held up by `a`.
+        let b = tokio::time::timeout(Duration::from_secs(5), locks.lock("b"))
+            .await
+            .expect("b must not wait for a");
+        // The same handle waits until `a` is dropped.
+        let second_a = locks.lock("a");
+        tokio::pin!(second_a);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut second_a)
+                .await
+                .is_err(),
+            "a second holder of a while a is held"
+        );
+        drop(a);
+        let a_again = tokio::time::timeout(Duration::from_secs(5), second_a)
+            .await
+            .expect("a is free once dropped");
+        assert_eq!(locks.map().len(), 2);
+        drop(a_again);
+        drop(b);
+        assert!(locks.map().is_empty(), "idle locks are forgotten");
+        // A wait given up also forgets its entry.
+        let held = locks.lock("c").await;
+        let mut waiting = Box::pin(locks.lock("c"));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), &mut waiting)
+                .await
+                .is_err()
+        );
+        drop(waiting);
+        drop(held);
+        assert!(locks.map().is_empty());
+        drop(locks.lock("c").await);
+        assert!(locks.map().is_empty());
+    }
+
+    fn attachment(container: &str) -> Attachment {
+        Attachment {
+            network: "net".into(),
+            container_id: container.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn assign(container: &str) -> Request {
+        Request::Assign {
+            attachment: attachment(container),
+            pod_namespace: None,
+            pod_name: None,
+            num_v4: 1,
+            num_v6: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_assigns_one_set_per_attachment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ipam.db"))
+            .await
+            .unwrap();
+        let allocator = Arc::new(Allocator::new(Arc::new(store), AllocatorConfig::default()));
+        allocator
+            .create_pool(
+                "pool",
+                ipam::pool::IpPoolSpec::new("10.9.0.0/16".parse().unwrap()),
+            )
+            .await
+            .unwrap();
+        let api = Arc::new(PodApi::new(Arc::clone(&allocator), "node-a"));
+        // Eight attachments, each asked for three times at once (a runtime
+        // retrying an ADD whose first attempt is still running).
+        let mut tasks = Vec::new();
+        for pod in 0..8 {
+            for _ in 0..3 {
+                let api = Arc::clone(&api);
+                tasks.push(tokio::spawn(async move {
+                    let container = format!("c{pod}");
+                    (container.clone(), api.answer(assign(&container)).await)
+                }));
+            }
+        }
+        let mut by_pod: HashMap<String, BTreeSet<Vec<IpNet>>> = HashMap::new();
+        for task in tasks {
+            let (pod, response) = task.await.unwrap();
+            let Response::Addresses(addresses) = response else {
+                panic!("{pod}: {response:?}");
+            };
+            assert_eq!(addresses.len(), 1, "{pod}");
+            by_pod.entry(pod).or_default().insert(addresses);
+        }
+        let mut all = BTreeSet::new();
+        for (pod, answers) in &by_pod {
+            assert_eq!(answers.len(), 1, "{pod} got different answers: {answers:?}");
+            let held = allocator
+                .holdings(&attachment(pod).handle_id())
+                .await
+                .unwrap();
+            assert_eq!(held.len(), 1, "{pod} holds {held:?}");
+            assert!(all.insert(held[0].1.ip), "{pod}'s address is shared");
+        }
+        assert_eq!(all.len(), 8);
+        assert!(api.writes.map().is_empty());
     }
 }
