@@ -17,7 +17,9 @@ use ipam::{Allocator, AllocatorConfig, AutoAssignRequest};
 
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
 const POOL: &str = "10.0.0.0/16";
-/// Nodes the allocators are spread over (allocator i runs as node i % NODES).
+/// Nodes the allocators are spread over (allocator i runs as node i % NODES),
+/// except in the "one node" rows, where every allocator is the same node (the
+/// pods of one node starting together: they share that node's blocks).
 const NODES: usize = 8;
 
 struct Row {
@@ -51,6 +53,7 @@ async fn felix_run(
     allocators: usize,
     ops: usize,
     cached_reads: bool,
+    nodes: usize,
 ) -> Row {
     let config = AllocatorConfig {
         cached_reads,
@@ -73,7 +76,7 @@ async fn felix_run(
                 let got = alloc
                     .auto_assign(&AutoAssignRequest {
                         handle: format!("a{a}-{i}"),
-                        node: format!("node{}", a % NODES),
+                        node: format!("node{}", a % nodes),
                         num_v4: 1,
                         ..AutoAssignRequest::default()
                     })
@@ -253,35 +256,36 @@ fn main() {
         .build()
         .unwrap();
     let mut rows = Vec::new();
-    // The last row of each backend: the same allocator with its read
-    // cache off (every allocation reads pools, node, affinities and block
-    // from the store), the way it was before the cache.
-    for (allocators, cached) in [(1, true), (8, true), (32, true), (8, false)] {
+    // Per backend: 1, 8 and 32 allocators over 8 nodes; the same allocator
+    // with its read cache off (every allocation reads pools, node,
+    // affinities and block from the store), the way it was before the
+    // cache; and 8 allocators all on one node.
+    let shapes = [
+        (1, true, NODES, ""),
+        (8, true, NODES, ""),
+        (32, true, NODES, ""),
+        (8, false, NODES, ", cache off"),
+        (8, true, 1, ", one node"),
+    ];
+    for (allocators, cached, nodes, suffix) in shapes {
         let dir = tempfile::tempdir().unwrap();
-        let what = if cached {
-            "felix, sqlite"
-        } else {
-            "felix, sqlite, cache off"
-        };
+        let what = format!("felix, sqlite{suffix}");
         let row = rt.block_on(async {
             let store = ipam::store::sqlite::SqliteStore::open(dir.path().join("ipam.db"))
                 .await
                 .unwrap();
-            felix_run(Arc::new(store), what, allocators, n(8_000), cached).await
+            felix_run(Arc::new(store), &what, allocators, n(8_000), cached, nodes).await
         });
         rows.push(row);
     }
     if std::path::Path::new("/usr/bin/etcd").exists() {
-        for (allocators, cached) in [(1, true), (8, true), (32, true), (8, false)] {
-            let what = if cached {
-                "felix, etcd"
-            } else {
-                "felix, etcd, cache off"
-            };
+        for (allocators, cached, nodes, suffix) in shapes {
+            let what = format!("felix, etcd{suffix}");
             let row = rt.block_on(async {
                 let server = ipam::testing::EtcdServer::start().await.unwrap();
                 let store = server.store().await.unwrap();
-                let row = felix_run(Arc::new(store), what, allocators, n(4_000), cached).await;
+                let row =
+                    felix_run(Arc::new(store), &what, allocators, n(4_000), cached, nodes).await;
                 drop(server);
                 row
             });
@@ -317,10 +321,7 @@ fn main() {
             ms(r.percentile(0.99))
         );
     }
-    let find = |what: &str, a: usize| {
-        rows.iter()
-            .find(|r| r.what.starts_with(what) && r.allocators == a)
-    };
+    let find = |what: &str, a: usize| rows.iter().find(|r| r.what == what && r.allocators == a);
     for backend in ["sqlite", "etcd"] {
         let on = find(&format!("felix, {backend}"), 8);
         let off = find(&format!("felix, {backend}, cache off"), 8);
@@ -333,7 +334,22 @@ fn main() {
             );
         }
     }
-    if let (Some(s), Some(h)) = (find("felix, sqlite", 8), find("host-local", 8)) {
+    for backend in ["sqlite", "etcd"] {
+        let spread = find(&format!("felix, {backend}"), 8);
+        let one = find(&format!("felix, {backend}, one node"), 8);
+        if let (Some(spread), Some(one)) = (spread, one) {
+            println!(
+                "{backend} at 8, one node vs 8 nodes: {:.2}x the rate, p99 {} vs {} ms",
+                one.rate() / spread.rate(),
+                ms(one.percentile(0.99)),
+                ms(spread.percentile(0.99))
+            );
+        }
+    }
+    if let (Some(s), Some(h)) = (
+        find("felix, sqlite", 8),
+        find("host-local (process per ADD)", 8),
+    ) {
         println!(
             "\nsqlite at 8: {:.0}/s (target >= 2000: {}), p99 {} ms (target < 5: {}); {:.1}x host-local",
             s.rate(),
@@ -343,7 +359,10 @@ fn main() {
             s.rate() / h.rate()
         );
     }
-    if let (Some(e), Some(h)) = (find("felix, etcd", 8), find("host-local", 8)) {
+    if let (Some(e), Some(h)) = (
+        find("felix, etcd", 8),
+        find("host-local (process per ADD)", 8),
+    ) {
         println!(
             "etcd at 8: {:.0}/s (target >= 1000: {}); {:.1}x host-local",
             e.rate(),

@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 
 use crate::affinity::{AffinityState, BlockAffinity, BlockAffinitySpec};
 use crate::block::{AllocationAttrs, BlockRelease, InUse, IpamBlockSpec, Lease, ReleaseCheck};
+use crate::block_writes::{backoff, BatchReply, BlockRequest, BlockWrites};
 use crate::codec::{decode, encode};
 use crate::handle::IpamHandleSpec;
 use crate::names::{affinity_name, cidr_name, handle_name, is_valid_object_name};
@@ -96,7 +97,7 @@ impl Family {
 }
 
 /// What can go wrong allocating or releasing.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IpamError {
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -242,13 +243,13 @@ fn host_net(ip: IpAddr) -> IpNet {
 pub struct Allocator {
     store: Arc<dyn Datastore>,
     config: AllocatorConfig,
-    block_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Block locks, last-seen blocks and batched block writes.
+    blocks: Arc<BlockWrites>,
+    /// One lock per node for the slow path (fresh reads, claims): requests
+    /// of one node that all find its blocks full claim one block between
+    /// them, not one each.
+    node_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     cache: ReadCache,
-    /// Each block as this allocator last read or wrote it, with its
-    /// revision: the next write to it is tried compare-and-swap on that
-    /// revision without reading it again (a conflict means someone else
-    /// wrote it: read it and retry). Only used under the block's lock.
-    blocks_seen: Mutex<HashMap<String, (Revision, IpamBlockSpec)>>,
 }
 
 /// What the allocation fast path reads from the cache: the pools, the
@@ -259,104 +260,19 @@ type CachedView = (
     Vec<BlockAffinity>,
 );
 
-/// A block read for a write: its revision, its spec, and whether it came
-/// from [`Allocator::blocks_seen`] rather than the store.
-struct BlockRead {
-    revision: Revision,
-    spec: IpamBlockSpec,
-    remembered: bool,
-}
-
 impl Allocator {
     pub fn new(store: Arc<dyn Datastore>, config: AllocatorConfig) -> Allocator {
         Allocator {
+            blocks: Arc::new(BlockWrites::new(Arc::clone(&store), config.clone())),
             store,
             config,
-            block_locks: Mutex::new(HashMap::new()),
+            node_locks: Mutex::new(HashMap::new()),
             cache: ReadCache::new(),
-            blocks_seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Revision, IpamBlockSpec)>> {
-        self.blocks_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Reads block `name` for a write (call with its lock held): as last
-    /// seen when `cached_reads` is on and `remembered` is allowed, else from
-    /// the store. `None` when it does not exist.
-    async fn read_block(
-        &self,
-        name: &str,
-        remembered: bool,
-    ) -> Result<Option<BlockRead>, IpamError> {
-        if remembered && self.config.cached_reads {
-            if let Some((revision, spec)) = self.seen().get(name).cloned() {
-                return Ok(Some(BlockRead {
-                    revision,
-                    spec,
-                    remembered: true,
-                }));
-            }
-        }
-        match self.store.get(Kind::IpamBlock, name).await {
-            Ok(obj) => {
-                let spec = IpamBlockSpec::from_object(&obj)?;
-                self.remember_block(name, &obj.revision, &spec);
-                Ok(Some(BlockRead {
-                    revision: obj.revision,
-                    spec,
-                    remembered: false,
-                }))
-            }
-            Err(StoreError::NotFound { .. }) => {
-                self.forget_block(name);
-                Ok(None)
-            }
-            Err(e) => {
-                self.forget_block(name);
-                Err(e.into())
-            }
-        }
-    }
-
-    fn remember_block(&self, name: &str, revision: &Revision, spec: &IpamBlockSpec) {
-        if self.config.cached_reads {
-            self.seen()
-                .insert(name.to_owned(), (revision.clone(), spec.clone()));
         }
     }
 
     pub(crate) fn forget_block(&self, name: &str) {
-        self.seen().remove(name);
-    }
-
-    /// Writes a block read by [`Allocator::read_block`] back,
-    /// compare-and-swap; remembers what was written, forgets the block on
-    /// any failure.
-    async fn write_block(
-        &self,
-        name: &str,
-        read: &BlockRead,
-        spec: &IpamBlockSpec,
-    ) -> Result<(), StoreError> {
-        let value = encode(Kind::IpamBlock, name, spec)?;
-        match self
-            .store
-            .update(Kind::IpamBlock, name, value, &read.revision)
-            .await
-        {
-            Ok(revision) => {
-                self.remember_block(name, &revision, spec);
-                Ok(())
-            }
-            Err(e) => {
-                self.forget_block(name);
-                Err(e)
-            }
-        }
+        self.blocks.forget(name);
     }
 
     pub fn store(&self) -> &Arc<dyn Datastore> {
@@ -368,10 +284,7 @@ impl Allocator {
     }
 
     pub(crate) async fn backoff(&self, attempt: u32) {
-        let base = self.config.backoff_base.as_secs_f64() * f64::from(1u32 << attempt.min(8));
-        let capped = base.min(self.config.backoff_max.as_secs_f64());
-        let jittered = capped * (0.5 + fastrand::f64());
-        tokio::time::sleep(Duration::from_secs_f64(jittered)).await;
+        backoff(&self.config, attempt).await;
     }
 
     pub(crate) fn too_many(&self, what: impl Into<String>) -> IpamError {
@@ -382,12 +295,16 @@ impl Allocator {
     }
 
     async fn block_lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.blocks.lock(name).await
+    }
+
+    async fn node_lock(&self, node: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut map = self
-                .block_locks
+                .node_locks
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(map.entry(name.to_owned()).or_default())
+            Arc::clone(map.entry(node.to_owned()).or_default())
         };
         lock.lock_owned().await
     }
@@ -714,7 +631,11 @@ impl Allocator {
     // ----- allocation ---------------------------------------------------
 
     /// Allocates up to `n` addresses in one block for `handle`; with
-    /// `node`, only while the block is still affine to it.
+    /// `node`, only while the block is still affine to it. The handle is
+    /// counted for `n` first (write order), outside the block's lock, and
+    /// uncounted for what the block could not give; the block write is
+    /// shared with the other requests for the block queued meanwhile
+    /// (`block_writes`).
     async fn allocate_in_block(
         &self,
         cidr: IpNet,
@@ -723,89 +644,54 @@ impl Allocator {
         attrs: &AllocationAttrs,
         node: Option<&str>,
     ) -> Result<Vec<Lease>, IpamError> {
-        let name = cidr_name(&cidr);
-        let _guard = self.block_lock(&name).await;
-        // Addresses the handle already counts in this block for this call:
-        // kept across a conflict (an over-count while retrying is harmless,
-        // see the write order above) instead of uncounted and counted again.
-        let mut counted = 0u64;
-        let mut remembered = true;
-        let mut attempt = 0;
-        while attempt < self.config.max_attempts {
-            let Some(read) = self.read_block(&name, remembered).await? else {
-                self.handle_remove_n(handle, &cidr, counted).await?;
-                return Ok(Vec::new());
-            };
-            let mut spec = read.spec.clone();
-            let k = if node.is_some() && spec.affine_node() != node {
-                0
-            } else {
-                (n as usize).min(spec.free())
-            };
-            if k == 0 {
-                if read.remembered {
-                    // Decide on what the store says, not on what we saw.
-                    remembered = false;
-                    continue;
+        let counted = u64::from(n);
+        self.handle_add(handle, &cidr, counted).await?;
+        let request = BlockRequest {
+            n,
+            handle: handle.to_owned(),
+            attrs: attrs.clone(),
+            node: node.map(str::to_owned),
+        };
+        match self.blocks.allocate(cidr, request).await {
+            BatchReply::Leases(leases) => {
+                let extra = counted.saturating_sub(leases.len() as u64);
+                if extra > 0 {
+                    // Over-counting is harmless (docs/ipam.md): the leases
+                    // are taken, so a failure here must not lose them.
+                    if let Err(e) = self.handle_remove(handle, &cidr, extra).await {
+                        warn!(handle, block = %cidr, error = %e, "handle keeps an over-count");
+                    }
                 }
-                self.handle_remove_n(handle, &cidr, counted).await?;
-                return Ok(Vec::new());
+                Ok(leases)
             }
-            let k64 = k as u64;
-            if counted < k64 {
-                self.handle_add(handle, &cidr, k64 - counted).await?;
-            } else if counted > k64 {
-                self.handle_remove(handle, &cidr, counted - k64).await?;
+            BatchReply::NotWritten(e) => {
+                self.handle_remove(handle, &cidr, counted).await?;
+                Err(e)
             }
-            counted = k64;
-            let leases = spec.allocate(k, handle, attrs);
-            match self.write_block(&name, &read, &spec).await {
-                Ok(()) => return Ok(leases),
-                Err(StoreError::Conflict { .. }) if read.remembered => {
-                    // Someone else wrote the block since we last saw it:
-                    // read it (no back-off, this is not contention).
-                    remembered = false;
-                    continue;
-                }
-                Err(StoreError::Conflict { .. }) => {}
-                Err(StoreError::NotFound { .. }) => {
-                    self.handle_remove_n(handle, &cidr, counted).await?;
-                    return Ok(Vec::new());
-                }
-                // Unknown outcome: keep the handle's count (over-counting
-                // is harmless, under-counting would leak).
-                Err(e) => return Err(e.into()),
-            }
-            debug!(block = %cidr, attempt, "block write conflicted; retrying");
-            remembered = false;
-            self.backoff(attempt).await;
-            attempt += 1;
+            // Unknown outcome: keep the count (under-counting would leak).
+            BatchReply::Unknown(e) => Err(e),
         }
-        self.handle_remove_n(handle, &cidr, counted).await?;
-        Err(self.too_many(format!("block {cidr}")))
-    }
-
-    async fn handle_remove_n(&self, handle: &str, block: &IpNet, n: u64) -> Result<(), IpamError> {
-        if n == 0 {
-            return Ok(());
-        }
-        self.handle_remove(handle, block, n).await
     }
 
     /// Allocates `num_v4` IPv4 and `num_v6` IPv6 addresses for a handle on
     /// a node; all or nothing.
     ///
     /// First from the cached view (pools, node labels, node affinities;
-    /// `read_cache`) and only the node's affine blocks; whatever that
-    /// cannot give is then looked for with fresh reads, claiming and
-    /// borrowing as needed.
+    /// `read_cache`) and only the node's affine blocks that had room when
+    /// last seen; whatever that cannot give is then looked for with fresh
+    /// reads (full blocks read again), claiming and borrowing as needed.
     pub async fn auto_assign(&self, req: &AutoAssignRequest) -> Result<Assigned, IpamError> {
         let attrs = owner_attrs(&req.handle, &req.node, &req.attrs)?;
         let mut assigned = Assigned::default();
         let families = [(Family::V4, req.num_v4), (Family::V6, req.num_v6)];
 
         let mut from_cache: [Vec<Lease>; 2] = [Vec::new(), Vec::new()];
-        if let Some((pools, labels, affinities)) = self.cached_view(req) {
+        let view = if self.config.cached_reads {
+            Some(self.cached_view(req).await?)
+        } else {
+            None
+        };
+        if let Some((pools, labels, affinities)) = view {
             for (i, (family, n)) in families.into_iter().enumerate() {
                 if n == 0 {
                     continue;
@@ -820,6 +706,7 @@ impl Allocator {
                         &attrs,
                         &eligible,
                         &affinities,
+                        false,
                     )
                     .await;
                 match got {
@@ -892,23 +779,44 @@ impl Allocator {
         Ok(assigned)
     }
 
-    /// Pools, labels and affinities of `req`'s node, when all are cached.
-    fn cached_view(&self, req: &AutoAssignRequest) -> Option<CachedView> {
-        if !self.config.cached_reads {
-            return None;
-        }
+    /// Pools, labels and affinities of `req`'s node: from the cache, each
+    /// part that is not cached read (and cached) on its own.
+    async fn cached_view(&self, req: &AutoAssignRequest) -> Result<CachedView, IpamError> {
         let labels = match &req.node_labels {
             Some(given) => given.clone(),
-            None => self.cache.labels(&req.node)?,
+            None => match self.cache.labels(&req.node) {
+                Some(labels) => labels,
+                None => self.node_labels(&req.node, &None).await?,
+            },
         };
-        let pools = self.cache.pools()?;
-        let affinities = self.cache.affinities(&req.node)?;
-        Some((pools, labels, affinities))
+        let pools = self.current_pools().await?;
+        let affinities = match self.cache.affinities(&req.node) {
+            Some(affinities) => affinities,
+            None => self.affinities_of(&req.node).await?.0,
+        };
+        Ok((pools, labels, affinities))
+    }
+
+    /// Whether block `cidr` may have room for `node`: as last seen (when
+    /// `cached_reads` trusts that), else read now.
+    async fn may_have_room(&self, cidr: &IpNet, node: &str) -> Result<bool, IpamError> {
+        let name = cidr_name(cidr);
+        if self.config.cached_reads && self.blocks.remembered(&name) {
+            return Ok(!self.blocks.remembered_full(&name));
+        }
+        Ok(self
+            .blocks
+            .refresh(&name)
+            .await?
+            .is_some_and(|spec| spec.affine_node() == Some(node) && spec.free() > 0))
     }
 
     /// Up to `n` addresses from the blocks `affinities` says are confirmed
     /// affine to `node` and lie in `pools` (each block re-checked when
-    /// written).
+    /// written). Blocks that were full when last seen are skipped unread;
+    /// with `recheck_full`, they are read again when the others are not
+    /// enough (before a caller claims a new block: an address may have
+    /// been released by another process).
     #[allow(clippy::too_many_arguments)]
     async fn allocate_in_affine_blocks(
         &self,
@@ -919,22 +827,75 @@ impl Allocator {
         attrs: &AllocationAttrs,
         pools: &[&IpPool],
         affinities: &[BlockAffinity],
+        recheck_full: bool,
     ) -> Result<Vec<Lease>, IpamError> {
         let in_pools = |cidr: &IpNet| pools.iter().any(|p| p.spec.cidr.contains(cidr));
+        let candidates: Vec<IpNet> = affinities
+            .iter()
+            .filter(|a| {
+                a.spec.state == AffinityState::Confirmed
+                    && Family::of(&a.spec.cidr) == family
+                    && in_pools(&a.spec.cidr)
+            })
+            .map(|a| a.spec.cidr)
+            .collect();
         let mut got: Vec<Lease> = Vec::new();
-        for aff in affinities {
+        let mut full = Vec::new();
+        for cidr in candidates {
             let remaining = n - got.len() as u32;
             if remaining == 0 {
                 break;
             }
-            if aff.spec.state != AffinityState::Confirmed
-                || Family::of(&aff.spec.cidr) != family
-                || !in_pools(&aff.spec.cidr)
-            {
+            let room = match self.may_have_room(&cidr, node).await {
+                Ok(room) => room,
+                Err(e) => {
+                    self.roll_back(handle, &got).await;
+                    return Err(e);
+                }
+            };
+            if !room {
+                full.push(cidr);
                 continue;
             }
             match self
-                .allocate_in_block(aff.spec.cidr, remaining, handle, attrs, Some(node))
+                .allocate_in_block(cidr, remaining, handle, attrs, Some(node))
+                .await
+            {
+                Ok(leases) => got.extend(leases),
+                Err(e) => {
+                    self.roll_back(handle, &got).await;
+                    return Err(e);
+                }
+            }
+        }
+        if !recheck_full || !self.config.cached_reads {
+            // Without `cached_reads` every block was just read.
+            return Ok(got);
+        }
+        // Read the full blocks again, all at once (the reads are
+        // independent; one round trip's wait instead of one per block).
+        let fresh = futures_util::future::join_all(
+            full.iter()
+                .map(|cidr| async move { (*cidr, self.blocks.refresh(&cidr_name(cidr)).await) }),
+        )
+        .await;
+        for (cidr, spec) in fresh {
+            let remaining = n - got.len() as u32;
+            if remaining == 0 {
+                break;
+            }
+            let room = match spec {
+                Ok(spec) => spec.is_some_and(|s| s.affine_node() == Some(node) && s.free() > 0),
+                Err(e) => {
+                    self.roll_back(handle, &got).await;
+                    return Err(e);
+                }
+            };
+            if !room {
+                continue;
+            }
+            match self
+                .allocate_in_block(cidr, remaining, handle, attrs, Some(node))
                 .await
             {
                 Ok(leases) => got.extend(leases),
@@ -1006,9 +967,27 @@ impl Allocator {
         let in_pools = |cidr: &IpNet| pools.iter().any(|p| p.spec.cidr.contains(cidr));
         let remaining = |got: &Vec<Lease>| n - got.len() as u32;
 
-        // 1. Blocks affine to the node (fresh list).
-        let (affinities, _) = self.affinities_of(node).await?;
+        // The node's requests that get here together take turns, so that
+        // the first claims a block and the others find it in step 0.
+        let _node = self.node_lock(node).await;
+
+        // 0. Blocks this allocator last saw affine to the node with room
+        // (a block just claimed by a request of this node).
+        if self.config.cached_reads {
+            for cidr in self.blocks.remembered_with_room(node) {
+                if remaining(got) == 0 || Family::of(&cidr) != family || !in_pools(&cidr) {
+                    continue;
+                }
+                let leases = self
+                    .allocate_in_block(cidr, remaining(got), handle, attrs, Some(node))
+                    .await?;
+                got.extend(leases);
+            }
+        }
+
+        // 1. Blocks affine to the node (fresh list; full ones read again).
         if remaining(got) > 0 {
+            let (affinities, _) = self.affinities_of(node).await?;
             let leases = self
                 .allocate_in_affine_blocks(
                     family,
@@ -1018,6 +997,7 @@ impl Allocator {
                     attrs,
                     pools,
                     &affinities,
+                    true,
                 )
                 .await?;
             got.extend(leases);
@@ -1085,11 +1065,9 @@ impl Allocator {
     ) -> Result<Option<IpNet>, IpamError> {
         let existing: HashSet<String> = self
             .store
-            .list(Kind::IpamBlock, "")
+            .list_names(Kind::IpamBlock, "")
             .await?
-            .objects
             .into_iter()
-            .map(|o| o.name)
             .collect();
         for pool in pools {
             let Ok(subnets) = pool.spec.cidr.subnets(pool.spec.block_size) else {
@@ -1138,6 +1116,7 @@ impl Allocator {
         }
         let block_name = cidr_name(&cidr);
         let block = IpamBlockSpec::new(cidr, Some(node), now());
+        let guard = self.block_lock(&block_name).await;
         match self
             .store
             .create(
@@ -1147,7 +1126,8 @@ impl Allocator {
             )
             .await
         {
-            Ok(_) => {}
+            // Remembered: its first allocation writes it without a read.
+            Ok(revision) => self.blocks.remember(&block_name, &revision, &block),
             Err(StoreError::AlreadyExists { .. }) => {
                 let theirs = self.store.get(Kind::IpamBlock, &block_name).await;
                 let ours = match &theirs {
@@ -1163,6 +1143,7 @@ impl Allocator {
             }
             Err(e) => return Err(e.into()),
         }
+        drop(guard);
         self.set_affinity_state(&aff_name, node, cidr, AffinityState::Confirmed)
             .await?;
         self.cache.invalidate(Kind::BlockAffinity);
@@ -1356,7 +1337,7 @@ impl Allocator {
         let mut remembered = true;
         let mut attempt = 0;
         while attempt < self.config.max_attempts {
-            let Some(read) = self.read_block(&name, remembered).await? else {
+            let Some(read) = self.blocks.read(&name, remembered).await? else {
                 return Ok(BlockRelease::NotAllocated);
             };
             let mut spec = read.spec.clone();
@@ -1369,7 +1350,7 @@ impl Allocator {
                 }
                 return Ok(outcome);
             };
-            match self.write_block(&name, &read, &spec).await {
+            match self.blocks.write(&name, &read, &spec).await {
                 Ok(()) => {
                     if let Some(h) = handle_id {
                         self.handle_remove(h, &cidr, 1).await?;
@@ -1435,7 +1416,7 @@ impl Allocator {
         let mut remembered = true;
         let mut attempt = 0;
         while attempt < self.config.max_attempts {
-            let Some(read) = self.read_block(&name, remembered).await? else {
+            let Some(read) = self.blocks.read(&name, remembered).await? else {
                 return Ok(Vec::new());
             };
             let mut spec = read.spec.clone();
@@ -1447,7 +1428,7 @@ impl Allocator {
                 }
                 return Ok(ips);
             }
-            match self.write_block(&name, &read, &spec).await {
+            match self.blocks.write(&name, &read, &spec).await {
                 Ok(()) => return Ok(ips),
                 Err(StoreError::Conflict { .. }) if read.remembered => {
                     remembered = false;

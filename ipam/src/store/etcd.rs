@@ -489,6 +489,36 @@ impl Datastore for EtcdStore {
         }
     }
 
+    async fn list_names(&self, kind: Kind, name_prefix: &str) -> Result<Vec<String>, StoreError> {
+        // Keys only, page by page; no snapshot revision is needed (nothing
+        // watches from a list of names), so a compaction cannot break it.
+        let prefix = kind_prefix(kind);
+        let end = prefix_end(format!("{prefix}{name_prefix}").as_bytes());
+        let mut start = format!("{prefix}{name_prefix}").into_bytes();
+        let mut kv = self.client.kv_client();
+        let mut names = Vec::new();
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE)
+                .with_keys_only();
+            let resp = kv
+                .get(start.clone(), Some(options))
+                .await
+                .map_err(|e| map_error("list", e))?;
+            for kv in resp.kvs() {
+                names.push(object_from_kv(kind, kv)?.name);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(names),
+            }
+        }
+    }
+
     async fn create(&self, kind: Kind, name: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
         checks::name(kind, name)?;
         let k = key(kind, name);

@@ -137,7 +137,7 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>>
 
 /// What can go wrong at the datastore boundary (ARCHITECTURE.md, principle
 /// 4: conflict / not found / unavailable, plus corrupt stored data).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{kind} {name:?} not found")]
     NotFound { kind: Kind, name: String },
@@ -177,6 +177,20 @@ pub trait Datastore: Send + Sync {
     /// Lists the objects of a kind whose names start with `name_prefix`
     /// (empty: all), sorted by name, with the store revision of the read.
     async fn list(&self, kind: Kind, name_prefix: &str) -> Result<Listing, StoreError>;
+
+    /// The names of the objects of a kind whose names start with
+    /// `name_prefix`, sorted: a listing without the values, for callers that
+    /// only need to know what exists (the allocator looking for a block no
+    /// one has claimed). Backends that can skip the values override it.
+    async fn list_names(&self, kind: Kind, name_prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list(kind, name_prefix)
+            .await?
+            .objects
+            .into_iter()
+            .map(|o| o.name)
+            .collect())
+    }
 
     /// Creates an object; `AlreadyExists` when the name is taken. A name
     /// that is not a Kubernetes object name is refused with `Invalid` before

@@ -358,6 +358,25 @@ impl Datastore for SqliteStore {
         .await
     }
 
+    async fn list_names(&self, kind: Kind, name_prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = name_prefix.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT name FROM objects
+                     WHERE kind = ?1 AND substr(name, 1, ?3) = ?2 ORDER BY name",
+                )
+                .map_err(unavailable)?;
+            let prefix_len = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(params![kind_key(kind), prefix, prefix_len], |r| r.get(0))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<String>, _>>()
+                .map_err(unavailable)
+        })
+        .await
+    }
+
     async fn create(&self, kind: Kind, name: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
         super::checks::name(kind, name)?;
         let name = name.to_owned();

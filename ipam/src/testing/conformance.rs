@@ -154,6 +154,16 @@ pub async fn list_prefix_sorted(t: &dyn StoreUnderTest) {
         .objects
         .is_empty());
     assert!(s.list(Kind::BgpPeer, "").await.unwrap().objects.is_empty());
+    // The names alone: the same set, the same order.
+    assert_eq!(
+        s.list_names(Kind::IpamBlock, "b-").await.unwrap(),
+        ["b-1", "b-10", "b-2"]
+    );
+    assert_eq!(
+        s.list_names(Kind::IpamBlock, "").await.unwrap(),
+        ["a-1", "b", "b-1", "b-10", "b-2", "c"]
+    );
+    assert!(s.list_names(Kind::BgpPeer, "").await.unwrap().is_empty());
     // Objects in a listing carry their own revisions, as get does.
     let listing = s.list(Kind::IpamBlock, "c").await.unwrap();
     let got = s.get(Kind::IpamBlock, "c").await.unwrap();

@@ -44,6 +44,8 @@ macro_rules! allocator_suite {
             removing_a_node_releases_its_blocks,
             tunnel_addresses_follow_the_pools,
             cached_reads_stay_correct_with_another_writer,
+            concurrent_allocations_on_one_node_never_duplicate,
+            a_batch_where_some_requests_cannot_be_met_loses_nothing,
         }
     };
 }
@@ -975,4 +977,134 @@ pub async fn cached_reads_stay_correct_with_another_writer(store: Arc<dyn Datast
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(held(&a).await, 4 + stale);
+}
+
+/// Many requests of one node at once (its pods starting together): their
+/// block writes are batched, and still no address is handed out twice,
+/// every handle holds exactly what it was given, and blocks are claimed
+/// only when the node's blocks are full (one at a time, not one per
+/// waiting request).
+pub async fn concurrent_allocations_on_one_node_never_duplicate(store: Arc<dyn Datastore>) {
+    let alloc = Arc::new(Allocator::new(store, config()));
+    // /28 blocks: 16 addresses each.
+    pool(&alloc, "p", "10.15.0.0/24", 28).await;
+    let mut tasks = Vec::new();
+    for t in 0..24 {
+        let alloc = Arc::clone(&alloc);
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for (i, n) in [1, 2, 1].into_iter().enumerate() {
+                let handle = format!("t{t}-{i}");
+                let a = alloc
+                    .auto_assign(&req(&handle, "node1", n, 0))
+                    .await
+                    .unwrap();
+                assert_eq!(a.v4.len(), n as usize);
+                got.push((handle, a));
+            }
+            got
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut owners = HashSet::new();
+    for task in tasks {
+        for (handle, a) in task.await.unwrap() {
+            let held: HashSet<IpAddr> = alloc
+                .holdings(&handle)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, u)| u.ip)
+                .collect();
+            let given: HashSet<IpAddr> = a.v4.iter().map(|n| n.addr()).collect();
+            assert_eq!(held, given, "handle {handle} holds other addresses");
+            for ip in given {
+                assert!(seen.insert(ip), "{ip} handed out twice");
+            }
+            owners.insert(handle);
+        }
+    }
+    // 24 x 4 = 96 addresses: exactly 6 full blocks of 16.
+    assert_eq!(seen.len(), 96);
+    let mut blocks = alloc.blocks_affine_to("node1").await.unwrap();
+    blocks.sort();
+    assert_eq!(blocks.len(), 6, "blocks claimed: {blocks:?}");
+    let report = alloc
+        .check(&ipam::LiveSet {
+            nodes: Some(["node1".to_owned()].into()),
+            owners: Some(owners),
+        })
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.handle_mismatches.is_empty(), "{report:?}");
+}
+
+/// A batch in which some requests cannot be met: 12 requests of 2
+/// addresses at once for a pool of one block of 16. Those that cannot get
+/// both get nothing (all or nothing, rolled back), those that can hold
+/// exactly theirs, and no address is lost: afterwards the rest of the
+/// block can still be allocated, to the last address.
+pub async fn a_batch_where_some_requests_cannot_be_met_loses_nothing(store: Arc<dyn Datastore>) {
+    let alloc = Arc::new(Allocator::new(store, config()));
+    pool(&alloc, "p", "10.16.0.0/28", 28).await;
+    let mut tasks = Vec::new();
+    for t in 0..12 {
+        let alloc = Arc::clone(&alloc);
+        tasks.push(tokio::spawn(async move {
+            let handle = format!("t{t}");
+            let got = alloc.auto_assign(&req(&handle, "node1", 2, 0)).await;
+            (handle, got)
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut succeeded = 0;
+    for task in tasks {
+        let (handle, got) = task.await.unwrap();
+        let held: HashSet<IpAddr> = alloc
+            .holdings(&handle)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, u)| u.ip)
+            .collect();
+        match got {
+            Ok(a) => {
+                succeeded += 1;
+                let given: HashSet<IpAddr> = a.v4.iter().map(|n| n.addr()).collect();
+                assert_eq!(given.len(), 2);
+                assert_eq!(held, given, "handle {handle} holds other addresses");
+                for ip in given {
+                    assert!(seen.insert(ip), "{ip} handed out twice");
+                }
+            }
+            Err(IpamError::Exhausted { wanted: 2, .. }) => {
+                assert!(held.is_empty(), "failed {handle} still holds {held:?}");
+            }
+            Err(e) => panic!("{handle}: {e}"),
+        }
+    }
+    assert!((1..=8).contains(&succeeded), "{succeeded} of 12 succeeded");
+    assert_eq!(held(&alloc).await, 2 * succeeded);
+    // Nothing lost: the free rest of the block goes, one by one.
+    let mut more = 0;
+    loop {
+        match alloc
+            .auto_assign(&req(&format!("rest{more}"), "node1", 1, 0))
+            .await
+        {
+            Ok(a) => {
+                assert!(seen.insert(a.v4[0].addr()), "{} handed out twice", a.v4[0]);
+                more += 1;
+            }
+            Err(IpamError::Exhausted { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        16,
+        "addresses lost: only {} of 16 handed out",
+        seen.len()
+    );
 }
