@@ -797,12 +797,14 @@ impl Allocator {
         Ok((pools, labels, affinities))
     }
 
-    /// Whether block `cidr` may have room for `node`: as last seen (when
-    /// `cached_reads` trusts that), else read now.
+    /// Whether block `cidr` may have room for `node` (affine to it, not
+    /// full): as last seen (when `cached_reads` trusts that), else read now.
     async fn may_have_room(&self, cidr: &IpNet, node: &str) -> Result<bool, IpamError> {
         let name = cidr_name(cidr);
-        if self.config.cached_reads && self.blocks.remembered(&name) {
-            return Ok(!self.blocks.remembered_full(&name));
+        if self.config.cached_reads {
+            if let Some(room) = self.blocks.remembered_room(&name, node) {
+                return Ok(room);
+            }
         }
         Ok(self
             .blocks
@@ -813,10 +815,10 @@ impl Allocator {
 
     /// Up to `n` addresses from the blocks `affinities` says are confirmed
     /// affine to `node` and lie in `pools` (each block re-checked when
-    /// written). Blocks that were full when last seen are skipped unread;
-    /// with `recheck_full`, they are read again when the others are not
-    /// enough (before a caller claims a new block: an address may have
-    /// been released by another process).
+    /// written). Blocks that were full (or another node's) when last seen
+    /// are skipped unread; with `recheck_full`, they are read again when
+    /// the others are not enough (before a caller claims a new block: an
+    /// address may have been released by another process).
     #[allow(clippy::too_many_arguments)]
     async fn allocate_in_affine_blocks(
         &self,

@@ -168,16 +168,12 @@ impl BlockWrites {
         out.into_iter().map(|(_, cidr)| cidr).collect()
     }
 
-    /// Whether this allocator remembers block `name`.
-    pub(crate) fn remembered(&self, name: &str) -> bool {
-        self.seen().contains_key(name)
-    }
-
-    /// Whether block `name` was full when this allocator last saw it.
-    pub(crate) fn remembered_full(&self, name: &str) -> bool {
+    /// Whether block `name` had room for `node` (affine to it, not full)
+    /// when this allocator last saw it; `None` when it is not remembered.
+    pub(crate) fn remembered_room(&self, name: &str, node: &str) -> Option<bool> {
         self.seen()
             .get(name)
-            .is_some_and(|(_, spec)| spec.free() == 0)
+            .map(|(_, spec)| spec.affine_node() == Some(node) && spec.free() > 0)
     }
 
     /// Reads block `name` for a write (call with its lock held): as last

@@ -149,3 +149,45 @@ async fn watch_from_listing_then_compacted() {
     assert!(matches!(e, Err(StoreError::Compacted(_))), "{e:?}");
     assert!(next(&mut old).await.is_none());
 }
+
+/// Writes never checkpoint: the WAL reaches the database file through the
+/// checkpoint thread. With no thread (interval far away) the database file
+/// stays as small as the schema while 4 MB of writes sit in the WAL; with
+/// a 50 ms interval they are in the database file soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_happen_off_the_write_path() {
+    async fn db_size_after_writes(interval: Duration) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open_with(
+            &path,
+            SqliteOptions {
+                checkpoint_interval: interval,
+                ..opts()
+            },
+        )
+        .await
+        .unwrap();
+        let value = format!("{{\"pad\":\"{}\"}}", "x".repeat(4000)).into_bytes();
+        for i in 0..1000 {
+            store
+                .create(Kind::IpamHandle, &format!("h{i}"), value.clone())
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let size = std::fs::metadata(&path).unwrap().len();
+        drop(store);
+        size
+    }
+    let without = db_size_after_writes(Duration::from_secs(3600)).await;
+    let with = db_size_after_writes(Duration::from_millis(50)).await;
+    assert!(
+        without < 1 << 20,
+        "a write checkpointed: db file {without} B"
+    );
+    assert!(
+        with > 4 << 20,
+        "the checkpoint thread did not run: db file {with} B"
+    );
+}
