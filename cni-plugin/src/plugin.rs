@@ -224,45 +224,39 @@ fn add(env: &Environment, conf: &NetConf) -> Result<Value, CniError> {
     let attachment = attachment(env, conf);
     let host_name = pod_iface::host_veth_name(&attachment.container_id, &attachment.ifname);
 
-    // Retry-safe: a complete earlier ADD is answered again; a partial one
-    // is cleared and redone (the agent gives the same addresses back).
-    let existing_host = pod_iface::find_link(&mut host, &host_name).map_err(kernel)?;
-    let existing_pod = pod_iface::find_link(&mut pod, &attachment.ifname).map_err(kernel)?;
-    if let (Some(_), Some(_)) = (&existing_host, &existing_pod) {
-        let addresses = lookup(&attachment, &conf.agent)?;
-        if !addresses.is_empty() {
-            let state = inspect(&mut host, &mut pod, &host_name, &attachment.ifname)?;
-            if verify(&state, &addresses, conf).is_empty() {
-                return Ok(render(conf, &state, &addresses, &netns));
+    // A fresh ADD, the usual case, creates the pair at once, without
+    // looking anything up first (each look-up takes the kernel's RTNL lock,
+    // which all the node's pod starts queue for). A name taken means a
+    // retried or partial ADD, or a name that is not felix's: sorted out by
+    // `settle_existing`, then the pair is created again.
+    let ipv6 = conf.agent.num_v6 > 0;
+    let create = |host: &mut RouteSocket| {
+        pod_iface::create_veth(
+            host,
+            &host_name,
+            &attachment.ifname,
+            conf.mtu,
+            &netns,
+            !ipv6,
+        )
+    };
+    match create(&mut host) {
+        Ok(()) => {}
+        Err(e) if e.errno() == Some(nix::libc::EEXIST) => {
+            let settled =
+                settle_existing(conf, &attachment, &netns, &mut host, &mut pod, &host_name)?;
+            if let Some(result) = settled {
+                return Ok(result);
             }
+            create(&mut host).map_err(|e| veth_error(e, &host_name, &attachment.ifname))?;
         }
+        Err(e) => return Err(veth_error(e, &host_name, &attachment.ifname)),
     }
-    if existing_host.is_some() {
-        pod_iface::delete_link(&mut host, &host_name).map_err(kernel)?;
-    }
-    // The pod end goes with the host end; a pod interface that is still
-    // there is not felix's. (Nothing to look up again when there was none.)
-    if existing_pod.is_some()
-        && (existing_host.is_none()
-            || pod_iface::find_link(&mut pod, &attachment.ifname)
-                .map_err(kernel)?
-                .is_some())
-    {
-        return Err(CniError::new(
-            ErrorCode::InterfaceExists,
-            format!(
-                "{} already exists in {} and is not felix's",
-                attachment.ifname,
-                netns_path.display()
-            ),
-        ));
-    }
-
-    timings::mark("existing");
+    timings::mark("veth");
     let mut rollback = Rollback {
         conf,
         attachment: attachment.clone(),
-        host_link: None,
+        host_link: Some(host_name.clone()),
         assigned: false,
     };
     match add_steps(
@@ -289,6 +283,63 @@ fn add(env: &Environment, conf: &NetConf) -> Result<Value, CniError> {
     }
 }
 
+/// ADD found a name of its pair taken. A complete earlier ADD of the same
+/// attachment is answered again (`Some`); a partial one is deleted, to be
+/// made again with the same addresses (the agent's assign is idempotent);
+/// a pod interface that is not felix's is code 105.
+fn settle_existing(
+    conf: &NetConf,
+    attachment: &Attachment,
+    netns: &NetNs,
+    host: &mut RouteSocket,
+    pod: &mut RouteSocket,
+    host_name: &str,
+) -> Result<Option<Value>, CniError> {
+    let existing_host = pod_iface::find_link(host, host_name).map_err(kernel)?;
+    let existing_pod = pod_iface::find_link(pod, &attachment.ifname).map_err(kernel)?;
+    if let (Some(_), Some(_)) = (&existing_host, &existing_pod) {
+        let addresses = lookup(attachment, &conf.agent)?;
+        if !addresses.is_empty() {
+            let state = inspect(host, pod, host_name, &attachment.ifname)?;
+            if verify(&state, &addresses, conf).is_empty() {
+                return Ok(Some(render(conf, &state, &addresses, netns)));
+            }
+        }
+    }
+    if existing_host.is_some() {
+        pod_iface::delete_link(host, host_name).map_err(kernel)?;
+    }
+    // The pod end goes with the host end; a pod interface that is still
+    // there is not felix's.
+    if existing_pod.is_some()
+        && (existing_host.is_none()
+            || pod_iface::find_link(pod, &attachment.ifname)
+                .map_err(kernel)?
+                .is_some())
+    {
+        return Err(CniError::new(
+            ErrorCode::InterfaceExists,
+            format!(
+                "{} already exists in {} and is not felix's",
+                attachment.ifname,
+                netns.path().display()
+            ),
+        ));
+    }
+    Ok(None)
+}
+
+fn veth_error(e: NetlinkError, host_name: &str, ifname: &str) -> CniError {
+    if e.errno() == Some(nix::libc::EEXIST) {
+        CniError::new(
+            ErrorCode::InterfaceExists,
+            format!("{host_name} or {ifname} exists already: {e}"),
+        )
+    } else {
+        kernel(e)
+    }
+}
+
 fn add_steps(
     env: &Environment,
     conf: &NetConf,
@@ -299,22 +350,10 @@ fn add_steps(
     rollback: &mut Rollback<'_>,
 ) -> Result<Value, CniError> {
     let ifname = rollback.attachment.ifname.clone();
-    // With IPv6 the host end comes up only once its duplicate address
-    // detection is off, so that its link-local address (the pod's IPv6
-    // gateway) is usable at once; without, it is up from the start.
+    // With IPv6 the host end was made down: it comes up only once its
+    // duplicate address detection is off, so that its link-local address
+    // (the pod's IPv6 gateway) is usable at once.
     let ipv6 = conf.agent.num_v6 > 0;
-    pod_iface::create_veth(host, host_name, &ifname, conf.mtu, netns, !ipv6).map_err(|e| {
-        if e.errno() == Some(nix::libc::EEXIST) {
-            CniError::new(
-                ErrorCode::InterfaceExists,
-                format!("{host_name} or {ifname} exists already: {e}"),
-            )
-        } else {
-            kernel(e)
-        }
-    })?;
-    rollback.host_link = Some(host_name.to_owned());
-    timings::mark("veth");
     let host_link = pod_iface::find_link(host, host_name)
         .map_err(kernel)?
         .ok_or_else(|| CniError::new(ErrorCode::Kernel, format!("{host_name} vanished")))?;
