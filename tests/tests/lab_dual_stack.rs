@@ -250,7 +250,7 @@ fn a_bird_tor_peers_over_ipv6_and_routes_to_every_pod() {
         return;
     }
     let lab = Lab::up(
-        "fxdt",
+        "fxw",
         LabOptions {
             dual_stack: true,
             tor: Some(felix_rs::lab::plan::Tor::Bird),

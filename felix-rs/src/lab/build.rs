@@ -202,7 +202,14 @@ fn agent_toml(plan: &LabPlan, node: &NodePlan, dir: &Path) -> String {
     let _ = writeln!(t, "node_name = \"{}\"", node.name);
     let _ = writeln!(t, "node_address = \"{}/{}\"", node.address, node.prefix_len);
     if let Some(v6) = node.address_v6 {
-        let _ = writeln!(t, "node_address_v6 = \"{v6}/{UNDERLAY_V6_LEN}\"");
+        // node-1 detects its IPv6 address (the global address of the
+        // interface holding the IPv6 default route); the others are
+        // configured with it: both ways run in every dual-stack lab.
+        if node.name == "node-1" {
+            let _ = writeln!(t, "node_address_v6 = \"autodetect\"");
+        } else {
+            let _ = writeln!(t, "node_address_v6 = \"{v6}/{UNDERLAY_V6_LEN}\"");
+        }
     }
     let _ = writeln!(t, "datastore = \"{}\"", plan.datastore_url(dir));
     let _ = writeln!(
