@@ -281,9 +281,19 @@ fn bgp_run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match felix_rs::command_runtime() {
+    // Multi-threaded: the sessions' tasks (reading and decoding UPDATEs,
+    // encoding and writing them) run beside the speaker's RIB actor, which
+    // a full table keeps busy on one core (docs/benchmarks.md, route
+    // reflector).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("felix: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
     };
     match runtime.block_on(bgp_run::run(plan)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,9 @@ use tracing::{debug, info, warn, Instrument, Span};
 
 mod deferral;
 mod dynamic;
+mod writer;
+
+use writer::{Outgoing, PackerOp, WriterInput};
 
 /// Binds and starts the listener (if configured) and spawns the actor.
 /// Returns the listener's bound address.
@@ -96,14 +100,10 @@ struct PeerEvent {
     event: Option<SessionEvent>,
 }
 
-/// A batch of messages for one neighbour, tagged with the connection epoch
-/// it was packed for.
-type Outgoing = (u64, Vec<Message>);
-
 /// The running session of a neighbour and the tasks around it.
 struct SessionParts {
     handle: Arc<SessionHandle>,
-    /// Batches for the writer task.
+    /// Inputs of the writer task (which owns the packer).
     outbox: mpsc::UnboundedSender<Outgoing>,
     writer: JoinHandle<()>,
 }
@@ -111,7 +111,8 @@ struct SessionParts {
 /// What exists while the session is Established.
 struct UpState {
     negotiated: Box<Negotiated>,
-    packer: UpdatePacker,
+    /// Changes went to the writer's packer since the last flush.
+    dirty: bool,
     since: Instant,
     /// Families the peer has sent End-of-RIB for on this session.
     end_of_rib: BTreeSet<Family>,
@@ -136,6 +137,8 @@ struct Peer {
     /// Bumped whenever the session comes up or goes down; batches packed
     /// for an older epoch are not sent.
     epoch: Arc<AtomicU64>,
+    /// Routes the writer's packer could not send (for the status).
+    rejected: Arc<AtomicUsize>,
     /// Flow control with the session: UPDATEs it read and we have not
     /// processed yet.
     backlog: Arc<UpdateBacklog>,
@@ -390,8 +393,10 @@ impl Actor {
         let handle = Arc::new(handle);
         let epoch = Arc::new(AtomicU64::new(0));
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let rejected = Arc::new(AtomicUsize::new(0));
         let writer = tokio::spawn(
-            write_loop(handle.clone(), epoch.clone(), outbox_rx).instrument(span.clone()),
+            writer::write_loop(handle.clone(), epoch.clone(), rejected.clone(), outbox_rx)
+                .instrument(span.clone()),
         );
 
         let mut info = PeerInfo::new(address, n.asn, n.asn == self.config.asn);
@@ -435,6 +440,7 @@ impl Actor {
                     writer,
                 }),
                 epoch,
+                rejected,
                 backlog,
                 up: None,
                 last_error: None,
@@ -510,7 +516,7 @@ impl Actor {
         let epoch = peer.epoch.load(Ordering::SeqCst);
         session
             .outbox
-            .send((epoch, requests))
+            .send((epoch, WriterInput::Messages(requests)))
             .map_err(|_| refused("the session has ended"))
     }
 
@@ -582,8 +588,9 @@ impl Actor {
                             .in_scope(|| info!(family = %r.family, "route refresh: re-sending"));
                         // RFC 2918 §4: the whole Adj-RIB-Out of the family
                         // again (RFC 7313 §4: between BoRR and EoRR).
+                        let mut ops = Vec::new();
                         if up.negotiated.enhanced_route_refresh {
-                            up.packer.bracket_refresh(r.family);
+                            ops.push(PackerOp::BracketRefresh(r.family));
                         }
                         let announce = self
                             .rib
@@ -595,7 +602,8 @@ impl Actor {
                             announce,
                             withdraw: Vec::new(),
                         };
-                        queue_out(up, &peer.span, out, &mut PrefixHashMap::default());
+                        to_ops(out, &peer.span, &mut PrefixHashMap::default(), &mut ops);
+                        send_ops(peer, ops);
                         self.schedule_flush();
                     }
                     subtype => peer.span.in_scope(
@@ -626,9 +634,13 @@ impl Actor {
         for family in &families {
             packer.queue_end_of_rib(*family);
         }
+        if let Some(session) = &peer.session {
+            let epoch = peer.epoch.load(Ordering::SeqCst);
+            let _ = session.outbox.send((epoch, WriterInput::Packer(packer)));
+        }
         peer.up = Some(UpState {
             negotiated,
-            packer,
+            dirty: true,
             since: Instant::now(),
             end_of_rib: BTreeSet::new(),
         });
@@ -827,10 +839,12 @@ impl Actor {
             let Some(peer) = self.by_id.get(&id).and_then(|a| self.peers.get_mut(a)) else {
                 continue;
             };
-            let Some(up) = peer.up.as_mut() else {
+            if peer.up.is_none() {
                 continue;
-            };
-            queue_out(up, &peer.span, out, &mut sets);
+            }
+            let mut ops = Vec::with_capacity(out.announce.len() + out.withdraw.len());
+            to_ops(out, &peer.span, &mut sets, &mut ops);
+            send_ops(peer, ops);
             queued = true;
         }
         if queued {
@@ -844,7 +858,8 @@ impl Actor {
         }
     }
 
-    /// Packs every peer's pending changes and hands them to its writer.
+    /// Has every peer's writer pack and send the changes queued since the
+    /// last flush.
     fn flush(&mut self) {
         self.flush_at = None;
         if self.deferral.is_some() {
@@ -854,21 +869,11 @@ impl Actor {
             let (Some(up), Some(session)) = (peer.up.as_mut(), peer.session.as_ref()) else {
                 continue;
             };
-            if up.packer.is_idle() {
+            if !std::mem::take(&mut up.dirty) {
                 continue;
             }
-            let flushed = up.packer.flush();
-            for rejected in &flushed.rejected {
-                peer.span
-                    .in_scope(|| warn!(?rejected, "route could not be sent"));
-            }
-            if flushed.messages.is_empty() {
-                continue;
-            }
-            peer.span
-                .in_scope(|| debug!(messages = flushed.messages.len(), "sending"));
             let epoch = peer.epoch.load(Ordering::SeqCst);
-            let _ = session.outbox.send((epoch, flushed.messages));
+            let _ = session.outbox.send((epoch, WriterInput::Flush));
         }
     }
 
@@ -895,10 +900,11 @@ impl Actor {
                     accepted: accepted as u64,
                     // What export gives the peer, less what the packer
                     // could not send (queued routes count as sent).
-                    advertised: p.up.as_ref().map_or(0, |u| {
+                    advertised: p.up.as_ref().map_or(0, |_| {
                         self.rib
                             .advertised_count(p.id)
-                            .saturating_sub(u.packer.rejected_len()) as u64
+                            .saturating_sub(p.rejected.load(Ordering::Relaxed))
+                            as u64
                     }),
                     last_error: p.last_error.clone(),
                     dynamic: p.dynamic,
@@ -963,24 +969,6 @@ impl Actor {
     }
 }
 
-/// Sends one peer's batches in order, dropping those packed for an earlier
-/// connection.
-async fn write_loop(
-    handle: Arc<SessionHandle>,
-    epoch: Arc<AtomicU64>,
-    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
-) {
-    while let Some((packed_for, messages)) = outbox.recv().await {
-        if packed_for != epoch.load(Ordering::SeqCst) {
-            debug!("batch for an earlier connection dropped");
-            continue;
-        }
-        if let Err(e) = handle.send_messages(messages).await {
-            debug!("send failed: {e}");
-        }
-    }
-}
-
 /// Stops a session once its writer has sent what was queued; the returned
 /// task ends when the session task has.
 /// How the speaker ends a session: which Cease goes to the peer.
@@ -1011,36 +999,40 @@ fn stop_session(session: SessionParts, how: Stop) -> JoinHandle<()> {
     })
 }
 
-/// Hands one peer's Adj-RIB-Out changes to its packer. `sets` caches the
+/// One peer's Adj-RIB-Out changes as packer operations. `sets` caches the
 /// wire attribute set of each exported attribute `Arc` (shared by the peers
 /// the RIB gave the same `Arc`).
-fn queue_out(
-    up: &mut UpState,
-    span: &Span,
+fn to_ops(
     out: AdjRibOutChanges,
+    span: &Span,
     sets: &mut PrefixHashMap<usize, Option<Arc<AttrSet>>>,
+    ops: &mut Vec<PackerOp>,
 ) {
-    for nlri in out.withdraw {
-        if let Err(e) = up.packer.withdraw(nlri) {
-            span.in_scope(|| warn!(prefix = %nlri.prefix, "withdrawal not packed: {e}"));
-        }
-    }
+    ops.extend(out.withdraw.into_iter().map(PackerOp::Withdraw));
     for route in out.announce {
         let key = Arc::as_ptr(&route.attrs) as usize;
         let set = sets
             .entry(key)
             .or_insert_with(|| attr_set(&route.attrs, span))
             .clone();
-        let result = match set {
-            Some(set) => up.packer.announce(route.nlri, set),
+        ops.push(match set {
+            Some(set) => PackerOp::Announce(route.nlri, set),
             // Cannot be sent: make sure the peer does not keep an older
             // version.
-            None => up.packer.withdraw(route.nlri),
-        };
-        if let Err(e) = result {
-            span.in_scope(|| warn!(prefix = %route.nlri.prefix, "route not packed: {e}"));
-        }
+            None => PackerOp::Withdraw(route.nlri),
+        });
     }
+}
+
+/// Hands packer operations to an Established peer's writer (sent at the
+/// next flush).
+fn send_ops(peer: &mut Peer, ops: Vec<PackerOp>) {
+    let (Some(up), Some(session)) = (peer.up.as_mut(), peer.session.as_ref()) else {
+        return;
+    };
+    up.dirty = true;
+    let epoch = peer.epoch.load(Ordering::SeqCst);
+    let _ = session.outbox.send((epoch, WriterInput::Changes(ops)));
 }
 
 fn attr_set(attrs: &PathAttributes, span: &Span) -> Option<Arc<AttrSet>> {

@@ -1,0 +1,101 @@
+//! A neighbour's writer task: it owns the session's [`UpdatePacker`], so
+//! that packing (grouping, sorting, building UPDATEs) runs beside the RIB
+//! actor instead of on it, and sends the packed batches in order. A peer
+//! whose socket is blocked never stalls the actor or the other peers.
+
+use crate::rib::pack::{AttrSet, UpdatePacker};
+use crate::session::SessionHandle;
+use crate::wire::{Family, Message, Nlri};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// One change for the packer.
+pub(super) enum PackerOp {
+    Announce(Nlri, Arc<AttrSet>),
+    Withdraw(Nlri),
+    /// BoRR/EoRR around the next flush (RFC 7313).
+    BracketRefresh(Family),
+}
+
+/// What the actor hands a writer.
+pub(super) enum WriterInput {
+    /// A new connection is Established: its packer (End-of-RIB queued).
+    Packer(UpdatePacker),
+    /// Changes for the packer.
+    Changes(Vec<PackerOp>),
+    /// Pack what changed since the last flush and send it.
+    Flush,
+    /// Messages to send as they are (ROUTE-REFRESH requests).
+    Messages(Vec<Message>),
+}
+
+/// An input tagged with the connection epoch it is for.
+pub(super) type Outgoing = (u64, WriterInput);
+
+/// Runs until the actor drops the sender. Inputs for an earlier connection
+/// (the epoch moved on) are dropped. `rejected` is where the packer's
+/// count of routes it could not send is published (for the status).
+pub(super) async fn write_loop(
+    handle: Arc<SessionHandle>,
+    epoch: Arc<AtomicU64>,
+    rejected: Arc<AtomicUsize>,
+    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let mut packer: Option<(u64, UpdatePacker)> = None;
+    while let Some((for_epoch, input)) = outbox.recv().await {
+        if for_epoch != epoch.load(Ordering::SeqCst) {
+            debug!("input for an earlier connection dropped");
+            continue;
+        }
+        let current = packer
+            .as_mut()
+            .filter(|(e, _)| *e == for_epoch)
+            .map(|(_, p)| p);
+        let messages = match (input, current) {
+            (WriterInput::Packer(p), _) => {
+                rejected.store(0, Ordering::Relaxed);
+                packer = Some((for_epoch, p));
+                continue;
+            }
+            (WriterInput::Messages(m), _) => m,
+            (WriterInput::Changes(ops), Some(p)) => {
+                apply(p, ops);
+                continue;
+            }
+            (WriterInput::Flush, Some(p)) => {
+                let flushed = p.flush();
+                rejected.store(p.rejected_len(), Ordering::Relaxed);
+                for r in &flushed.rejected {
+                    warn!(rejected = ?r, "route could not be sent");
+                }
+                debug!(messages = flushed.messages.len(), "sending");
+                flushed.messages
+            }
+            (WriterInput::Changes(_) | WriterInput::Flush, None) => continue,
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        if let Err(e) = handle.send_messages(messages).await {
+            debug!("send failed: {e}");
+        }
+    }
+}
+
+fn apply(packer: &mut UpdatePacker, ops: Vec<PackerOp>) {
+    for op in ops {
+        let (nlri, result) = match op {
+            PackerOp::Announce(nlri, set) => (nlri, packer.announce(nlri, set)),
+            PackerOp::Withdraw(nlri) => (nlri, packer.withdraw(nlri)),
+            PackerOp::BracketRefresh(family) => {
+                packer.bracket_refresh(family);
+                continue;
+            }
+        };
+        if let Err(e) = result {
+            warn!(prefix = %nlri.prefix, "route not packed: {e}");
+        }
+    }
+}
