@@ -730,9 +730,15 @@ impl Allocator {
             }
         }
 
-        let pools = match self.node_labels(&req.node, &req.node_labels).await {
-            Ok(labels) => self.fresh_pools().await.map(|p| (p, labels)),
-            Err(e) => Err(e),
+        // Both at once: independent reads, one round trip's wait.
+        let (labels, pools) = futures_util::future::join(
+            self.node_labels(&req.node, &req.node_labels),
+            self.fresh_pools(),
+        )
+        .await;
+        let pools = match (labels, pools) {
+            (Ok(labels), Ok(pools)) => Ok((pools, labels)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let (pools, labels) = match pools {
             Ok(x) => x,
@@ -1103,7 +1109,7 @@ impl Allocator {
             node: node.to_owned(),
             cidr,
         };
-        match self
+        let pending_revision = match self
             .store
             .create(
                 Kind::BlockAffinity,
@@ -1112,10 +1118,11 @@ impl Allocator {
             )
             .await
         {
+            Ok(revision) => Some(revision),
             // Already there: left by a crashed claim of ours; go on.
-            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(StoreError::AlreadyExists { .. }) => None,
             Err(e) => return Err(e.into()),
-        }
+        };
         let block_name = cidr_name(&cidr);
         let block = IpamBlockSpec::new(cidr, Some(node), now());
         let guard = self.block_lock(&block_name).await;
@@ -1146,8 +1153,29 @@ impl Allocator {
             Err(e) => return Err(e.into()),
         }
         drop(guard);
-        self.set_affinity_state(&aff_name, node, cidr, AffinityState::Confirmed)
-            .await?;
+        // Confirm on the revision we created it at (no read); anything
+        // else (ours from a crashed claim, changed since) reads first.
+        let confirmed = BlockAffinitySpec {
+            state: AffinityState::Confirmed,
+            ..pending
+        };
+        let done = match &pending_revision {
+            Some(revision) => self
+                .store
+                .update(
+                    Kind::BlockAffinity,
+                    &aff_name,
+                    encode(Kind::BlockAffinity, &aff_name, &confirmed)?,
+                    revision,
+                )
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if !done {
+            self.set_affinity_state(&aff_name, node, cidr, AffinityState::Confirmed)
+                .await?;
+        }
         self.cache.invalidate(Kind::BlockAffinity);
         Ok(true)
     }
