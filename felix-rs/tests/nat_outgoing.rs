@@ -207,6 +207,23 @@ fn pods_in_a_nat_pool_leave_as_the_node_and_pod_to_pod_keeps_its_source() {
     assert!(node.exec_ok("sysctl -qw net.ipv6.conf.all.forwarding=1"));
     let a = pod(&node, "nat-pa", "vpa", "10.244.0.5", Some("fd00:10:244::5"));
     let b = pod(&node, "nat-pb", "vpb", "10.245.0.5", None);
+    // Neighbour discovery before anything is counted: the pods resolve
+    // their gateway (IPv6: fe80::1 once the pod's own link-local address
+    // has left DAD) and the node the outside host, so no counted echo
+    // waits in, or is dropped from, an unresolved neighbour's queue.
+    assert!(node.exec_ok("ping -q -n -c 1 -W 5 192.168.77.2 >/dev/null"));
+    assert!(node.exec_ok("ping -q -n -c 1 -W 5 fd00:77::2 >/dev/null"));
+    assert!(a.exec_ok("ping -q -n -c 1 -W 5 192.168.77.1 >/dev/null"));
+    assert!(b.exec_ok("ping -q -n -c 1 -W 5 192.168.77.1 >/dev/null"));
+    let mut warm = false;
+    for _ in 0..50 {
+        if a.exec_ok("ping -q -n -c 1 -W 1 fd00:77::1 >/dev/null") {
+            warm = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(warm, "pod a never reached the node over IPv6");
     probe(
         &outside,
         &[
