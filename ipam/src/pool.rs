@@ -115,7 +115,7 @@ pub struct IpPoolSpec {
     #[serde(default)]
     pub vxlan_mode: EncapMode,
     /// Masquerade traffic from the pool's pods to destinations outside every
-    /// pool (stored; the agent does not apply it yet).
+    /// pool, as the node leaves (the agent's `inet felix` nftables table).
     #[serde(default)]
     pub nat_outgoing: bool,
     /// No new blocks or addresses from this pool; existing ones stay.
