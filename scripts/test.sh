@@ -21,6 +21,8 @@ apt_packages+=(containernetworking-plugins iputils-ping iptables nftables podman
 apt_packages+=(iproute2 procps)
 # The deploy/ manifest tests (felix-rs/tests/manifests.rs): yamllint.
 apt_packages+=(yamllint)
+# The lab tests read the agents' /metrics (tests/tests/lab_mesh.rs): curl.
+apt_packages+=(curl)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

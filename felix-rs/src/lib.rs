@@ -12,6 +12,7 @@ pub mod crds;
 pub mod decode;
 pub mod ipam_cli;
 pub mod lab;
+pub mod latency_histogram;
 pub mod local_pods;
 pub mod pcap;
 pub mod pod_api;

@@ -24,6 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
+use crate::latency_histogram::LatencyHistogram;
 use crate::local_pods::LocalPods;
 
 /// Where `felix node pod-api` listens unless told otherwise (the plugin's
@@ -55,7 +56,13 @@ pub struct PodApi {
     /// The node's pods, for the agent's route programmer (none when the
     /// API runs without an agent, `felix node pod-api`).
     pods: Option<LocalPods>,
+    /// How long each request took, by operation ([`OPS`]), from accepting
+    /// the connection to the answer; the agent's /metrics shows it.
+    latency: Arc<LatencyHistogram>,
 }
+
+/// The operations of the pod API, as the latency histogram labels them.
+pub const OPS: [&str; 5] = ["assign", "lookup", "release", "gc", "status"];
 
 impl PodApi {
     pub fn new(allocator: Arc<Allocator>, node: impl Into<String>) -> Self {
@@ -64,7 +71,13 @@ impl PodApi {
             node: node.into(),
             writes: HandleLocks::default(),
             pods: None,
+            latency: Arc::new(LatencyHistogram::new(&OPS)),
         }
+    }
+
+    /// The request latency histogram (shared: it keeps counting).
+    pub fn latency(&self) -> Arc<LatencyHistogram> {
+        Arc::clone(&self.latency)
     }
 
     /// Records every attachment assigned or released in `pods`.
@@ -406,6 +419,7 @@ async fn serve_connection(api: &PodApi, stream: UnixStream) -> io::Result<()> {
         Ok(request) => {
             let op = op_name(&request);
             let response = api.answer(request).await;
+            api.latency.observe(op, started.elapsed());
             debug!(
                 op,
                 elapsed_us = started.elapsed().as_micros(),
@@ -547,5 +561,40 @@ mod tests {
         }
         assert_eq!(all.len(), 8);
         assert!(api.writes.map().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn served_requests_are_counted_in_the_latency_histogram() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ipam.db"))
+            .await
+            .unwrap();
+        let allocator = Arc::new(Allocator::new(Arc::new(store), AllocatorConfig::default()));
+        let api = Arc::new(PodApi::new(allocator, "node-a"));
+        let latency = api.latency();
+        let socket = dir.path().join("pod-api.sock");
+        let server = PodApiServer::bind(&socket).await.unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(server.serve(api, async {
+            let _ = stop_rx.await;
+        }));
+        for _ in 0..2 {
+            let socket = socket.clone();
+            tokio::task::spawn_blocking(move || {
+                felix_cni::api::call(&socket, &Request::Status, Duration::from_secs(5))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        }
+        let _ = stop_tx.send(());
+        served.await.unwrap();
+        let text = latency.render("x_seconds", "h", "op");
+        assert!(
+            text.contains("x_seconds_count{op=\"status\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("x_seconds_bucket{op=\"status\",le=\"+Inf\"} 2\n"));
+        assert!(text.contains("x_seconds_count{op=\"assign\"} 0\n"));
     }
 }

@@ -185,6 +185,7 @@ async fn the_cluster_role_grants_exactly_what_the_agent_uses() {
             })),
             routes: None,
             nat: None,
+            pod_api_latency: None,
         };
         let agent = tokio::spawn(run::run(
             config(tmp.path(), address, free_port()),

@@ -150,6 +150,19 @@ pub struct AutoAssignRequest {
     pub intended_use: crate::pool::AllowedUse,
 }
 
+/// One pool's addresses on one node ([`Allocator::usage_of`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PoolUsage {
+    /// The pool's CIDR (or the block's, for a block in no current pool).
+    pub pool: IpNet,
+    /// The node's affine blocks in the pool.
+    pub blocks: usize,
+    /// Addresses handed out from those blocks.
+    pub in_use: usize,
+    /// Addresses those blocks hold.
+    pub capacity: usize,
+}
+
 /// Addresses given to one request. Addresses carry the host prefix length
 /// (/32, /128), which is what a pod gets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -489,6 +502,40 @@ impl Allocator {
             .filter(|a| a.spec.state == AffinityState::Confirmed)
             .map(|a| a.spec.cidr)
             .collect())
+    }
+
+    /// `node`'s address usage by pool: for each pool holding a block
+    /// confirmed affine to `node`, the addresses in use and the size of
+    /// those blocks (the agent's `felix_ipam_addresses_*` metrics). A block
+    /// in no current pool is reported under its own CIDR; a block deleted
+    /// since the affinities were read is skipped.
+    pub async fn usage_of(&self, node: &str) -> Result<Vec<PoolUsage>, IpamError> {
+        let blocks = self.blocks_affine_to(node).await?;
+        let pools = self.pools().await?;
+        let mut usage: BTreeMap<IpNet, PoolUsage> = BTreeMap::new();
+        for cidr in blocks {
+            let obj = match self.store.get(Kind::IpamBlock, &cidr_name(&cidr)).await {
+                Ok(obj) => obj,
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let spec = IpamBlockSpec::from_object(&obj)?;
+            let pool = pools
+                .iter()
+                .map(|p| p.spec.cidr.trunc())
+                .find(|p| p.contains(&cidr))
+                .unwrap_or(cidr);
+            let entry = usage.entry(pool).or_insert(PoolUsage {
+                pool,
+                blocks: 0,
+                in_use: 0,
+                capacity: 0,
+            });
+            entry.blocks += 1;
+            entry.in_use += spec.in_use_count();
+            entry.capacity += spec.size();
+        }
+        Ok(usage.into_values().collect())
     }
 
     /// Affinity changes (all nodes) after `after` (from

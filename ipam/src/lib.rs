@@ -21,7 +21,7 @@ pub mod store;
 pub mod tunnel;
 
 pub use allocator::{
-    Allocator, AllocatorConfig, AssignIpRequest, Assigned, AutoAssignRequest, IpamError,
+    Allocator, AllocatorConfig, AssignIpRequest, Assigned, AutoAssignRequest, IpamError, PoolUsage,
     ReleaseOutcome, ReleaseRequest,
 };
 pub use block::{AllocationAttrs, BlockRelease, Lease};

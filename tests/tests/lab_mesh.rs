@@ -66,6 +66,15 @@ fn three_node_mesh_from_registrations_then_down_removes_everything() {
                 "{text}"
             );
             assert!(text.contains("felix_ready 1"), "{text}");
+            // node-1's two pods: one assign each through the pod API.
+            assert!(
+                text.contains("felix_cni_request_duration_seconds_count{op=\"assign\"} 2\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains("# TYPE felix_ipam_addresses_in_use gauge"),
+                "{text}"
+            );
         } else {
             println!("curl not available: metrics not checked here");
         }

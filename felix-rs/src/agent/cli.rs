@@ -96,6 +96,7 @@ async fn start(config: AgentConfig) -> anyhow::Result<run::Stopped> {
         crate::pod_api::PodApi::new(allocator.clone(), config.node_name.clone())
             .with_local_pods(pods.clone()),
     );
+    let pod_api_latency = api.latency();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let pod_api = tokio::spawn(server.serve(api, async {
         let _ = stop_rx.await;
@@ -108,6 +109,7 @@ async fn start(config: AgentConfig) -> anyhow::Result<run::Stopped> {
         blocks: Some(std::sync::Arc::new(IpamBlocks { allocator })),
         routes: Some(Box::new(routes)),
         nat: Some(Box::new(super::nat_outgoing::NftTable::default())),
+        pod_api_latency: Some(pod_api_latency),
     };
     let result = run::run(config, store, plugins).await;
     let _ = stop_tx.send(());

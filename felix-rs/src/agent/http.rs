@@ -133,6 +133,27 @@ pub fn metrics(s: &AgentStatus, c: &Counters) -> String {
         "Blocks affine to this node.",
         &[(String::new(), s.blocks.len() as f64)],
     );
+    let pool_label = |u: &ipam::PoolUsage| format!("{{pool=\"{}\"}}", u.pool);
+    let in_use: Vec<(String, f64)> = s
+        .ipam_usage
+        .iter()
+        .map(|u| (pool_label(u), u.in_use as f64))
+        .collect();
+    gauge(
+        "felix_ipam_addresses_in_use",
+        "Addresses handed out from this node's blocks, by pool.",
+        &in_use,
+    );
+    let capacity: Vec<(String, f64)> = s
+        .ipam_usage
+        .iter()
+        .map(|u| (pool_label(u), u.capacity as f64))
+        .collect();
+    gauge(
+        "felix_ipam_addresses_capacity",
+        "Addresses in this node's blocks, by pool.",
+        &capacity,
+    );
     if let Some(pools) = &s.nat_outgoing {
         gauge(
             "felix_nat_outgoing_pools",
@@ -270,5 +291,17 @@ mod tests {
             ..Default::default()
         };
         assert!(metrics(&s, &Counters::default()).contains("felix_nat_outgoing_pools 1"));
+        let s = AgentStatus {
+            ipam_usage: vec![ipam::PoolUsage {
+                pool: "10.244.0.0/16".parse().unwrap(),
+                blocks: 2,
+                in_use: 70,
+                capacity: 128,
+            }],
+            ..Default::default()
+        };
+        let text = metrics(&s, &Counters::default());
+        assert!(text.contains("felix_ipam_addresses_in_use{pool=\"10.244.0.0/16\"} 70\n"));
+        assert!(text.contains("felix_ipam_addresses_capacity{pool=\"10.244.0.0/16\"} 128\n"));
     }
 }

@@ -35,4 +35,11 @@ impl BlockSource for IpamBlocks {
             .await
             .map_err(|e| e.to_string())
     }
+
+    async fn usage(&self, node: &str) -> Result<Vec<ipam::PoolUsage>, String> {
+        self.allocator
+            .usage_of(node)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }

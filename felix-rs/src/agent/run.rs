@@ -62,6 +62,10 @@ use tokio::sync::mpsc;
 /// How many recent errors `felix status` shows.
 pub const LAST_ERRORS: usize = 10;
 
+/// How often the node's address usage per pool is read again for
+/// `felix status` and /metrics (one block read per affine block).
+pub const USAGE_REFRESH: Duration = Duration::from_secs(10);
+
 /// The node's affine blocks and tunnel addresses, from IPAM.
 #[async_trait::async_trait]
 pub trait BlockSource: Send + Sync {
@@ -76,6 +80,11 @@ pub trait BlockSource: Send + Sync {
         kind: TunnelKind,
         labels: &BTreeMap<String, String>,
     ) -> Result<Option<Ipv4Addr>, String>;
+    /// `node`'s address usage per pool (for `felix status` and /metrics);
+    /// none where IPAM cannot say.
+    async fn usage(&self, _node: &str) -> Result<Vec<ipam::PoolUsage>, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// Where the desired routes go: the route programmer.
@@ -101,6 +110,8 @@ pub struct Plugins {
     pub routes: Option<Box<dyn RouteSink>>,
     /// NAT outgoing for pools with `natOutgoing` (the kernel's nftables).
     pub nat: Option<Box<dyn NatOutgoingSink>>,
+    /// The pod API's request latency, for /metrics.
+    pub pod_api_latency: Option<Arc<crate::latency_histogram::LatencyHistogram>>,
 }
 
 /// Why the agent stopped.
@@ -330,7 +341,10 @@ pub async fn run(
             addr: config.http_listen,
             source,
         })?;
-    tokio::spawn(http::serve(http_listener, responder(shared.clone())));
+    tokio::spawn(http::serve(
+        http_listener,
+        responder(shared.clone(), plugins.pod_api_latency.clone()),
+    ));
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut kinds = vec![
@@ -376,6 +390,7 @@ pub async fn run(
         .take()
         .map(|sink| NatOutgoingReconciler::new(sink, resync));
     let mut last_sync = Instant::now();
+    let mut last_usage: Option<Instant> = None;
     let mut routes_dirty = true;
     loop {
         tokio::select! {
@@ -399,6 +414,10 @@ pub async fn run(
                     routes_dirty = true;
                 }
                 state.program_nat(nat.as_mut()).await;
+                if last_usage.is_none_or(|at| at.elapsed() >= USAGE_REFRESH) {
+                    state.refresh_usage(plugins.blocks.as_deref()).await;
+                    last_usage = Some(Instant::now());
+                }
                 if state.tunnels_due {
                     routes_dirty |= state.ensure_tunnels(plugins.blocks.as_deref()).await;
                 }
@@ -783,6 +802,20 @@ impl LoopState<'_> {
 
     /// Refreshes the status; true when a graceful restart's re-learning
     /// just finished (stale kernel routes may go).
+    /// Reads the node's address usage per pool into the status; a failure
+    /// keeps the last figures and is reported.
+    async fn refresh_usage(&mut self, blocks: Option<&dyn BlockSource>) {
+        let Some(source) = blocks else { return };
+        match source.usage(&self.config.node_name).await {
+            Ok(usage) => {
+                if let Ok(mut s) = self.shared.lock() {
+                    s.status.ipam_usage = usage;
+                }
+            }
+            Err(e) => self.error(format!("reading IPAM usage: {e}")),
+        }
+    }
+
     async fn refresh_status(&mut self) -> bool {
         let speaker = self.speaker.status().await;
         let planned: Vec<_> = speaker
@@ -832,7 +865,10 @@ async fn serve_status(listener: tokio::net::UnixListener, shared: Arc<Mutex<Shar
     }
 }
 
-fn responder(shared: Arc<Mutex<Shared>>) -> Responder {
+fn responder(
+    shared: Arc<Mutex<Shared>>,
+    pod_api_latency: Option<Arc<crate::latency_histogram::LatencyHistogram>>,
+) -> Responder {
     Arc::new(move |path| {
         let Ok(s) = shared.lock() else {
             return (503, "state poisoned\n".into());
@@ -844,7 +880,17 @@ fn responder(shared: Arc<Mutex<Shared>>) -> Responder {
                 503,
                 "not ready: waiting for configured BGP sessions and the first reconcile\n".into(),
             ),
-            "/metrics" => (200, http::metrics(&s.snapshot(), &s.counters)),
+            "/metrics" => {
+                let mut text = http::metrics(&s.snapshot(), &s.counters);
+                if let Some(h) = &pod_api_latency {
+                    text.push_str(&h.render(
+                        "felix_cni_request_duration_seconds",
+                        "Pod API requests of the CNI plugin, from accepting the connection to the answer.",
+                        "op",
+                    ));
+                }
+                (200, text)
+            }
             _ => (404, "not found\n".into()),
         }
     })

@@ -45,6 +45,10 @@ pub struct AgentStatus {
     /// first write, after a failed one, or without NAT in this build.
     #[serde(default)]
     pub nat_outgoing: Option<BTreeSet<IpNet>>,
+    /// This node's addresses per pool, as last read (every
+    /// [`super::run::USAGE_REFRESH`]).
+    #[serde(default)]
+    pub ipam_usage: Vec<ipam::PoolUsage>,
     pub ready: bool,
     /// Newest last; each prefixed with its age at the time of the answer.
     pub last_errors: Vec<String>,
@@ -121,6 +125,13 @@ pub fn render(s: &AgentStatus) -> String {
     let blocks: Vec<String> = s.blocks.iter().map(|b| b.to_string()).collect();
     let (b4, b6) = s.blocks_by_family();
     let _ = writeln!(o, "\nblocks     {b4} IPv4, {b6} IPv6: {}", blocks.join(" "));
+    for u in &s.ipam_usage {
+        let _ = writeln!(
+            o,
+            "  pool {}: {} of {} addresses in use in {} block(s)",
+            u.pool, u.in_use, u.capacity, u.blocks
+        );
+    }
     let prog = match (s.programming, s.routes_programmed) {
         (false, _) => "not programmed (no route programmer in this build)".to_string(),
         (true, Some(n)) => format!("{n} programmed"),

@@ -17,8 +17,8 @@ use ipam::block::BlockRelease;
 use ipam::pool::{parse_cidr, AllowedUse, EncapMode, IpPoolSpec, PoolError};
 use ipam::store::{Datastore, Kind, StoreError};
 use ipam::{
-    Allocator, AllocatorConfig, AssignIpRequest, AutoAssignRequest, IpamError, ReleaseRequest,
-    TunnelKind,
+    Allocator, AllocatorConfig, AssignIpRequest, AutoAssignRequest, IpamError, PoolUsage,
+    ReleaseRequest, TunnelKind,
 };
 
 /// Generates one `#[tokio::test]` per suite case for a store expression.
@@ -46,6 +46,7 @@ macro_rules! allocator_suite {
             cached_reads_stay_correct_with_another_writer,
             concurrent_allocations_on_one_node_never_duplicate,
             a_batch_where_some_requests_cannot_be_met_loses_nothing,
+            usage_counts_a_nodes_blocks_by_pool,
         }
     };
 }
@@ -1107,4 +1108,46 @@ pub async fn a_batch_where_some_requests_cannot_be_met_loses_nothing(store: Arc<
         "addresses lost: only {} of 16 handed out",
         seen.len()
     );
+}
+
+pub async fn usage_counts_a_nodes_blocks_by_pool(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    pool(&alloc, "a", "10.30.0.0/24", 28).await;
+    assert_eq!(alloc.usage_of("node1").await.unwrap(), []);
+    // 20 addresses for node1: one full /28 (16) and 4 from a second;
+    // 3 for node2 from a third block.
+    for i in 0..20 {
+        alloc
+            .auto_assign(&req(&format!("n1-{i}"), "node1", 1, 0))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        alloc
+            .auto_assign(&req(&format!("n2-{i}"), "node2", 1, 0))
+            .await
+            .unwrap();
+    }
+    let cidr = parse_cidr("10.30.0.0/24").unwrap();
+    assert_eq!(
+        alloc.usage_of("node1").await.unwrap(),
+        [PoolUsage {
+            pool: cidr,
+            blocks: 2,
+            in_use: 20,
+            capacity: 32,
+        }]
+    );
+    assert_eq!(
+        alloc.usage_of("node2").await.unwrap(),
+        [PoolUsage {
+            pool: cidr,
+            blocks: 1,
+            in_use: 3,
+            capacity: 16,
+        }]
+    );
+    // A release shows at the next read.
+    alloc.release_by_handle("n2-0").await.unwrap();
+    assert_eq!(alloc.usage_of("node2").await.unwrap()[0].in_use, 2);
 }
