@@ -863,7 +863,7 @@ impl Allocator {
             .blocks
             .refresh(&name)
             .await?
-            .is_some_and(|spec| spec.affine_node() == Some(node) && spec.free() > 0))
+            .is_some_and(|spec| spec.has_room_for(node)))
     }
 
     /// Up to `n` addresses from the blocks `affinities` says are confirmed
@@ -895,37 +895,50 @@ impl Allocator {
             .map(|a| a.spec.cidr)
             .collect();
         let mut got: Vec<Lease> = Vec::new();
-        let mut full = Vec::new();
-        for cidr in candidates {
-            let remaining = n - got.len() as u32;
-            if remaining == 0 {
-                break;
-            }
-            let room = match self.may_have_room(&cidr, node).await {
-                Ok(room) => room,
-                Err(e) => {
-                    self.roll_back(handle, &got).await;
-                    return Err(e);
-                }
-            };
-            if !room {
-                full.push(cidr);
-                continue;
-            }
-            match self
-                .allocate_in_block(cidr, remaining, handle, attrs, Some(node))
-                .await
-            {
-                Ok(leases) => got.extend(leases),
-                Err(e) => {
-                    self.roll_back(handle, &got).await;
-                    return Err(e);
-                }
+        match self
+            .fill_from_affine_blocks(&candidates, n, handle, node, attrs, recheck_full, &mut got)
+            .await
+        {
+            Ok(()) => Ok(got),
+            Err(e) => {
+                self.roll_back(handle, &got).await;
+                Err(e)
             }
         }
-        if !recheck_full || !self.config.cached_reads {
+    }
+
+    /// [`Self::allocate_in_affine_blocks`]'s two passes, adding to `got`
+    /// until it holds `n`; on an error the caller gives back what `got`
+    /// holds by then.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill_from_affine_blocks(
+        &self,
+        candidates: &[IpNet],
+        n: u32,
+        handle: &str,
+        node: &str,
+        attrs: &AllocationAttrs,
+        recheck_full: bool,
+        got: &mut Vec<Lease>,
+    ) -> Result<(), IpamError> {
+        let remaining = |got: &Vec<Lease>| n - got.len() as u32;
+        let mut full = Vec::new();
+        for cidr in candidates {
+            if remaining(got) == 0 {
+                return Ok(());
+            }
+            if !self.may_have_room(cidr, node).await? {
+                full.push(*cidr);
+                continue;
+            }
+            got.extend(
+                self.allocate_in_block(*cidr, remaining(got), handle, attrs, Some(node))
+                    .await?,
+            );
+        }
+        if remaining(got) == 0 || !recheck_full || !self.config.cached_reads {
             // Without `cached_reads` every block was just read.
-            return Ok(got);
+            return Ok(());
         }
         // Read the full blocks again, all at once (the reads are
         // independent; one round trip's wait instead of one per block).
@@ -935,32 +948,18 @@ impl Allocator {
         )
         .await;
         for (cidr, spec) in fresh {
-            let remaining = n - got.len() as u32;
-            if remaining == 0 {
+            if remaining(got) == 0 {
                 break;
             }
-            let room = match spec {
-                Ok(spec) => spec.is_some_and(|s| s.affine_node() == Some(node) && s.free() > 0),
-                Err(e) => {
-                    self.roll_back(handle, &got).await;
-                    return Err(e);
-                }
-            };
-            if !room {
+            if !spec?.is_some_and(|s| s.has_room_for(node)) {
                 continue;
             }
-            match self
-                .allocate_in_block(cidr, remaining, handle, attrs, Some(node))
-                .await
-            {
-                Ok(leases) => got.extend(leases),
-                Err(e) => {
-                    self.roll_back(handle, &got).await;
-                    return Err(e);
-                }
-            }
+            got.extend(
+                self.allocate_in_block(cidr, remaining(got), handle, attrs, Some(node))
+                    .await?,
+            );
         }
-        Ok(got)
+        Ok(())
     }
 
     /// Gives back what a failed request took (best effort; what cannot be

@@ -237,6 +237,12 @@ impl IpamBlockSpec {
         self.size() - self.free()
     }
 
+    /// Affine to `node` and not full: `node` may allocate here without
+    /// borrowing.
+    pub fn has_room_for(&self, node: &str) -> bool {
+        self.affine_node() == Some(node) && self.free() > 0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.in_use_count() == 0
     }

@@ -161,7 +161,7 @@ impl BlockWrites {
         let mut out: Vec<(String, IpNet)> = self
             .seen()
             .iter()
-            .filter(|(_, (_, spec))| spec.affine_node() == Some(node) && spec.free() > 0)
+            .filter(|(_, (_, spec))| spec.has_room_for(node))
             .map(|(name, (_, spec))| (name.clone(), spec.cidr))
             .collect();
         out.sort();
@@ -173,7 +173,7 @@ impl BlockWrites {
     pub(crate) fn remembered_room(&self, name: &str, node: &str) -> Option<bool> {
         self.seen()
             .get(name)
-            .map(|(_, spec)| spec.affine_node() == Some(node) && spec.free() > 0)
+            .map(|(_, spec)| spec.has_room_for(node))
     }
 
     /// Reads block `name` for a write (call with its lock held): as last
