@@ -179,13 +179,7 @@ fn dual_stack_mesh_routes_ipv6_blocks_and_keeps_them_across_an_agent_restart() {
     assert_full_matrix(&lab, PingFamily::V4);
 
     // Metrics count the families.
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.netns("node-1")])
-        .args(["curl", "-sf", "http://10.0.0.1:9099/metrics"])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        let text = String::from_utf8_lossy(&out.stdout);
+    if let Some(text) = lab.metrics("node-1", "10.0.0.1") {
         assert!(
             text.contains("felix_routes_learned_by_family{family=\"ipv6\"} 2"),
             "{text}"
@@ -194,8 +188,6 @@ fn dual_stack_mesh_routes_ipv6_blocks_and_keeps_them_across_an_agent_restart() {
             text.contains("felix_ipam_blocks_by_family{family=\"ipv6\"} 1"),
             "{text}"
         );
-    } else {
-        println!("curl not available: metrics not checked here");
     }
 
     // node-2's agent stops (SIGTERM) and starts again: its kernel keeps its

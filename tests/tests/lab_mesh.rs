@@ -54,13 +54,7 @@ fn three_node_mesh_from_registrations_then_down_removes_everything() {
             assert_eq!(lab.status(node).routes_programmed, Some(3), "{node}");
         }
         // The probes and metrics answer inside the node's namespace.
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &format!("{prefix}-n1")])
-            .args(["curl", "-sf", "http://10.0.0.1:9099/metrics"])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(text) = lab.metrics("node-1", "10.0.0.1") {
             assert!(
                 text.contains("felix_bgp_session_established{peer=\"10.0.0.2\"} 1"),
                 "{text}"
@@ -75,8 +69,6 @@ fn three_node_mesh_from_registrations_then_down_removes_everything() {
                 text.contains("# TYPE felix_ipam_addresses_in_use gauge"),
                 "{text}"
             );
-        } else {
-            println!("curl not available: metrics not checked here");
         }
         assert_eq!(namespaces_with(&prefix).len(), 4 + 6);
     }
@@ -87,13 +79,7 @@ fn three_node_mesh_from_registrations_then_down_removes_everything() {
 
 /// Writes (or replaces) a JSON object in the lab's datastore.
 fn put(lab: &Lab, kind: Kind, name: &str, json: &str) {
-    let url = lab.datastore_url();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let store = ipam::store::open(&url).await.unwrap();
+    lab.with_store(|store| async move {
         match store.get(kind, name).await {
             Ok(o) => {
                 store
@@ -112,13 +98,7 @@ fn put(lab: &Lab, kind: Kind, name: &str, json: &str) {
 }
 
 fn delete(lab: &Lab, kind: Kind, name: &str) {
-    let url = lab.datastore_url();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let store = ipam::store::open(&url).await.unwrap();
+    lab.with_store(|store| async move {
         let o = store.get(kind, name).await.unwrap();
         store.delete(kind, name, &o.revision).await.unwrap();
     });

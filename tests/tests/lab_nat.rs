@@ -146,13 +146,7 @@ fn ping(ns: &str, to: &str, count: u32) -> bool {
 
 /// Sets the lab pool's `natOutgoing` in the datastore.
 fn set_nat_outgoing(lab: &Lab, on: bool) {
-    let url = lab.datastore_url();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let store = ipam::store::open(&url).await.unwrap();
+    lab.with_store(|store| async move {
         let o = store.get(Kind::IpPool, "lab-pool").await.unwrap();
         let mut spec: IpPoolSpec = serde_json::from_slice(&o.value).unwrap();
         spec.nat_outgoing = on;

@@ -7,8 +7,11 @@ use felix_rs::agent::status::{self, AgentStatus};
 use felix_rs::lab::build::{self, Binaries};
 use felix_rs::lab::plan::{LabOptions, LabPlan};
 use felix_rs::lab::state::LabState;
+use ipam::store::Datastore;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// True (after printing SKIPPED) when the test cannot run here.
@@ -164,6 +167,38 @@ impl Lab {
     pub fn datastore_url(&self) -> String {
         self.plan
             .datastore_url(&felix_rs::lab::state::state_dir(&self.prefix))
+    }
+
+    /// Runs `f` on the lab's datastore, opened on a runtime of its own.
+    pub fn with_store<T, F>(&self, f: impl FnOnce(Arc<dyn Datastore>) -> F) -> T
+    where
+        F: Future<Output = T>,
+    {
+        let url = self.datastore_url();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = ipam::store::open(&url).await.unwrap();
+            f(store).await
+        })
+    }
+
+    /// `node`'s `/metrics` text, fetched inside its namespace from its
+    /// `address`; `None` (saying so) when curl is missing here.
+    pub fn metrics(&self, node: &str, address: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns(node)])
+            .args(["curl", "-sf", &format!("http://{address}:9099/metrics")])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            println!("curl not available: metrics not checked here");
+            None
+        }
     }
 
     /// Pings every pod from every other pod; panics naming the failed pairs.
