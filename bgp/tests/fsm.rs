@@ -24,11 +24,11 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// Without ConnectRetry jitter, so that deadlines are exact (the jitter
-/// and backoff have their own tests).
+/// Without jitter, so that deadlines are exact (the jitter and backoff
+/// have their own tests).
 fn config() -> PeerConfig {
     let mut c = PeerConfig::new(LOCAL_ASN, LOCAL_ID, PeerAsn::Exact(PEER_ASN));
-    c.connect_retry_jitter = false;
+    c.jitter = false;
     c
 }
 
@@ -1183,7 +1183,7 @@ fn connect_retry_backs_off_with_jitter() {
     let mut c = config();
     c.connect_retry = secs(5);
     c.connect_retry_max = secs(40);
-    c.connect_retry_jitter = true;
+    c.jitter = true;
     c.jitter_seed = Some(7);
     let mut f = fsm(c);
     let mut now = Instant::now();
@@ -1231,7 +1231,7 @@ fn connect_retry_backs_off_with_jitter() {
     // Two seeds give different waits.
     let first_wait = |seed| {
         let mut c = config();
-        c.connect_retry_jitter = true;
+        c.jitter = true;
         c.jitter_seed = Some(seed);
         let mut f = fsm(c);
         let t = Instant::now();
@@ -1247,4 +1247,75 @@ fn connect_retry_cap_below_base_is_refused() {
     c.connect_retry = secs(10);
     c.connect_retry_max = secs(5);
     assert!(Fsm::new(c).is_err());
+}
+
+/// The keepalive periods of an Established session with jitter on and a
+/// fixed seed: each (re)start of the KeepaliveTimer, after a KEEPALIVE or
+/// an UPDATE sent, draws a new factor in 0.75..=1.0 (RFC 4271 §10).
+fn jittered_keepalive_waits(seed: u64) -> Vec<Duration> {
+    let mut c = config();
+    c.jitter = true;
+    c.jitter_seed = Some(seed);
+    let t0 = Instant::now();
+    let (mut f, n) = to_established(c, peer_open(90), t0);
+    assert_eq!(n.keepalive_interval, Some(secs(30)));
+    let mut now = t0;
+    let mut last_heard = t0;
+    let mut waits = Vec::new();
+    for i in 0..20 {
+        let due = f.next_timeout().unwrap();
+        waits.push(due - now);
+        if i % 4 == 3 {
+            // An UPDATE sent before the keepalive was due restarts it.
+            now += (due - now) / 2;
+            assert_eq!(f.handle(Event::UpdateSent, now), vec![]);
+            continue;
+        }
+        now = due;
+        assert_eq!(
+            f.handle_timeout(now),
+            vec![Action::Send(Message::Keepalive)]
+        );
+        assert_eq!(f.handle(msg(Message::Keepalive), now), vec![]);
+        last_heard = now;
+    }
+    // The hold timer is not jittered: silence from the peer ends the
+    // session exactly the hold time after its last message.
+    let end = loop {
+        let due = f.next_timeout().unwrap();
+        let actions = f.handle_timeout(due);
+        if actions != vec![Action::Send(Message::Keepalive)] {
+            assert!(actions.contains(&hold_expired()), "{actions:?}");
+            break due;
+        }
+    };
+    assert_eq!(end, last_heard + secs(90));
+    waits
+}
+
+#[test]
+fn keepalive_timer_is_jittered() {
+    let waits = jittered_keepalive_waits(11);
+    for w in &waits {
+        assert!(
+            *w >= secs(30).mul_f64(0.75) && *w <= secs(30),
+            "keepalive wait {w:?} outside [22.5 s, 30 s]: {waits:?}"
+        );
+    }
+    // A new factor each time: the waits differ from each other.
+    let distinct: std::collections::BTreeSet<Duration> = waits.iter().copied().collect();
+    assert!(distinct.len() > waits.len() / 2, "{waits:?}");
+    // Spread over the interval, not stuck at one end.
+    assert!(waits.iter().any(|w| *w < secs(27)), "{waits:?}");
+    assert!(waits.iter().any(|w| *w > secs(26)), "{waits:?}");
+    // Deterministic under a fixed seed; another seed gives other waits.
+    assert_eq!(jittered_keepalive_waits(11), waits);
+    assert_ne!(jittered_keepalive_waits(12), waits);
+}
+
+#[test]
+fn keepalive_timer_without_jitter_is_exact() {
+    let t0 = Instant::now();
+    let (f, _) = to_established(config(), peer_open(9), t0);
+    assert_eq!(f.next_timeout(), Some(t0 + secs(3)));
 }

@@ -84,11 +84,13 @@ pub struct PeerConfig {
     pub connect_retry: Duration,
     /// The cap of the exponential backoff of `connect_retry`.
     pub connect_retry_max: Duration,
-    /// Multiply each ConnectRetry / idle hold wait by a random factor in
-    /// 0.75..=1.0 (RFC 4271 §10), so that peers restarted together do not
-    /// retry in lockstep.
-    pub connect_retry_jitter: bool,
-    /// Seed of the jitter's generator; `None`: a random one. Tests fix it.
+    /// Multiply each ConnectRetry / idle hold wait and each KeepaliveTimer
+    /// period by a random factor in 0.75..=1.0, drawn anew every time the
+    /// timer starts (RFC 4271 §10 jitter), so that peers restarted together
+    /// do not retry or send keepalives in lockstep.
+    pub jitter: bool,
+    /// Seed of the jitter's generator; `None`: a random one. Tests fix it,
+    /// which makes the FSM deterministic again.
     pub jitter_seed: Option<u64>,
     /// Never initiate a TCP connection: wait in Active for the peer to
     /// connect (PassiveTcpEstablishment, but without the RFC's eventual
@@ -108,7 +110,8 @@ pub struct PeerConfig {
 
 impl PeerConfig {
     /// A configuration with RFC 4271 §10's suggested timers (hold 90 s,
-    /// ConnectRetry 120 s with jitter, no backoff beyond it), active, no DelayOpen, automatic restart on,
+    /// ConnectRetry 120 s, no backoff beyond it; ConnectRetry and Keepalive
+    /// jittered), active, no DelayOpen, automatic restart on,
     /// 2-octet peers allowed and no optional capabilities beyond 4-octet AS.
     pub fn new(local_asn: u32, local_id: Ipv4Addr, peer_asn: PeerAsn) -> Self {
         PeerConfig {
@@ -119,7 +122,7 @@ impl PeerConfig {
             keepalive_time: None,
             connect_retry: Duration::from_secs(120),
             connect_retry_max: Duration::from_secs(120),
-            connect_retry_jitter: true,
+            jitter: true,
             jitter_seed: None,
             passive: false,
             delay_open: None,

@@ -187,13 +187,19 @@ impl Fsm {
         let cap = self.config.connect_retry_max;
         let doubled = base.saturating_mul(1u32 << self.retry_attempts.min(20));
         self.retry_attempts = self.retry_attempts.saturating_add(1);
-        let wait = doubled.min(cap);
-        if !self.config.connect_retry_jitter {
-            return wait;
+        self.jittered(doubled.min(cap))
+    }
+
+    /// `period` times a fresh factor in 0.75..=1.0 when jitter is on
+    /// (RFC 4271 §10: ConnectRetry and Keepalive; the speaker has no
+    /// MinASOriginationInterval / MinRouteAdvertisementInterval timers).
+    fn jittered(&mut self, period: Duration) -> Duration {
+        if !self.config.jitter {
+            return period;
         }
-        // 53 random bits → a factor uniformly in [0.75, 1.0].
+        // 53 random bits → a factor uniformly in [0.75, 1.0).
         let unit = (splitmix64(&mut self.jitter_state) >> 11) as f64 / (1u64 << 53) as f64;
-        wait.mul_f64(0.75 + 0.25 * unit)
+        period.mul_f64(0.75 + 0.25 * unit)
     }
 
     pub fn state(&self) -> State {
@@ -626,9 +632,11 @@ impl Fsm {
             (self.hold_time > 0).then(|| now + Duration::from_secs(u64::from(self.hold_time)));
     }
 
+    /// KeepaliveTimer (re)start, jittered: the period only shrinks, so
+    /// the peer's hold timer is never put at risk.
     fn restart_keepalive(&mut self, now: Instant) {
-        self.timers.keepalive =
-            keepalive_interval(self.hold_time, self.config.keepalive_time).map(|k| now + k);
+        self.timers.keepalive = keepalive_interval(self.hold_time, self.config.keepalive_time)
+            .map(|k| now + self.jittered(k));
     }
 
     /// Sends `notification` for an error we found, then tears down.
