@@ -928,6 +928,47 @@ fn graceful_restart_keeps_stale_paths_until_end_of_rib() {
     assert_eq!(ch.for_peer(i).withdraw, vec![Nlri::new(net(q))]);
 }
 
+/// RFC 7313 §4: a BoRR marks the peer's paths of one family stale without
+/// any best-path change; the re-announced ones lose the mark, and the EoRR
+/// (a sweep) removes only the rest. Other families and peers are untouched.
+#[test]
+fn enhanced_route_refresh_marks_then_sweeps_one_family() {
+    let mut rib = Rib::new(config());
+    let e = ebgp(&mut rib, "10.2.0.2", 65002, "10.9.0.6");
+    let other = ebgp(&mut rib, "10.3.0.2", 65003, "10.9.0.7");
+    let i = ibgp(&mut rib, "10.1.0.2", "10.9.0.2", false);
+    let q = "10.5.0.0/16";
+    let ann = Ann::new(&[65002], "10.2.0.2");
+    announce(&mut rib, e, &ann.update(&[P, q]));
+    announce(&mut rib, e, &ann.update_v6(&["fd00:5::/48"], "fd00::2"));
+    announce(
+        &mut rib,
+        other,
+        &Ann::new(&[65003], "10.3.0.2").update(&["10.6.0.0/16"]),
+    );
+
+    assert_eq!(rib.mark_stale(e, Family::IPV4_UNICAST).unwrap(), 2);
+    assert!(rib.best(&net(P))[0].stale() && rib.best(&net(q))[0].stale());
+    assert!(!rib.best(&net("fd00:5::/48"))[0].stale());
+    assert!(!rib.best(&net("10.6.0.0/16"))[0].stale());
+
+    // The refresh re-announces P only: P is fresh again, nothing changes.
+    let ch = announce(&mut rib, e, &ann.update(&[P]));
+    assert!(ch.best.is_empty(), "same path refreshed: no best change");
+    assert!(!rib.best(&net(P))[0].stale());
+    assert!(rib.best(&net(q))[0].stale());
+
+    // EoRR: q, no longer announced, goes (and is withdrawn from i).
+    let ch = rib.sweep_stale(e, Family::IPV4_UNICAST).unwrap();
+    assert!(rib.best(&net(q)).is_empty());
+    assert_eq!(rib.best(&net(P)).len(), 1);
+    assert_eq!(rib.best(&net("fd00:5::/48")).len(), 1);
+    assert_eq!(rib.best(&net("10.6.0.0/16")).len(), 1);
+    assert_eq!(ch.best.len(), 1);
+    assert_eq!(ch.for_peer(i).withdraw, vec![Nlri::new(net(q))]);
+    assert_eq!(rib.prefix_count(e, Family::IPV4_UNICAST), 1);
+}
+
 #[test]
 fn sweep_on_timer_and_hard_peer_down() {
     let mut rib = Rib::new(config());

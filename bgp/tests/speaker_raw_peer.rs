@@ -615,3 +615,135 @@ async fn gtsm_hears_only_peers_sending_with_ttl_255() {
     }
     s.shutdown(None).await;
 }
+
+async fn wait_peer_at(s: &Speaker, address: IpAddr, pred: impl Fn(&PeerStatus) -> bool) {
+    let end = Instant::now() + WAIT;
+    loop {
+        let status = s.status().await;
+        let p = status.peers.iter().find(|p| p.address == address).unwrap();
+        if pred(p) {
+            return;
+        }
+        assert!(Instant::now() < end, "timed out: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until a route for `prefix` is there (`present`) or not.
+async fn wait_routes(s: &Speaker, prefix: &str, present: bool) {
+    let net: IpNet = prefix.parse().unwrap();
+    let end = Instant::now() + WAIT;
+    while s.routes(Some(net)).await.is_empty() == present {
+        assert!(Instant::now() < end, "{prefix} present should be {present}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn route_refresh(subtype: RouteRefreshSubtype) -> Message {
+    Message::RouteRefresh(RouteRefresh::new(Family::IPV4_UNICAST, subtype))
+}
+
+/// Enhanced route refresh received (RFC 7313 §4): between the peer's BoRR
+/// and EoRR its earlier routes are kept (stale, nothing withdrawn); at the
+/// EoRR the ones it did not announce again are removed. A peer without the
+/// capability has its BoRR/EoRR ignored, and an EoRR without a BoRR is
+/// ignored.
+#[tokio::test]
+async fn enhanced_route_refresh_from_the_peer_purges_what_it_did_not_resend() {
+    let s = speaker(81).await;
+    let mut best = s.subscribe();
+    for peer in [82, 83] {
+        let mut n = NeighborConfig::new(ip(peer), PEER_AS);
+        n.passive = true;
+        s.add_neighbor(n).await.unwrap();
+    }
+    let to = s.listen_addr().unwrap();
+    let nh = Ipv4Addr::new(127, 0, 0, 82);
+    let mut peer = RawPeer::establish(ip(82), to, capabilities())
+        .await
+        .unwrap();
+    peer.send(announce(&["10.8.1.0/24", "10.8.2.0/24", "10.8.3.0/24"], nh))
+        .await;
+    wait_routes(&s, "10.8.3.0/24", true).await;
+
+    peer.send(announce(&["10.8.4.0/24"], nh)).await;
+    wait_routes(&s, "10.8.4.0/24", true).await;
+
+    peer.send(route_refresh(RouteRefreshSubtype::BeginningOfRefresh))
+        .await;
+    peer.send(announce(&["10.8.1.0/24", "10.8.3.0/24"], nh))
+        .await;
+    // Processed in order: once 10.8.5.0/24 is in, the re-announcements
+    // before it are too.
+    peer.send(announce(&["10.8.5.0/24"], nh)).await;
+    wait_routes(&s, "10.8.5.0/24", true).await;
+    let stale = |routes: Vec<bgp::speaker::RouteView>| {
+        assert_eq!(routes.len(), 1, "{routes:?}");
+        routes[0].paths[0].stale
+    };
+    assert!(!stale(s.routes(Some("10.8.1.0/24".parse().unwrap())).await));
+    assert!(stale(s.routes(Some("10.8.2.0/24".parse().unwrap())).await));
+    assert!(stale(s.routes(Some("10.8.4.0/24".parse().unwrap())).await));
+    while let Ok(c) = best.try_recv() {
+        assert!(!c.is_withdrawal(), "withdrawn during the refresh: {c:?}");
+    }
+
+    peer.send(route_refresh(RouteRefreshSubtype::EndOfRefresh))
+        .await;
+    let gone = wait_change(&mut best, |c| c.is_withdrawal()).await;
+    let gone2 = wait_change(&mut best, |c| c.is_withdrawal()).await;
+    let mut gone = [gone.prefix.to_string(), gone2.prefix.to_string()];
+    gone.sort();
+    assert_eq!(gone, ["10.8.2.0/24", "10.8.4.0/24"]);
+    wait_routes(&s, "10.8.2.0/24", false).await;
+    for kept in ["10.8.1.0/24", "10.8.3.0/24", "10.8.5.0/24"] {
+        assert!(
+            !stale(s.routes(Some(kept.parse().unwrap())).await),
+            "{kept}"
+        );
+    }
+
+    // The connection drops without a NOTIFICATION: graceful restart keeps
+    // the routes, stale. Back, the peer sends a stray EoRR (no BoRR before
+    // it): ignored, the stale routes stay until End-of-RIB.
+    drop(peer);
+    wait_peer_at(&s, ip(82), |p| p.state != "Established").await;
+    let end = Instant::now() + WAIT;
+    let mut peer = loop {
+        if let Some(p) = RawPeer::establish(ip(82), to, capabilities()).await {
+            break p;
+        }
+        assert!(Instant::now() < end, "could not reconnect");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    peer.send(route_refresh(RouteRefreshSubtype::EndOfRefresh))
+        .await;
+    peer.send(announce(&["10.8.6.0/24"], nh)).await;
+    wait_routes(&s, "10.8.6.0/24", true).await;
+    assert!(stale(s.routes(Some("10.8.1.0/24".parse().unwrap())).await));
+    peer.send(Message::Update(Update::end_of_rib(Family::IPV4_UNICAST)))
+        .await;
+    wait_routes(&s, "10.8.1.0/24", false).await;
+
+    // Without the capability, BoRR/EoRR mean nothing: nothing goes.
+    let plain: Vec<Capability> = capabilities()
+        .into_iter()
+        .filter(|c| *c != Capability::EnhancedRouteRefresh)
+        .collect();
+    let mut plain_peer = RawPeer::establish(ip(83), to, plain).await.unwrap();
+    let nh = Ipv4Addr::new(127, 0, 0, 83);
+    plain_peer.send(announce(&["10.9.1.0/24"], nh)).await;
+    wait_routes(&s, "10.9.1.0/24", true).await;
+    plain_peer
+        .send(route_refresh(RouteRefreshSubtype::BeginningOfRefresh))
+        .await;
+    plain_peer
+        .send(route_refresh(RouteRefreshSubtype::EndOfRefresh))
+        .await;
+    plain_peer.send(announce(&["10.9.2.0/24"], nh)).await;
+    wait_routes(&s, "10.9.2.0/24", true).await;
+    let routes = s.routes(Some("10.9.1.0/24".parse().unwrap())).await;
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert!(!routes[0].paths[0].stale);
+    s.shutdown(None).await;
+}

@@ -5,7 +5,11 @@
 //! Routes both ways: BIRD's static routes (with communities) appear in
 //! `Speaker::routes()` and on the best-path stream; the prefix felix
 //! originates appears in `birdc show route` with felix's AS and address;
-//! a withdrawal leaves BIRD's table; `shutdown` reaches BIRD as Cease /
+//! a withdrawal leaves BIRD's table; enhanced route refresh both ways
+//! (BIRD's `reload in` gets BoRR, felix's table, EoRR; BIRD's `reload
+//! out` leaves felix's copy of its routes fresh and unwithdrawn, and after
+//! a soft reconfiguration that filters one route out, the refresh removes
+//! it); `shutdown` reaches BIRD as Cease /
 //! Administrative Shutdown with the message. The namespaces and BIRD are
 //! removed by `NetnsPair`'s Drop, also on failure.
 
@@ -46,6 +50,7 @@ protocol bgp felix {{
     connect retry time 1;
     error wait time 1, 2;
     graceful restart on;
+    debug {{ states, events, packets }};
     ipv4 {{ import all; export filter to_felix; }};
 }}
 "#,
@@ -124,6 +129,8 @@ fn speaker_exchanges_routes_with_bird() {
     let bird_ip: IpAddr = pair.peer_ip.parse().unwrap();
     let felix_ip: Ipv4Addr = pair.felix_ip.parse().unwrap();
     let sock_inner = sock.clone();
+    let log_path = pair.path("bird.log");
+    let conf_path = pair.path("bird.conf");
     let result = pair.in_felix(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -211,6 +218,89 @@ fn speaker_exchanges_routes_with_bird() {
                 "withdrawal not seen by BIRD: {}",
                 show()
             );
+
+            // Enhanced route refresh (RFC 7313; BIRD 2 always offers it).
+            // BIRD asks (reload in): felix answers BoRR, its table, EoRR,
+            // and its route stays in BIRD.
+            speaker.originate(prefix, vec![]).await.unwrap();
+            assert!(
+                wait_until_async(Duration::from_secs(10), || show().contains("10.99.0.0/24")).await,
+                "felix's route not back in BIRD"
+            );
+            let bird_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            birdc(&sock, &["reload", "in", "felix"]);
+            assert!(
+                wait_until_async(Duration::from_secs(10), || {
+                    let log = bird_log();
+                    log.contains("Got BEGIN-OF-RR") && log.contains("Got END-OF-RR")
+                })
+                .await,
+                "BIRD did not get BoRR/EoRR from felix:\n{}",
+                bird_log()
+            );
+            assert!(show().contains("10.99.0.0/24"), "{}", show());
+
+            // BIRD refreshes on its own (reload out): BoRR, its routes,
+            // EoRR. felix keeps both routes, none stale, none withdrawn.
+            while best.try_recv().is_ok() {}
+            let eorrs_sent = || bird_log().matches("Sending END-OF-RR").count();
+            let before = eorrs_sent();
+            birdc(&sock, &["reload", "out", "felix"]);
+            assert!(
+                wait_until_async(Duration::from_secs(10), || eorrs_sent() > before).await,
+                "BIRD sent no EoRR:\n{}",
+                bird_log()
+            );
+            // Both routes there and fresh, and still so a moment later
+            // (felix has processed the EoRR by then: nothing was purged).
+            let fresh = |routes: &[bgp::speaker::RouteView]| {
+                ["192.0.2.0/24", "198.51.100.0/25"].iter().all(|p| {
+                    routes
+                        .iter()
+                        .any(|r| r.prefix.to_string() == *p && !r.paths[0].stale)
+                })
+            };
+            let end = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !fresh(&speaker.routes(None).await) {
+                assert!(tokio::time::Instant::now() < end, "routes not fresh");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let routes = speaker.routes(None).await;
+            assert!(fresh(&routes), "{routes:?}");
+            while let Ok(c) = best.try_recv() {
+                assert!(!c.is_withdrawal(), "withdrawn by a refresh: {c:?}");
+            }
+
+            // BIRD's export filter now rejects 198.51.100.0/25; a soft
+            // reconfiguration does not re-export, the next refresh does:
+            // the route leaves felix, 192.0.2.0/24 stays.
+            let conf = std::fs::read_to_string(&conf_path).unwrap();
+            let conf = conf.replace(
+                "    accept;\n}",
+                "    if net = 198.51.100.0/25 then reject;\n    accept;\n}",
+            );
+            std::fs::write(&conf_path, conf).unwrap();
+            let out = birdc(&sock, &["configure", "soft"]);
+            assert!(out.contains("Reconfigured"), "{out}");
+            birdc(&sock, &["reload", "out", "felix"]);
+            let gone = |routes: &[bgp::speaker::RouteView], p: &str| {
+                !routes.iter().any(|r| r.prefix.to_string() == p)
+            };
+            let end = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let routes = speaker.routes(None).await;
+                if gone(&routes, "198.51.100.0/25") {
+                    assert!(!gone(&routes, "192.0.2.0/24"), "{routes:?}");
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < end,
+                    "198.51.100.0/25 still at felix: {routes:?}\n{}",
+                    bird_log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
 
             speaker
                 .shutdown(Some("felix speaker interop test".into()))

@@ -670,9 +670,32 @@ impl Rib {
         Ok(self.settle_all(snapshots, None))
     }
 
+    /// Marks the peer's paths of `family` stale without changing any best
+    /// path: a Beginning-of-RIB-Refresh (RFC 7313 §4). A path the peer
+    /// announces again loses the mark (the new path replaces it); the
+    /// End-of-RIB-Refresh [`Rib::sweep_stale`]s the rest. Returns how many
+    /// paths were marked.
+    pub fn mark_stale(&mut self, peer: PeerId, family: Family) -> Result<usize, RibError> {
+        self.peer(peer).ok_or(RibError::UnknownPeer(peer))?;
+        let source = RouteSource::Peer(peer);
+        let mut marked = 0;
+        for (prefix, entry) in self.table.iter_mut() {
+            if family_of(&prefix) != family {
+                continue;
+            }
+            for r in entry.routes_mut() {
+                if r.source() == source {
+                    r.set_stale(true);
+                    marked += 1;
+                }
+            }
+        }
+        Ok(marked)
+    }
+
     /// Removes the peer's paths of `family` still marked stale: on
-    /// End-of-RIB or when the restart (or stale-path) timer expires (RFC
-    /// 4724 §4.2).
+    /// End-of-RIB or End-of-RIB-Refresh, or when the restart (or
+    /// stale-path) timer expires (RFC 4724 §4.2, RFC 7313 §4).
     pub fn sweep_stale(&mut self, peer: PeerId, family: Family) -> Result<Changes, RibError> {
         let source = RouteSource::Peer(peer);
         self.peer(peer).ok_or(RibError::UnknownPeer(peer))?;

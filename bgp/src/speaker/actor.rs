@@ -36,6 +36,7 @@ use tracing::{debug, info, warn, Instrument, Span};
 
 mod deferral;
 mod dynamic;
+mod refresh;
 mod writer;
 
 use writer::{Outgoing, PackerOp, WriterInput};
@@ -116,6 +117,9 @@ struct UpState {
     since: Instant,
     /// Families the peer has sent End-of-RIB for on this session.
     end_of_rib: BTreeSet<Family>,
+    /// Families between the peer's BoRR and EoRR (RFC 7313), with the
+    /// time their stale paths go if no EoRR arrives.
+    refreshing: BTreeMap<Family, Instant>,
 }
 
 /// Paths kept stale across the neighbour's graceful restart (RFC 4724 §4.2).
@@ -193,6 +197,7 @@ impl Actor {
                 .peers
                 .values()
                 .filter_map(|p| p.stale.as_ref().map(|s| s.deadline))
+                .chain(self.next_refresh_deadline())
                 .min();
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -211,7 +216,10 @@ impl Actor {
                 Some(event) = self.events.recv() => self.session_event(event),
                 Some((stream, from)) = self.unknown.recv() => self.dynamic_incoming(stream, from),
                 () = sleep_until(self.flush_at) => self.flush(),
-                () = sleep_until(stale_deadline) => self.expire_stale(),
+                () = sleep_until(stale_deadline) => {
+                    self.expire_stale();
+                    self.expire_refreshes();
+                }
                 () = sleep_until(self.deferral.as_ref().map(|d| d.deadline)) => {
                     self.end_deferral("selection deferral timer expired");
                 }
@@ -606,6 +614,10 @@ impl Actor {
                         send_ops(peer, ops);
                         self.schedule_flush();
                     }
+                    subtype @ (RouteRefreshSubtype::BeginningOfRefresh
+                    | RouteRefreshSubtype::EndOfRefresh) => {
+                        self.refresh_marker(event.address, r.family, subtype)
+                    }
                     subtype => peer.span.in_scope(
                         || debug!(family = %r.family, ?subtype, "route refresh message ignored"),
                     ),
@@ -643,6 +655,7 @@ impl Actor {
             dirty: true,
             since: Instant::now(),
             end_of_rib: BTreeSet::new(),
+            refreshing: BTreeMap::new(),
         });
         // Without a configured local address, our end of this connection
         // is our next hop to the peer (not the router id, which need not be

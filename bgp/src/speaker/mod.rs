@@ -64,6 +64,12 @@ pub const CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
 /// stale-path time).
 pub const STALE_PATH_TIME: Duration = Duration::from_secs(360);
 
+/// How long a neighbour's paths marked stale by its Beginning-of-RIB-Refresh
+/// wait for the End-of-RIB-Refresh before they are removed anyway (RFC 7313
+/// §4 leaves the time to the implementation; the stale-path time of
+/// graceful restart).
+pub const ENHANCED_REFRESH_TIME: Duration = STALE_PATH_TIME;
+
 /// Default [`SpeakerConfig::selection_deferral_time`]: the default restart
 /// time we offer, so that peers do not give up on our stale routes first.
 pub const SELECTION_DEFERRAL_TIME: Duration = Duration::from_secs(120);
