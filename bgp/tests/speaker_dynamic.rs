@@ -6,7 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use bgp::speaker::{ListenRange, NeighborConfig, Speaker, SpeakerConfig, SpeakerError};
+use bgp::speaker::{ListenRange, NeighborConfig, PeerAsn, Speaker, SpeakerConfig, SpeakerError};
+use bgp::wire::{self, Community, Message, Open, SessionParams};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -162,6 +163,33 @@ async fn listen_range_md5_key_covers_the_range() {
     }
 }
 
+/// A range's session values are checked when it is added, as a
+/// neighbour's are: a refused range is not added.
+#[tokio::test]
+async fn listen_range_with_bad_session_values_is_refused() {
+    let s = speaker(ip(7, 1), true).await;
+    let prefix: IpNet = "127.0.7.0/24".parse().unwrap();
+    let mut hold = ListenRange::new(prefix, AS);
+    hold.hold_time = Some(2);
+    let mut both = ListenRange::new(prefix, AS);
+    both.ttl = Some(2);
+    both.gtsm_hops = Some(1);
+    let mut zero = ListenRange::new(prefix, AS);
+    zero.asn = PeerAsn::Exact(0);
+    for bad in [hold, both, zero] {
+        let r = s.add_listen_range(bad.clone()).await;
+        assert!(
+            matches!(r, Err(SpeakerError::ListenRange { .. })),
+            "{bad:?}: {r:?}"
+        );
+    }
+    // Nothing was half-added: the prefix is still free.
+    s.add_listen_range(ListenRange::new(prefix, AS))
+        .await
+        .unwrap();
+    s.shutdown(None).await;
+}
+
 #[tokio::test]
 async fn listen_range_needs_a_listener() {
     let s = speaker(ip(4, 1), false).await;
@@ -212,6 +240,141 @@ async fn dual_stack_listener_takes_md5_keys_of_ipv4_peers() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!established(&unsigned, rr_ip).await);
     for s in [in_range, static_client, unsigned, rr] {
+        s.shutdown(None).await;
+    }
+}
+
+/// A client speaker at `me` in AS `asn` peering with the reflector.
+async fn client_in(me: IpAddr, asn: u32, rr: &Speaker, rr_ip: IpAddr) -> Speaker {
+    let IpAddr::V4(id) = me else { unreachable!() };
+    let mut config = SpeakerConfig::new(asn, id);
+    config.hold_time = 9;
+    let s = Speaker::start(config).await.unwrap();
+    let mut n = NeighborConfig::new(rr_ip, AS);
+    n.port = rr.listen_addr().unwrap().port();
+    n.local_address = Some(me);
+    s.add_neighbor(n).await.unwrap();
+    s
+}
+
+/// Sends an OPEN from `me` in AS `asn`; returns the reflector's OPEN and
+/// the message after it (KEEPALIVE: our OPEN was accepted).
+async fn open_from(me: IpAddr, asn: u32, to: SocketAddr) -> (Open, Message) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(me, 0)).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    let params = SessionParams::default();
+    let IpAddr::V4(id) = me else { unreachable!() };
+    let open = Open::new(asn, 30, id, vec![]);
+    let bytes = Message::Open(open).to_bytes(&params).unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut messages = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while messages.len() < 2 {
+            if let Some(n) = wire::frame_len(&buf, &params).unwrap() {
+                let frame = buf.split_to(n).freeze();
+                messages.push(wire::decode(&frame, &params).unwrap());
+                continue;
+            }
+            assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
+        }
+    })
+    .await
+    .unwrap();
+    let second = messages.pop().unwrap();
+    let Some(Message::Open(open)) = messages.pop() else {
+        panic!("no OPEN first");
+    };
+    (open, second)
+}
+
+/// A range's per-neighbour settings reach the neighbours it creates: any
+/// AS (an iBGP and an eBGP client both come up, each with its own AS, and
+/// the eBGP client's route is reflected to the iBGP one with its AS path),
+/// the hold time in our OPEN, the communities set on export, the maximum
+/// prefix count (a client over it is closed with Cease / Maximum Number of
+/// Prefixes Reached). A range with a fixed AS refuses another AS (Bad
+/// Peer AS).
+#[tokio::test]
+async fn listen_range_settings_apply_to_its_dynamic_neighbors() {
+    let rr_ip = ip(6, 1);
+    let rr = speaker(rr_ip, true).await;
+    let mut range = ListenRange::new("127.0.6.0/28".parse().unwrap(), AS);
+    range.asn = PeerAsn::Any;
+    range.rr_client = true;
+    range.hold_time = Some(6);
+    range.max_prefixes = Some(2);
+    range.export_communities = vec![Community((AS << 16) | 77)];
+    rr.add_listen_range(range).await.unwrap();
+    let mut fixed = ListenRange::new("127.0.6.16/28".parse().unwrap(), AS);
+    fixed.hold_time = Some(12);
+    rr.add_listen_range(fixed).await.unwrap();
+    let to = rr.listen_addr().unwrap();
+
+    // Our OPEN to a peer of the range proposes the range's hold time; any
+    // AS is accepted (KEEPALIVE). The fixed range proposes its own hold
+    // time, accepts its AS and refuses another with Bad Peer AS.
+    let (open, next) = open_from(ip(6, 9), 65123, to).await;
+    assert_eq!(open.hold_time, 6);
+    assert!(matches!(next, Message::Keepalive), "{next:?}");
+    let (open, next) = open_from(ip(6, 17), AS, to).await;
+    assert_eq!(open.hold_time, 12);
+    assert!(matches!(next, Message::Keepalive), "{next:?}");
+    let (_, next) = open_from(ip(6, 18), 65099, to).await;
+    let Message::Notification(n) = next else {
+        panic!("expected Bad Peer AS, got {next:?}");
+    };
+    assert_eq!((n.code, n.subcode), (2, 2), "{}", n.describe());
+
+    let ibgp = client_in(ip(6, 2), AS, &rr, rr_ip).await;
+    let ebgp = client_in(ip(6, 3), 65099, &rr, rr_ip).await;
+    for c in [&ibgp, &ebgp] {
+        assert!(
+            eventually(|| established(c, rr_ip)).await,
+            "{:?}",
+            rr.status().await
+        );
+    }
+    // The reflector learned each one's AS from its OPEN.
+    let asns = || async {
+        let status = rr.status().await;
+        let asn_of = |a: IpAddr| status.peers.iter().find(|p| p.address == a).map(|p| p.asn);
+        (asn_of(ip(6, 2)), asn_of(ip(6, 3)))
+    };
+    assert!(
+        eventually(|| async { asns().await == (Some(AS), Some(65099)) }).await,
+        "{:?}",
+        rr.status().await
+    );
+
+    // The eBGP client's route reaches the iBGP client through the reflector
+    // with its AS path and the range's export community.
+    ebgp.originate("10.66.0.0/24".parse().unwrap(), vec![])
+        .await
+        .unwrap();
+    assert!(eventually(|| has_route(&ibgp, "10.66.0.0/24")).await);
+    let r = ibgp.routes(Some("10.66.0.0/24".parse().unwrap())).await;
+    assert_eq!(r[0].paths[0].as_path, "65099", "{r:?}");
+    assert_eq!(r[0].paths[0].communities, vec!["65000:77".to_string()]);
+
+    // Over the range's prefix limit: Cease / Maximum Number of Prefixes.
+    for p in ["10.67.0.0/24", "10.67.1.0/24", "10.67.2.0/24"] {
+        ibgp.originate(p.parse().unwrap(), vec![]).await.unwrap();
+    }
+    assert!(
+        eventually(|| async {
+            ibgp.status().await.peers[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("Maximum Number of Prefixes"))
+        })
+        .await,
+        "{:?}",
+        ibgp.status().await
+    );
+    for s in [ibgp, ebgp, rr] {
         s.shutdown(None).await;
     }
 }

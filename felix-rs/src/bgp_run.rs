@@ -8,7 +8,7 @@
 
 use crate::control::{ControlError, ControlSocket, Handler, Request};
 use bgp::rib::{Action, PrefixList, PrefixListError, PrefixRule};
-use bgp::speaker::{ListenRange, NeighborConfig, Speaker, SpeakerConfig, SpeakerError};
+use bgp::speaker::{ListenRange, NeighborConfig, PeerAsn, Speaker, SpeakerConfig, SpeakerError};
 use bgp::wire::{Community, Family};
 use clap::Args;
 use ipnet::IpNet;
@@ -55,12 +55,13 @@ pub struct RunArgs {
         help = "Peer with ADDR in AS, with an optional TCP MD5 password; IPv6 as [ADDR]:AS[:PASSWORD]. Repeat for more neighbours"
     )]
     pub neighbors: Vec<String>,
-    /// Accept dynamic neighbours from PREFIX in AS (`PREFIX:AS`), as
+    /// Accept dynamic neighbours from PREFIX in AS (`PREFIX:AS`, or
+    /// `PREFIX:any` for whatever AS each peer announces), as
     /// route-reflector clients. Repeatable.
     #[arg(
         long = "listen-range",
         value_name = "PREFIX:AS",
-        help = "Accept peers connecting from PREFIX (e.g. 10.0.0.0/24:65000) in AS as dynamic route-reflector clients; needs --listen. Repeatable"
+        help = "Accept peers connecting from PREFIX (e.g. 10.0.0.0/24:65000) in AS (or `any` AS) as dynamic route-reflector clients; needs --listen. Repeatable"
     )]
     pub listen_ranges: Vec<String>,
     /// Make the neighbour ADDR a route-reflector client. Repeatable.
@@ -135,6 +136,8 @@ pub enum ConfigError {
     ListenRangeAsZero(IpNet),
     #[error("listen ranges need a listen address (--listen or `listen`)")]
     ListenRangeWithoutListen,
+    #[error("listen range {prefix}: {reason}")]
+    ListenRangeValue { prefix: IpNet, reason: String },
     #[error("listen range {prefix}: {source}")]
     ListenRangePrefixList {
         prefix: IpNet,
@@ -190,7 +193,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileListenRange {
     pub prefix: IpNet,
-    pub asn: u32,
+    /// An AS number, or `"any"`: whatever AS each peer announces.
+    pub asn: FileRangeAsn,
     #[serde(default)]
     pub rr_client: bool,
     pub password: Option<String>,
@@ -199,6 +203,21 @@ pub struct FileListenRange {
     pub max_prefixes: Option<u32>,
     pub import: Option<Vec<FileRule>>,
     pub export: Option<Vec<FileRule>>,
+    #[serde(default)]
+    pub export_communities: Vec<String>,
+    /// Hold time proposed to the range's peers (the global one otherwise).
+    pub hold_time: Option<u16>,
+    pub keepalive_time: Option<u16>,
+    pub ttl: Option<u8>,
+    pub gtsm_hops: Option<u8>,
+}
+
+/// A listen range's `asn`: `65000` or `"any"` (asdot `"1.10"` too).
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum FileRangeAsn {
+    Number(u32),
+    Text(String),
 }
 
 /// `originate = ["10.0.0.0/24", { prefix = "10.1.0.0/24", communities = ["65000:1"] }]`
@@ -373,6 +392,7 @@ impl RunPlan {
             if listen_ranges.iter().any(|r| r.prefix == range.prefix) {
                 return Err(ConfigError::DuplicateListenRange(range.prefix));
             }
+            check_range_session(&range, file.hold_time.unwrap_or(90))?;
             listen_ranges.push(range);
         }
         if !listen_ranges.is_empty() && listen.is_none() {
@@ -549,60 +569,89 @@ where
 /// time 1–2 s (RFC 4271 §4.2), a keepalive not below the hold time, TTL 0,
 /// GTSM hops outside 1..=254, TTL and GTSM together.
 fn check_neighbor_session(n: &NeighborConfig, default_hold: u16) -> Result<(), ConfigError> {
-    let bad = |reason: String| ConfigError::NeighborValue {
+    session_values_problem(n, default_hold).map_err(|reason| ConfigError::NeighborValue {
         address: n.address,
         reason,
-    };
+    })
+}
+
+/// [`check_neighbor_session`] for the neighbours a listen range creates.
+fn check_range_session(r: &ListenRange, default_hold: u16) -> Result<(), ConfigError> {
+    let template = r.neighbor(r.prefix.network());
+    session_values_problem(&template, default_hold).map_err(|reason| {
+        ConfigError::ListenRangeValue {
+            prefix: r.prefix,
+            reason,
+        }
+    })
+}
+
+fn session_values_problem(n: &NeighborConfig, default_hold: u16) -> Result<(), String> {
     let hold = n.hold_time.unwrap_or(default_hold);
     if hold == 1 || hold == 2 {
-        return Err(bad(format!(
+        return Err(format!(
             "hold time {hold} is invalid: 0 (no keepalives) or at least 3 seconds"
-        )));
+        ));
     }
     if let Some(k) = n.keepalive_time {
         if k == 0 || (hold > 0 && k >= hold) {
-            return Err(bad(format!(
+            return Err(format!(
                 "keepalive time {k} must be positive and below the hold time ({hold})"
-            )));
+            ));
         }
     }
     if n.ttl == Some(0) {
-        return Err(bad("TTL 0".into()));
+        return Err("TTL 0".into());
     }
     if n.gtsm_hops.is_some_and(|h| h == 0 || h == 255) {
-        return Err(bad("GTSM hops must be 1..=254".into()));
+        return Err("GTSM hops must be 1..=254".into());
     }
     if n.ttl.is_some() && n.gtsm_hops.is_some() {
-        return Err(bad(
-            "ttl and gtsm_hops are exclusive (GTSM sends with TTL 255)".into(),
-        ));
+        return Err("ttl and gtsm_hops are exclusive (GTSM sends with TTL 255)".into());
     }
     Ok(())
 }
 
 fn listen_range_from_file(r: FileListenRange) -> Result<ListenRange, ConfigError> {
     let prefix = r.prefix.trunc();
-    if r.asn == 0 {
-        return Err(ConfigError::ListenRangeAsZero(prefix));
-    }
+    let asn = match r.asn {
+        FileRangeAsn::Number(0) => return Err(ConfigError::ListenRangeAsZero(prefix)),
+        FileRangeAsn::Number(asn) => PeerAsn::Exact(asn),
+        FileRangeAsn::Text(text) => parse_range_asn(&text)?,
+    };
     let list = |rules: Option<Vec<FileRule>>| -> Result<Option<PrefixList>, ConfigError> {
         rules
             .map(|rules| prefix_list(&rules))
             .transpose()
             .map_err(|source| ConfigError::ListenRangePrefixList { prefix, source })
     };
-    let mut range = ListenRange::new(prefix, r.asn);
+    let mut range = ListenRange::new(prefix, 1);
+    range.asn = asn;
     range.rr_client = r.rr_client;
     range.password = r.password;
     range.next_hop_self = r.next_hop_self;
     range.max_prefixes = r.max_prefixes;
     range.import = list(r.import)?;
     range.export = list(r.export)?;
+    range.export_communities = parse_communities(&r.export_communities)?;
+    range.hold_time = r.hold_time;
+    range.keepalive_time = r.keepalive_time;
+    range.ttl = r.ttl;
+    range.gtsm_hops = r.gtsm_hops;
     Ok(range)
 }
 
-/// `PREFIX:AS` (IPv6 prefixes in brackets: `[2001:db8::/64]:65000`): a
-/// range of route-reflector clients.
+/// A listen range's AS: a number (plain or asdot) or `any`.
+fn parse_range_asn(text: &str) -> Result<PeerAsn, ConfigError> {
+    if text.eq_ignore_ascii_case("any") {
+        Ok(PeerAsn::Any)
+    } else {
+        parse_asn(text).map(PeerAsn::Exact)
+    }
+}
+
+/// `PREFIX:AS` (IPv6 prefixes in brackets: `[2001:db8::/64]:65000`; AS
+/// `any` for any AS): a range of route-reflector clients.
 pub fn parse_listen_range_flag(text: &str) -> Result<ListenRange, ConfigError> {
     let bad = |reason: &str| ConfigError::bad("--listen-range", text, reason);
     let (prefix, asn) = match text.strip_prefix('[') {
@@ -622,7 +671,8 @@ pub fn parse_listen_range_flag(text: &str) -> Result<ListenRange, ConfigError> {
     let prefix: IpNet = prefix
         .parse()
         .map_err(|_| bad("not a prefix (IPv6 ranges need brackets: [2001:db8::/64]:65000)"))?;
-    let mut range = ListenRange::new(prefix, parse_asn(asn)?);
+    let mut range = ListenRange::new(prefix, 1);
+    range.asn = parse_range_asn(asn)?;
     range.rr_client = true;
     Ok(range)
 }
@@ -1137,7 +1187,7 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
         assert_eq!(p.listen_ranges.len(), 3);
         let r = &p.listen_ranges[0];
         assert_eq!(r.prefix.to_string(), "10.0.0.0/24");
-        assert_eq!((r.asn, r.rr_client), (65000, true));
+        assert_eq!((r.asn, r.rr_client), (PeerAsn::Exact(65000), true));
         assert_eq!(r.password.as_deref(), Some("s3cret"));
         assert_eq!(r.max_prefixes, Some(100));
         assert!(r
@@ -1148,10 +1198,10 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
         let r = &p.listen_ranges[1];
         assert_eq!(
             (r.prefix.to_string().as_str(), r.asn),
-            ("10.1.0.0/16", 65001)
+            ("10.1.0.0/16", PeerAsn::Exact(65001))
         );
         assert!(r.rr_client && r.password.is_none());
-        assert_eq!(p.listen_ranges[2].asn, 65546);
+        assert_eq!(p.listen_ranges[2].asn, PeerAsn::Exact(65546));
 
         assert!(err("", &with_min(&["--listen-range", "10.0.0.0/24:65000"]))
             .contains("need a listen address"));
@@ -1169,7 +1219,7 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
         let r = parse_listen_range_flag("2001:db8::/64:65000").unwrap();
         assert_eq!(
             (r.prefix.to_string().as_str(), r.asn),
-            ("2001:db8::/64", 65000)
+            ("2001:db8::/64", PeerAsn::Exact(65000))
         );
         assert!(e(&[
             "--listen-range",
@@ -1183,6 +1233,52 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
             MIN
         )
         .contains("AS 0"));
+    }
+
+    /// What a route-reflector operator sets per range: AS (or any), MD5,
+    /// rr-client, timers, TTL/GTSM, policy, max-prefix, export communities;
+    /// the values a neighbour may not have are refused for a range too.
+    #[test]
+    fn listen_range_per_neighbor_settings() {
+        let file = "listen = \"0.0.0.0\"\nhold_time = 30\n\
+                    [[listen_range]]\nprefix = \"10.0.0.0/24\"\nasn = \"any\"\n\
+                    rr_client = true\npassword = \"k\"\nhold_time = 9\nkeepalive_time = 2\n\
+                    gtsm_hops = 1\nmax_prefixes = 5000\nexport_communities = [\"65000:7\"]\n\
+                    export = [{ prefix = \"10.244.0.0/16\", le = 26, action = \"permit\" }]\n\
+                    [[listen_range]]\nprefix = \"10.1.0.0/24\"\nasn = \"1.10\"\nttl = 3\n";
+        let p = plan(file, &with_min(&["--listen-range", "10.2.0.0/24:any"])).unwrap();
+        let r = &p.listen_ranges[0];
+        assert_eq!(r.asn, PeerAsn::Any);
+        assert!(r.rr_client);
+        assert_eq!(r.password.as_deref(), Some("k"));
+        assert_eq!((r.hold_time, r.keepalive_time), (Some(9), Some(2)));
+        assert_eq!((r.ttl, r.gtsm_hops), (None, Some(1)));
+        assert_eq!(r.max_prefixes, Some(5000));
+        assert_eq!(r.export_communities, vec![Community((65000 << 16) | 7)]);
+        let export = r.export.as_ref().unwrap();
+        assert!(export.permits(&"10.244.3.0/26".parse().unwrap()));
+        assert!(!export.permits(&"10.0.0.0/8".parse().unwrap()));
+        let r = &p.listen_ranges[1];
+        assert_eq!(r.asn, PeerAsn::Exact(65546));
+        assert_eq!((r.hold_time, r.ttl), (None, Some(3)));
+        assert_eq!(p.listen_ranges[2].asn, PeerAsn::Any);
+
+        let range = |extra: &str| {
+            err(
+                &format!("listen = \"0.0.0.0\"\n[[listen_range]]\nprefix = \"10.0.0.0/24\"\nasn = 65000\n{extra}"),
+                MIN,
+            )
+        };
+        assert!(range("hold_time = 2").contains("listen range 10.0.0.0/24: hold time 2"));
+        assert!(range("keepalive_time = 90").contains("keepalive time 90"));
+        assert!(range("ttl = 2\ngtsm_hops = 1").contains("exclusive"));
+        assert!(range("gtsm_hops = 255").contains("GTSM hops"));
+        assert!(range("export_communities = [\"x\"]").contains("x"));
+        let e = err(
+            "listen = \"0.0.0.0\"\n[[listen_range]]\nprefix = \"10.0.0.0/24\"\nasn = \"some\"",
+            MIN,
+        );
+        assert!(e.contains("bad AS"), "{e}");
     }
 
     #[test]

@@ -277,7 +277,8 @@ fn route_reflector_lab_has_five_clients_accepted_by_felix_bgp_run() {
             .iter()
             .find(|r| r.prefix.contains(&IpAddr::V4(*addr)))
             .unwrap_or_else(|| panic!("{name} ({addr}) is in no listen range"));
-        assert!(range.rr_client && range.asn == CLUSTER_AS, "{range:?}");
+        let asn = felix_rs::bgp_run::FileRangeAsn::Number(CLUSTER_AS);
+        assert!(range.rr_client && range.asn == asn, "{range:?}");
     }
     // And the whole configuration passes `felix bgp run`'s checks.
     let again = felix_rs::bgp_run::parse_file_config(&text).unwrap();

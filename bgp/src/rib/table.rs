@@ -555,6 +555,17 @@ impl Rib {
         Ok(())
     }
 
+    /// Sets the AS of a peer configured to accept any AS (a dynamic
+    /// neighbour), once its OPEN named it; `internal`: the AS is ours.
+    /// Call before [`Rib::peer_up`]: export and import decisions made
+    /// earlier used the old values.
+    pub fn set_peer_asn(&mut self, peer: PeerId, asn: u32, internal: bool) -> Result<(), RibError> {
+        let state = self.peer_mut(peer)?;
+        state.info.asn = asn;
+        state.info.internal = internal;
+        Ok(())
+    }
+
     /// Replaces a peer's policy. The new export policy is applied at once
     /// (the returned changes); the new import policy applies to UPDATEs
     /// received from now on (ask the peer for a ROUTE-REFRESH to re-filter

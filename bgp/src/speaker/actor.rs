@@ -280,6 +280,39 @@ impl Actor {
         self.start_neighbor(n, false)
     }
 
+    /// The FSM configuration of neighbour `n`, or why it is refused (AS 0,
+    /// timers the FSM refuses, TTL/GTSM values). The address itself is
+    /// checked by the caller.
+    fn peer_config(&self, n: &NeighborConfig) -> Result<PeerConfig, String> {
+        let address = n.address;
+        if n.asn == 0 && !n.any_asn {
+            return Err("AS 0 is reserved (RFC 7607)".into());
+        }
+        if n.local_address
+            .is_some_and(|l| l.is_ipv4() != address.is_ipv4())
+        {
+            return Err("local address is of another family".into());
+        }
+        let peer_asn = if n.any_asn {
+            PeerAsn::Any
+        } else {
+            PeerAsn::Exact(n.asn)
+        };
+        let mut peer_config = PeerConfig::new(self.config.asn, self.config.router_id, peer_asn);
+        peer_config.hold_time = n.hold_time.unwrap_or(self.config.hold_time);
+        peer_config.keepalive_time = n.keepalive_time;
+        peer_config.connect_retry = CONNECT_RETRY;
+        peer_config.connect_retry_max = CONNECT_RETRY_MAX;
+        peer_config.passive = n.passive;
+        peer_config.validate().map_err(|e| e.to_string())?;
+        match (n.ttl, n.gtsm_hops) {
+            (Some(_), Some(_)) => Err("ttl and gtsm_hops are exclusive".into()),
+            (Some(0), _) => Err("TTL 0".into()),
+            (_, Some(h)) if h == 0 || h == 255 => Err("GTSM hops must be 1..=254".into()),
+            _ => Ok(peer_config),
+        }
+    }
+
     /// Adds a neighbour and starts its session; a `dynamic` one serves a
     /// single connection (see [`SessionConfig::single_connection`]).
     fn start_neighbor(&mut self, n: NeighborConfig, dynamic: bool) -> Result<(), SpeakerError> {
@@ -287,42 +320,19 @@ impl Actor {
         if self.peers.contains_key(&address) {
             return Err(SpeakerError::DuplicateNeighbor(address));
         }
-        let invalid = |reason: &str| SpeakerError::NeighborConfig {
-            address,
-            reason: reason.to_string(),
-        };
-        if n.asn == 0 {
-            return Err(invalid("AS 0 is reserved (RFC 7607)"));
-        }
         if address.is_unspecified() || address.is_multicast() {
-            return Err(invalid("not a unicast address"));
+            return Err(SpeakerError::NeighborConfig {
+                address,
+                reason: "not a unicast address".into(),
+            });
         }
-        if n.local_address
-            .is_some_and(|l| l.is_ipv4() != address.is_ipv4())
-        {
-            return Err(invalid("local address is of another family"));
-        }
-
+        let mut peer_config =
+            self.peer_config(&n)
+                .map_err(|reason| SpeakerError::NeighborConfig {
+                    address,
+                    reason: reason.to_string(),
+                })?;
         let span = tracing::info_span!("bgp_peer", peer = %address, asn = n.asn);
-        let mut peer_config = PeerConfig::new(
-            self.config.asn,
-            self.config.router_id,
-            PeerAsn::Exact(n.asn),
-        );
-        peer_config.hold_time = n.hold_time.unwrap_or(self.config.hold_time);
-        peer_config.keepalive_time = n.keepalive_time;
-        peer_config.connect_retry = CONNECT_RETRY;
-        peer_config.connect_retry_max = CONNECT_RETRY_MAX;
-        peer_config.passive = n.passive;
-        if let Err(e) = peer_config.validate() {
-            return Err(invalid(&e.to_string()));
-        }
-        match (n.ttl, n.gtsm_hops) {
-            (Some(_), Some(_)) => return Err(invalid("ttl and gtsm_hops are exclusive")),
-            (Some(0), _) => return Err(invalid("TTL 0")),
-            (_, Some(h)) if h == 0 || h == 255 => return Err(invalid("GTSM hops must be 1..=254")),
-            _ => {}
-        }
         let caps = &mut peer_config.capabilities;
         caps.families = self.config.families.clone();
         caps.route_refresh = true;
@@ -407,7 +417,10 @@ impl Actor {
                 .instrument(span.clone()),
         );
 
-        let mut info = PeerInfo::new(address, n.asn, n.asn == self.config.asn);
+        // An any-AS neighbour's AS, and so iBGP or eBGP, is set when it is
+        // Established.
+        let internal = !n.any_asn && n.asn == self.config.asn;
+        let mut info = PeerInfo::new(address, n.asn, internal);
         info.rr_client = n.rr_client;
         info.local_ipv4 = match n.local_address {
             Some(IpAddr::V4(a)) => Some(a),
@@ -640,8 +653,16 @@ impl Actor {
         let peer_id = negotiated.peer_id;
         let (configured_local, negotiated_local) =
             (peer.config.local_address, negotiated.local_address);
+        // A neighbour of an any-AS range: its OPEN told us its AS.
+        let learned_asn = peer
+            .config
+            .any_asn
+            .then_some((negotiated.peer_asn, negotiated.internal));
+        if let Some((asn, _)) = learned_asn {
+            peer.config.asn = asn;
+        }
         peer.span
-            .in_scope(|| info!(%peer_id, ?families, "established"));
+            .in_scope(|| info!(%peer_id, ?families, peer_asn = negotiated.peer_asn, "established"));
         let mut packer = UpdatePacker::new(negotiated.send);
         for family in &families {
             packer.queue_end_of_rib(*family);
@@ -667,6 +688,11 @@ impl Actor {
             };
             if let Err(e) = self.rib.set_peer_local_addresses(id, v4, v6) {
                 warn!(peer = %address, "local address: {e}");
+            }
+        }
+        if let Some((asn, internal)) = learned_asn {
+            if let Err(e) = self.rib.set_peer_asn(id, asn, internal) {
+                warn!(peer = %address, "peer AS: {e}");
             }
         }
         match self.rib.peer_up(id, peer_id, &families) {

@@ -30,6 +30,8 @@ pub mod view;
 
 pub use view::*;
 
+pub use crate::fsm::PeerAsn;
+
 use crate::rib::{PrefixList, Route};
 use crate::wire::{Community, Family};
 use ipnet::IpNet;
@@ -173,6 +175,11 @@ pub struct NeighborConfig {
     /// neighbour that arrive with a TTL below 256 − hops (1: directly
     /// connected). The neighbour must do the same.
     pub gtsm_hops: Option<u8>,
+    /// Accept whatever AS the neighbour's OPEN names instead of `asn`
+    /// (dynamic neighbours of a range with [`PeerAsn::Any`]); iBGP or eBGP
+    /// follows from it. `asn` is 0 until the session is Established, then
+    /// the AS the neighbour announced.
+    pub any_asn: bool,
 }
 
 impl NeighborConfig {
@@ -195,6 +202,7 @@ impl NeighborConfig {
             keepalive_time: None,
             ttl: None,
             gtsm_hops: None,
+            any_asn: false,
         }
     }
 }
@@ -208,9 +216,11 @@ impl NeighborConfig {
 pub struct ListenRange {
     /// Peers' source addresses.
     pub prefix: IpNet,
-    /// The peers' AS (equal to ours: iBGP).
-    pub asn: u32,
-    /// The peers are route-reflector clients of ours (RFC 4456).
+    /// The peers' AS: exactly this one (equal to ours: iBGP), or
+    /// [`PeerAsn::Any`]: whatever each peer's OPEN says.
+    pub asn: PeerAsn,
+    /// The peers are route-reflector clients of ours (RFC 4456; applies to
+    /// iBGP peers only).
     pub rr_client: bool,
     /// TCP MD5 key (RFC 2385) for every address in the range, installed on
     /// the listening socket with the prefix length (`TCP_MD5SIG_EXT`).
@@ -223,21 +233,38 @@ pub struct ListenRange {
     pub import: Option<PrefixList>,
     /// Export filter (`None`: advertise everything).
     pub export: Option<PrefixList>,
+    /// Communities added to every route sent to these peers.
+    pub export_communities: Vec<Community>,
+    /// Hold time proposed to these peers (0 or at least 3 s); `None`: the
+    /// speaker's.
+    pub hold_time: Option<u16>,
+    /// Keepalive interval, when shorter than a third of the negotiated hold
+    /// time.
+    pub keepalive_time: Option<u16>,
+    /// Outgoing TTL (eBGP multihop); exclusive with `gtsm_hops`.
+    pub ttl: Option<u8>,
+    /// GTSM (RFC 5082): the peers are at most this many hops away.
+    pub gtsm_hops: Option<u8>,
 }
 
 impl ListenRange {
     /// Peers in `prefix` (host bits cleared) of AS `asn`; no password, no
-    /// policy, not route-reflector clients.
+    /// policy, not route-reflector clients, the speaker's timers.
     pub fn new(prefix: IpNet, asn: u32) -> Self {
         ListenRange {
             prefix: prefix.trunc(),
-            asn,
+            asn: PeerAsn::Exact(asn),
             rr_client: false,
             password: None,
             next_hop_self: false,
             max_prefixes: None,
             import: None,
             export: None,
+            export_communities: Vec::new(),
+            hold_time: None,
+            keepalive_time: None,
+            ttl: None,
+            gtsm_hops: None,
         }
     }
 
@@ -245,13 +272,23 @@ impl ListenRange {
     /// connected; we never connect back), the range's settings. Its MD5
     /// key is the range's, already on the listener.
     pub fn neighbor(&self, address: IpAddr) -> NeighborConfig {
-        let mut n = NeighborConfig::new(address, self.asn);
+        let (asn, any_asn) = match self.asn {
+            PeerAsn::Exact(asn) => (asn, false),
+            PeerAsn::Any => (0, true),
+        };
+        let mut n = NeighborConfig::new(address, asn);
+        n.any_asn = any_asn;
         n.passive = true;
         n.rr_client = self.rr_client;
         n.next_hop_self = self.next_hop_self;
         n.max_prefixes = self.max_prefixes;
         n.import = self.import.clone();
         n.export = self.export.clone();
+        n.export_communities = self.export_communities.clone();
+        n.hold_time = self.hold_time;
+        n.keepalive_time = self.keepalive_time;
+        n.ttl = self.ttl;
+        n.gtsm_hops = self.gtsm_hops;
         n
     }
 }

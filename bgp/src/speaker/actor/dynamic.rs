@@ -26,9 +26,10 @@ impl Actor {
             prefix,
             reason: reason.to_string(),
         };
-        if range.asn == 0 {
-            return Err(invalid("AS 0 is reserved (RFC 7607)"));
-        }
+        // The template's values, checked once here rather than at each
+        // connection (a host address of the range stands in).
+        self.peer_config(&range.neighbor(range.prefix.network()))
+            .map_err(|reason| invalid(&reason))?;
         if self.ranges.iter().any(|r| r.prefix == prefix) {
             return Err(invalid("already configured"));
         }
@@ -41,7 +42,7 @@ impl Actor {
                 .map_err(|e| invalid(&format!("TCP MD5 key not set on the listener: {e}")))?;
         }
         listener.set_unknown_source(Some(self.unknown_tx.clone()));
-        info!(%prefix, asn = range.asn, rr_client = range.rr_client, "listen range added");
+        info!(%prefix, asn = ?range.asn, rr_client = range.rr_client, "listen range added");
         self.ranges.push(range);
         Ok(())
     }
@@ -134,6 +135,26 @@ mod tests {
         assert_eq!(pick("10.2.0.1").as_deref(), Some("10.0.0.0/8"));
         assert_eq!(pick("192.0.2.1"), None);
         assert_eq!(pick("2001:db8::1"), None);
+    }
+
+    #[test]
+    fn template_carries_the_session_values_and_any_asn() {
+        let mut r = ListenRange::new("10.0.0.0/24".parse().unwrap(), 65000);
+        r.asn = crate::fsm::PeerAsn::Any;
+        r.hold_time = Some(6);
+        r.keepalive_time = Some(2);
+        r.gtsm_hops = Some(1);
+        r.export_communities = vec![crate::wire::Community(7)];
+        let n = r.neighbor("10.0.0.9".parse().unwrap());
+        assert!(n.any_asn && n.passive);
+        assert_eq!(n.asn, 0);
+        assert_eq!((n.hold_time, n.keepalive_time), (Some(6), Some(2)));
+        assert_eq!((n.ttl, n.gtsm_hops), (None, Some(1)));
+        assert_eq!(n.export_communities, r.export_communities);
+        r.asn = crate::fsm::PeerAsn::Exact(65001);
+        let n = r.neighbor("10.0.0.9".parse().unwrap());
+        assert!(!n.any_asn);
+        assert_eq!(n.asn, 65001);
     }
 
     #[test]
