@@ -47,16 +47,31 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
-async fn felix_run(
-    store: Arc<dyn Datastore>,
-    what: &str,
+/// One felix row's set-up.
+#[derive(Clone, Copy)]
+struct Shape {
     allocators: usize,
-    ops: usize,
     cached_reads: bool,
+    claim_ahead: bool,
     nodes: usize,
-) -> Row {
+    suffix: &'static str,
+}
+
+async fn felix_run(store: Arc<dyn Datastore>, what: &str, shape: Shape, ops: usize) -> Row {
+    let Shape {
+        allocators,
+        cached_reads,
+        claim_ahead,
+        nodes,
+        ..
+    } = shape;
     let config = AllocatorConfig {
         cached_reads,
+        claim_ahead_below: if claim_ahead {
+            AllocatorConfig::default().claim_ahead_below
+        } else {
+            0.0
+        },
         ..AllocatorConfig::default()
     };
     let alloc = Arc::new(Allocator::new(store, config));
@@ -93,6 +108,8 @@ async fn felix_run(
         latencies.extend(t.await.unwrap());
     }
     let elapsed = start.elapsed();
+    // (A claim ahead still running would outlive its store.)
+    alloc.wait_for_claims_ahead().await;
     // Every address handed out once.
     let held: usize = alloc
         .blocks()
@@ -259,33 +276,43 @@ fn main() {
     // Per backend: 1, 8 and 32 allocators over 8 nodes; the same allocator
     // with its read cache off (every allocation reads pools, node,
     // affinities and block from the store), the way it was before the
-    // cache; and 8 allocators all on one node.
+    // cache; 8 allocators all on one node; and the 8-allocator rows again
+    // without claiming blocks ahead (every 64th allocation claims its
+    // block itself), the way it was before claims ahead.
+    let shape = |allocators, cached_reads, claim_ahead, nodes, suffix| Shape {
+        allocators,
+        cached_reads,
+        claim_ahead,
+        nodes,
+        suffix,
+    };
     let shapes = [
-        (1, true, NODES, ""),
-        (8, true, NODES, ""),
-        (32, true, NODES, ""),
-        (8, false, NODES, ", cache off"),
-        (8, true, 1, ", one node"),
+        shape(1, true, true, NODES, ""),
+        shape(8, true, true, NODES, ""),
+        shape(32, true, true, NODES, ""),
+        shape(8, false, true, NODES, ", cache off"),
+        shape(8, true, true, 1, ", one node"),
+        shape(8, true, false, NODES, ", no claim ahead"),
+        shape(8, true, false, 1, ", one node, no claim ahead"),
     ];
-    for (allocators, cached, nodes, suffix) in shapes {
+    for shape in shapes {
         let dir = tempfile::tempdir().unwrap();
-        let what = format!("felix, sqlite{suffix}");
+        let what = format!("felix, sqlite{}", shape.suffix);
         let row = rt.block_on(async {
             let store = ipam::store::sqlite::SqliteStore::open(dir.path().join("ipam.db"))
                 .await
                 .unwrap();
-            felix_run(Arc::new(store), &what, allocators, n(8_000), cached, nodes).await
+            felix_run(Arc::new(store), &what, shape, n(8_000)).await
         });
         rows.push(row);
     }
     if std::path::Path::new("/usr/bin/etcd").exists() {
-        for (allocators, cached, nodes, suffix) in shapes {
-            let what = format!("felix, etcd{suffix}");
+        for shape in shapes {
+            let what = format!("felix, etcd{}", shape.suffix);
             let row = rt.block_on(async {
                 let server = ipam::testing::EtcdServer::start().await.unwrap();
                 let store = server.store().await.unwrap();
-                let row =
-                    felix_run(Arc::new(store), &what, allocators, n(4_000), cached, nodes).await;
+                let row = felix_run(Arc::new(store), &what, shape, n(4_000)).await;
                 drop(server);
                 row
             });
@@ -332,6 +359,28 @@ fn main() {
                 ms(on.percentile(0.99)),
                 ms(off.percentile(0.99))
             );
+        }
+    }
+    for backend in ["sqlite", "etcd"] {
+        for (on, off) in [
+            ("", ", no claim ahead"),
+            (", one node", ", one node, no claim ahead"),
+        ] {
+            let on = find(&format!("felix, {backend}{on}"), 8);
+            let off = find(&format!("felix, {backend}{off}"), 8);
+            if let (Some(on), Some(off)) = (on, off) {
+                println!(
+                    "{backend} at 8{}, claim ahead on vs off: {:.2}x the rate, p99 {} vs {} ms",
+                    if on.what.contains("one node") {
+                        ", one node"
+                    } else {
+                        ""
+                    },
+                    on.rate() / off.rate(),
+                    ms(on.percentile(0.99)),
+                    ms(off.percentile(0.99))
+                );
+            }
         }
     }
     for backend in ["sqlite", "etcd"] {

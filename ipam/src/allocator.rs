@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 use crate::affinity::{AffinityState, BlockAffinity, BlockAffinitySpec};
 use crate::block::{AllocationAttrs, BlockRelease, InUse, IpamBlockSpec, Lease, ReleaseCheck};
 use crate::block_writes::{backoff, BatchReply, BlockRequest, BlockWrites};
+use crate::claim_ahead::ClaimsAhead;
 use crate::codec::{decode, encode};
 use crate::handle::IpamHandleSpec;
 use crate::names::{affinity_name, cidr_name, handle_name, is_valid_object_name};
@@ -58,6 +59,12 @@ pub struct AllocatorConfig {
     /// long-lived allocator (the agent); a one-shot command turns it off
     /// to save opening the watches.
     pub cached_reads: bool,
+    /// Claim a node's next block in the background when the free addresses
+    /// of its affine blocks of one family fall below this fraction of a
+    /// block (`claim_ahead`), so that no request waits for a claim. `0`
+    /// turns it off; it needs `cached_reads` (what the allocator remembers
+    /// of its blocks is what it counts).
+    pub claim_ahead_below: f64,
 }
 
 impl Default for AllocatorConfig {
@@ -69,12 +76,13 @@ impl Default for AllocatorConfig {
             backoff_base: Duration::from_micros(500),
             backoff_max: Duration::from_millis(50),
             cached_reads: true,
+            claim_ahead_below: 0.25,
         }
     }
 }
 
 /// The address families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Family {
     V4,
     V6,
@@ -261,8 +269,10 @@ pub struct Allocator {
     /// One lock per node for the slow path (fresh reads, claims): requests
     /// of one node that all find its blocks full claim one block between
     /// them, not one each.
-    node_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    cache: ReadCache,
+    node_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    cache: Arc<ReadCache>,
+    /// The claims running in the background (`claim_ahead`).
+    pub(crate) ahead: Arc<ClaimsAhead>,
 }
 
 /// What the allocation fast path reads from the cache: the pools, the
@@ -279,13 +289,32 @@ impl Allocator {
             blocks: Arc::new(BlockWrites::new(Arc::clone(&store), config.clone())),
             store,
             config,
-            node_locks: Mutex::new(HashMap::new()),
-            cache: ReadCache::new(),
+            node_locks: Arc::new(Mutex::new(HashMap::new())),
+            cache: Arc::new(ReadCache::new()),
+            ahead: Arc::new(ClaimsAhead::default()),
+        }
+    }
+
+    /// Another handle on this allocator (the same store, caches, locks and
+    /// claims), for a task of its own.
+    pub(crate) fn shared(&self) -> Allocator {
+        Allocator {
+            store: Arc::clone(&self.store),
+            config: self.config.clone(),
+            blocks: Arc::clone(&self.blocks),
+            node_locks: Arc::clone(&self.node_locks),
+            cache: Arc::clone(&self.cache),
+            ahead: Arc::clone(&self.ahead),
         }
     }
 
     pub(crate) fn forget_block(&self, name: &str) {
         self.blocks.forget(name);
+    }
+
+    /// Block locks, remembered blocks and batched writes.
+    pub(crate) fn blocks_written(&self) -> &BlockWrites {
+        &self.blocks
     }
 
     pub fn store(&self) -> &Arc<dyn Datastore> {
@@ -311,7 +340,7 @@ impl Allocator {
         self.blocks.lock(name).await
     }
 
-    async fn node_lock(&self, node: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn node_lock(&self, node: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut map = self
                 .node_locks
@@ -773,6 +802,7 @@ impl Allocator {
                 for (family, leases) in [Family::V4, Family::V6].into_iter().zip(from_cache) {
                     push_leases(&mut assigned, family, leases);
                 }
+                self.claim_ahead_after(req, &pools, &labels, &assigned.leases);
                 return Ok(assigned);
             }
         }
@@ -829,6 +859,7 @@ impl Allocator {
                 }
             }
         }
+        self.claim_ahead_after(req, &pools, &labels, &assigned.leases);
         Ok(assigned)
     }
 
@@ -1117,12 +1148,28 @@ impl Allocator {
         node: &str,
         pools: &[&IpPool],
     ) -> Result<Option<IpNet>, IpamError> {
-        let existing: HashSet<String> = self
+        let existing = self.block_names().await?;
+        self.claim_first_free(node, pools, &existing).await
+    }
+
+    /// The names of every block in the store.
+    pub(crate) async fn block_names(&self) -> Result<HashSet<String>, IpamError> {
+        Ok(self
             .store
             .list_names(Kind::IpamBlock, "")
             .await?
             .into_iter()
-            .collect();
+            .collect())
+    }
+
+    /// Claims the first block of `pools` not named in `existing` for
+    /// `node`; `None` when every block is taken.
+    pub(crate) async fn claim_first_free(
+        &self,
+        node: &str,
+        pools: &[&IpPool],
+        existing: &HashSet<String>,
+    ) -> Result<Option<IpNet>, IpamError> {
         for pool in pools {
             let Ok(subnets) = pool.spec.cidr.subnets(pool.spec.block_size) else {
                 continue;
@@ -1524,16 +1571,18 @@ impl Allocator {
     // ----- giving blocks back -------------------------------------------
 
     /// Gives back every block that has been empty for longer than the
-    /// grace period; returns their CIDRs.
+    /// grace period after it was used; returns their CIDRs. A block never
+    /// used since its claim (one claimed ahead, `claim_ahead`) stays: it is
+    /// its node's next block.
     pub async fn reclaim_empty_blocks(&self) -> Result<Vec<IpNet>, IpamError> {
         let grace = self.config.empty_block_grace.as_secs();
         let now = now();
         let mut out = Vec::new();
         for (_, block) in self.blocks().await? {
-            let expired = block
-                .empty_since
-                .is_some_and(|t| now.saturating_sub(t) >= grace);
-            if block.is_empty() && expired && self.give_back_block(block.cidr, false).await? {
+            if !emptied_since(&block, now, grace) {
+                continue;
+            }
+            if self.give_back_block(block.cidr, false).await? {
                 out.push(block.cidr);
             }
         }
@@ -1559,10 +1608,7 @@ impl Allocator {
                 Err(e) => return Err(e.into()),
             };
             let spec = IpamBlockSpec::from_object(&obj)?;
-            let expired = spec
-                .empty_since
-                .is_some_and(|t| now().saturating_sub(t) >= grace);
-            if !spec.is_empty() || !(force || expired) {
+            if !spec.is_empty() || !(force || emptied_since(&spec, now(), grace)) {
                 return Ok(false);
             }
             let node = spec.affine_node().map(str::to_owned);
@@ -1597,6 +1643,16 @@ impl Allocator {
         Err(self.too_many(format!("block {cidr}")))
     }
 }
+/// Whether `block` has been empty for `grace` seconds at `now` after it was
+/// used (a block that never held an address has sequence number 0).
+fn emptied_since(block: &IpamBlockSpec, now: u64, grace: u64) -> bool {
+    block.is_empty()
+        && block.sequence_number > 0
+        && block
+            .empty_since
+            .is_some_and(|t| now.saturating_sub(t) >= grace)
+}
+
 /// Checks the owner of a request (a handle id, a valid node name) and gives
 /// the attributes to store with its addresses, naming the node when the
 /// caller did not.
@@ -1633,7 +1689,7 @@ fn push_leases(assigned: &mut Assigned, family: Family, leases: Vec<Lease>) {
 /// The pools of `family` a request for a node with `labels` may use
 /// (enabled, allowing the request's use, selecting the node, in the
 /// request's pool filter).
-fn eligible_pools<'a>(
+pub(crate) fn eligible_pools<'a>(
     pools: &'a [IpPool],
     family: Family,
     labels: &BTreeMap<String, String>,

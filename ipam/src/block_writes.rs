@@ -176,6 +176,33 @@ impl BlockWrites {
             .map(|(_, spec)| spec.has_room_for(node))
     }
 
+    /// The free addresses of block `name` for `node` when this allocator
+    /// last saw it (0 when it was not `node`'s); `None` when it is not
+    /// remembered.
+    pub(crate) fn remembered_free(&self, name: &str, node: &str) -> Option<usize> {
+        self.seen().get(name).map(|(_, spec)| {
+            if spec.affine_node() == Some(node) {
+                spec.free()
+            } else {
+                0
+            }
+        })
+    }
+
+    /// The free addresses of the blocks last seen affine to `node` whose
+    /// CIDR passes `wanted`.
+    pub(crate) fn remembered_free_of_node(
+        &self,
+        node: &str,
+        wanted: impl Fn(&IpNet) -> bool,
+    ) -> usize {
+        self.seen()
+            .values()
+            .filter(|(_, spec)| spec.affine_node() == Some(node) && wanted(&spec.cidr))
+            .map(|(_, spec)| spec.free())
+            .sum()
+    }
+
     /// Reads block `name` for a write (call with its lock held): as last
     /// seen when `cached_reads` is on and `remembered` is allowed, else from
     /// the store. `None` when it does not exist.

@@ -338,7 +338,11 @@ impl Allocator {
     /// Removes a node: releases the addresses its pods held (in any block),
     /// gives its empty blocks back, and clears its affinity on blocks that
     /// other nodes' pods still use.
+    ///
+    /// A claim ahead running for the node in this allocator finishes
+    /// first (it holds the node's lock), so its block goes too.
     pub async fn remove_node(&self, node: &str) -> Result<NodeRemoval, IpamError> {
+        let _node = self.node_lock(node).await;
         let mut out = NodeRemoval::default();
         let blocks = self.blocks().await?;
         let mut reqs = Vec::new();

@@ -9,6 +9,7 @@ pub mod affinity;
 pub mod allocator;
 pub mod block;
 pub(crate) mod block_writes;
+pub(crate) mod claim_ahead;
 pub(crate) mod codec;
 pub mod crd;
 pub mod gc;

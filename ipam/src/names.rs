@@ -52,6 +52,33 @@ pub fn cidr_name(cidr: &IpNet) -> String {
     format!("{addr}-{}", cidr.prefix_len())
 }
 
+/// The CIDR a block's name stands for ([`cidr_name`] read back); `None`
+/// for a name that is not one.
+pub fn parse_cidr_name(name: &str) -> Option<IpNet> {
+    let (addr, len) = name.rsplit_once('-')?;
+    let len: u8 = len.parse().ok()?;
+    let parts: Vec<&str> = addr.split('-').collect();
+    let ip = match parts.len() {
+        4 => {
+            let mut octets = [0u8; 4];
+            for (o, p) in octets.iter_mut().zip(&parts) {
+                *o = p.parse().ok()?;
+            }
+            IpAddr::from(octets)
+        }
+        8 => {
+            let mut segments = [0u16; 8];
+            for (s, p) in segments.iter_mut().zip(&parts) {
+                *s = u16::from_str_radix(p, 16).ok()?;
+            }
+            IpAddr::from(segments)
+        }
+        _ => return None,
+    };
+    let cidr = IpNet::new(ip, len).ok()?;
+    (cidr_name(&cidr) == name).then_some(cidr)
+}
+
 /// A block affinity's name: `NODE-BLOCKNAME` (Calico's shape), hashed down
 /// when a long node name would push it past the limit.
 pub fn affinity_name(node: &str, block: &IpNet) -> String {
@@ -141,6 +168,18 @@ mod tests {
         let zero: IpNet = "::/122".parse().unwrap();
         assert!(is_valid_object_name(&cidr_name(&zero)));
         assert_eq!(affinity_name("node1", &v4), "node1-10-244-0-0-26");
+        assert_eq!(parse_cidr_name("10-244-0-0-26"), Some(v4));
+        assert_eq!(parse_cidr_name("fd00-0-0-0-0-0-0-0-122"), Some(v6));
+        assert_eq!(parse_cidr_name(&cidr_name(&zero)), Some(zero));
+        for bad in [
+            "node1",
+            "10-244-0-0",
+            "10-244-0-1-26",
+            "10-244-0-0-33",
+            "010-0-0-0-8",
+        ] {
+            assert_eq!(parse_cidr_name(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -14,11 +14,19 @@ use ipam::pool::{parse_cidr, IpPoolSpec};
 use ipam::store::{Datastore, Kind, Listing, Object, Revision, StoreError, WatchStream};
 use ipam::{Allocator, AllocatorConfig, AutoAssignRequest};
 
+tokio::task_local! {
+    /// Set around a request's own future: calls made there (not in the
+    /// tasks it hands work to) are the request's critical path.
+    static REQUEST: ();
+}
+
 /// Counts calls per (operation, kind) and passes them on; block updates
 /// can be slowed down and made to fail.
 struct CountingStore {
     inner: Arc<dyn Datastore>,
     calls: Mutex<BTreeMap<(&'static str, Kind), u64>>,
+    /// The same, for calls made by a request itself (inside `REQUEST`).
+    in_requests: Mutex<BTreeMap<(&'static str, Kind), u64>>,
     total: AtomicU64,
     /// Added to every block update.
     block_update_delay: Mutex<Duration>,
@@ -30,6 +38,23 @@ impl CountingStore {
     fn count(&self, op: &'static str, kind: Kind) {
         self.total.fetch_add(1, Ordering::SeqCst);
         *self.calls.lock().unwrap().entry((op, kind)).or_default() += 1;
+        if REQUEST.try_with(|()| ()).is_ok() {
+            *self
+                .in_requests
+                .lock()
+                .unwrap()
+                .entry((op, kind))
+                .or_default() += 1;
+        }
+    }
+
+    fn in_requests(&self, op: &'static str, kind: Kind) -> u64 {
+        self.in_requests
+            .lock()
+            .unwrap()
+            .get(&(op, kind))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn total(&self) -> u64 {
@@ -102,6 +127,7 @@ async fn setup(pool: &str) -> (Arc<CountingStore>, Allocator, tempfile::TempDir)
     let store = Arc::new(CountingStore {
         inner: Arc::new(sqlite),
         calls: Mutex::new(BTreeMap::new()),
+        in_requests: Mutex::new(BTreeMap::new()),
         total: AtomicU64::new(0),
         block_update_delay: Mutex::new(Duration::ZERO),
         failing_block_updates: AtomicU64::new(0),
@@ -257,4 +283,36 @@ async fn a_failed_batch_write_hands_out_nothing() {
             got.v4[0]
         );
     }
+}
+
+/// With the claim ahead given time to finish (as between pods starting),
+/// no request claims a block itself: across five blocks' worth of
+/// allocations on one node, the requests create no affinity and no block;
+/// the claims happen in the background, one per block, once fewer than 16
+/// addresses (a quarter of a /26) are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_do_not_wait_for_claims() {
+    let (store, alloc, _dir) = setup("10.23.0.0/16").await;
+    // The node's first block: claimed by the first request (none exists).
+    alloc
+        .auto_assign(&req("first".into(), "node1"))
+        .await
+        .unwrap();
+    let blocks_before = store.of("create", Kind::IpamBlock);
+    let mut seen = HashSet::new();
+    for i in 0..(5 * 64 - 1) {
+        let got = REQUEST
+            .scope((), alloc.auto_assign(&req(format!("h{i}"), "node1")))
+            .await
+            .unwrap();
+        assert!(seen.insert(got.v4[0]), "{} twice", got.v4[0]);
+        alloc.wait_for_claims_ahead().await;
+    }
+    eprintln!("calls in requests: {:?}", store.in_requests.lock().unwrap());
+    assert_eq!(store.in_requests("create", Kind::BlockAffinity), 0);
+    assert_eq!(store.in_requests("create", Kind::IpamBlock), 0);
+    assert_eq!(store.in_requests("list_names", Kind::IpamBlock), 0);
+    // 5 blocks full and the sixth claimed ahead.
+    assert_eq!(store.of("create", Kind::IpamBlock) - blocks_before, 5);
+    assert_eq!(alloc.blocks_affine_to("node1").await.unwrap().len(), 6);
 }

@@ -47,6 +47,9 @@ macro_rules! allocator_suite {
             concurrent_allocations_on_one_node_never_duplicate,
             a_batch_where_some_requests_cannot_be_met_loses_nothing,
             usage_counts_a_nodes_blocks_by_pool,
+            claims_the_next_block_ahead,
+            claim_ahead_leaves_a_short_pool_to_nodes_without_blocks,
+            removing_a_node_releases_blocks_claimed_ahead,
         }
     };
 }
@@ -1025,11 +1028,15 @@ pub async fn concurrent_allocations_on_one_node_never_duplicate(store: Arc<dyn D
             owners.insert(handle);
         }
     }
-    // 24 x 4 = 96 addresses: exactly 6 full blocks of 16.
+    // 24 x 4 = 96 addresses: 6 blocks of 16, and one claimed ahead when
+    // fewer than 4 (a quarter of a block) were left free. No claim twice
+    // for one need: a seventh block would leave 16 + 4 or more free.
     assert_eq!(seen.len(), 96);
+    alloc.wait_for_claims_ahead().await;
     let mut blocks = alloc.blocks_affine_to("node1").await.unwrap();
     blocks.sort();
-    assert_eq!(blocks.len(), 6, "blocks claimed: {blocks:?}");
+    assert_eq!(blocks.len(), 7, "blocks claimed: {blocks:?}");
+    assert_eq!(held(&alloc).await, 96);
     let report = alloc
         .check(&ipam::LiveSet {
             nodes: Some(["node1".to_owned()].into()),
@@ -1150,4 +1157,169 @@ pub async fn usage_counts_a_nodes_blocks_by_pool(store: Arc<dyn Datastore>) {
     // A release shows at the next read.
     alloc.release_by_handle("n2-0").await.unwrap();
     assert_eq!(alloc.usage_of("node2").await.unwrap()[0].in_use, 2);
+}
+
+/// The node's confirmed blocks, and whether any affinity of it is left
+/// pending or pending deletion.
+async fn node_blocks(alloc: &Allocator, node: &str) -> Vec<ipnet::IpNet> {
+    let (affinities, _) = alloc.affinities_of(node).await.unwrap();
+    assert!(
+        affinities
+            .iter()
+            .all(|a| a.spec.state == AffinityState::Confirmed),
+        "{affinities:?}"
+    );
+    let mut blocks: Vec<_> = affinities.into_iter().map(|a| a.spec.cidr).collect();
+    blocks.sort();
+    blocks
+}
+
+/// A node's next block is claimed in the background once fewer than a
+/// quarter of a block's addresses are left free in its blocks, and the
+/// requests after that use it without claiming. The block claimed ahead
+/// is an ordinary affine block: `check` finds nothing wrong with it, and
+/// while it has never been used `reclaim_empty_blocks` leaves it alone
+/// (a block emptied after use still goes).
+pub async fn claims_the_next_block_ahead(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(
+        store.clone(),
+        AllocatorConfig {
+            empty_block_grace: Duration::ZERO,
+            ..config()
+        },
+    );
+    // /28 blocks of 16: claimed ahead below 4 free.
+    pool(&alloc, "p", "10.40.0.0/24", 28).await;
+    let take = |i: usize| {
+        let alloc = &alloc;
+        async move {
+            alloc
+                .auto_assign(&req(&format!("h{i}"), "node1", 1, 0))
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..12 {
+        take(i).await;
+    }
+    alloc.wait_for_claims_ahead().await;
+    let first = node_blocks(&alloc, "node1").await;
+    assert_eq!(first.len(), 1, "4 free left: no claim yet");
+    take(12).await;
+    alloc.wait_for_claims_ahead().await;
+    let both = node_blocks(&alloc, "node1").await;
+    assert_eq!(both.len(), 2, "3 free left: the next block is claimed");
+    let ahead = *both.iter().find(|b| **b != first[0]).unwrap();
+    let spare = store
+        .get(Kind::IpamBlock, &ipam::names::cidr_name(&ahead))
+        .await
+        .unwrap();
+    let spare = ipam::block::IpamBlockSpec::from_object(&spare).unwrap();
+    assert!(spare.is_empty());
+    assert_eq!(spare.affine_node(), Some("node1"));
+
+    let live = ipam::LiveSet {
+        nodes: Some(["node1".to_owned()].into()),
+        owners: Some((0..13).map(|i| format!("h{i}")).collect()),
+    };
+    let report = alloc.check(&live).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert!(alloc.reclaim_empty_blocks().await.unwrap().is_empty());
+
+    // The first block fills, then the next request is served from the
+    // block claimed ahead; nothing more is claimed (15 free).
+    for i in 13..17 {
+        let got = take(i).await;
+        let want = if i < 16 { first[0] } else { ahead };
+        assert_eq!(got.leases[0].block, want, "request {i}");
+    }
+    alloc.wait_for_claims_ahead().await;
+    assert_eq!(node_blocks(&alloc, "node1").await, both);
+
+    // Emptied after use, the first block goes back; the other is in use.
+    for i in 0..16 {
+        alloc.release_by_handle(&format!("h{i}")).await.unwrap();
+    }
+    assert_eq!(alloc.reclaim_empty_blocks().await.unwrap(), first);
+    assert_eq!(node_blocks(&alloc, "node1").await, [ahead]);
+}
+
+/// Claims ahead never take the blocks a short pool has left for nodes
+/// that have none: with strict affinity and a pool of 4 blocks, node1
+/// gets one block ahead while 3 are unclaimed, node2 none when only 2 are
+/// (a quarter and at least two must stay), node3 still claims the last
+/// block, and node4 is refused (strict: no borrowing). Without strict
+/// affinity node4 borrows, from any other node's block.
+pub async fn claim_ahead_leaves_a_short_pool_to_nodes_without_blocks(store: Arc<dyn Datastore>) {
+    let strict = Allocator::new(
+        store.clone(),
+        AllocatorConfig {
+            strict_affinity: true,
+            ..config()
+        },
+    );
+    // 4 blocks of 16.
+    pool(&strict, "p", "10.41.0.0/26", 28).await;
+    for node in ["node1", "node2"] {
+        for i in 0..13 {
+            strict
+                .auto_assign(&req(&format!("{node}-{i}"), node, 1, 0))
+                .await
+                .unwrap();
+        }
+        strict.wait_for_claims_ahead().await;
+    }
+    assert_eq!(node_blocks(&strict, "node1").await.len(), 2);
+    assert_eq!(node_blocks(&strict, "node2").await.len(), 1);
+    let last = strict
+        .auto_assign(&req("node3-0", "node3", 16, 0))
+        .await
+        .unwrap();
+    assert_eq!(last.v4.len(), 16);
+    strict.wait_for_claims_ahead().await;
+    let err = strict.auto_assign(&req("node4-0", "node4", 1, 0)).await;
+    assert!(matches!(err, Err(IpamError::Exhausted { .. })), "{err:?}");
+    // node1 still has its own 3 + 16 free addresses.
+    let more = strict
+        .auto_assign(&req("node1-more", "node1", 19, 0))
+        .await
+        .unwrap();
+    assert_eq!(more.v4.len(), 19);
+    let lenient = Allocator::new(store.clone(), config());
+    let borrowed = lenient
+        .auto_assign(&req("node4-0", "node4", 1, 0))
+        .await
+        .unwrap();
+    assert_eq!(borrowed.v4.len(), 1);
+    assert!(node_blocks(&lenient, "node4").await.is_empty());
+    assert_eq!(held(&lenient).await, 13 + 13 + 16 + 19 + 1);
+}
+
+/// Removing a node gives back the block claimed ahead for it too.
+pub async fn removing_a_node_releases_blocks_claimed_ahead(store: Arc<dyn Datastore>) {
+    let alloc = Allocator::new(store.clone(), config());
+    pool(&alloc, "p", "10.42.0.0/24", 28).await;
+    for i in 0..13 {
+        alloc
+            .auto_assign(&req(&format!("h{i}"), "node1", 1, 0))
+            .await
+            .unwrap();
+    }
+    alloc.wait_for_claims_ahead().await;
+    let blocks = node_blocks(&alloc, "node1").await;
+    assert_eq!(blocks.len(), 2);
+    let removal = alloc.remove_node("node1").await.unwrap();
+    assert_eq!(removal.released.len(), 13);
+    let mut released = removal.blocks_released.clone();
+    released.sort();
+    assert_eq!(released, blocks);
+    assert!(alloc.blocks().await.unwrap().is_empty());
+    assert!(store
+        .list(Kind::BlockAffinity, "")
+        .await
+        .unwrap()
+        .objects
+        .is_empty());
+    let report = alloc.check(&ipam::LiveSet::default()).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
 }
