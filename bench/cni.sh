@@ -10,7 +10,8 @@
 # one plugin process, spawn to exit, measured by cni-bench
 # (tests/src/bin/cni-bench.rs) from inside the node's namespace (no
 # `ip netns exec` per call). Each plugin gets a fresh node namespace.
-# felix-cni is a release build. The agent (`felix`) and the harness are
+# felix-cni is the shipped build (release, statically linked:
+# scripts/build-cni.sh). The agent (`felix`) and the harness are
 # built in CNI_BENCH_AGENT_PROFILE (default `debug`: a release build of the
 # whole agent needs several GB of disk; `release` for the real figure; a
 # debug agent only makes felix look slower).
@@ -23,7 +24,6 @@ set -euo pipefail
 PODS=${1:-200}
 PARALLEL=${2:-8}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$ROOT/target/release
 AGENT_PROFILE=${CNI_BENCH_AGENT_PROFILE:-debug}
 ABIN=$ROOT/target/$AGENT_PROFILE
 WORK=$(mktemp -d /tmp/cni-bench.XXXXXX)
@@ -40,7 +40,7 @@ trap cleanup EXIT INT TERM
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
 [ -x /usr/lib/cni/bridge ] || { echo "apt-get install containernetworking-plugins" >&2; exit 1; }
-(cd "$ROOT" && cargo build --release --locked -q -p felix-cni)
+BIN=$(bash "$ROOT/scripts/build-cni.sh")
 if [ "$AGENT_PROFILE" = release ]; then
     (cd "$ROOT" && cargo build --release --locked -q -p felix-rs -p felix-tests --bins)
 else

@@ -1,8 +1,11 @@
 //! The pod's network namespace, named by `CNI_NETNS`.
 //!
-//! The plugin never moves its main thread: a short-lived thread enters the
-//! namespace with `setns(2)`, opens a netlink socket there and ends; the
-//! socket keeps working in the pod's namespace from any thread.
+//! A netlink socket stays in the namespace it was opened in, so the plugin
+//! enters the pod's namespace with `setns(2)` only to open one, and goes
+//! straight back: the socket keeps working in the pod's namespace. (This
+//! was a short-lived thread that entered the namespace and ended; starting
+//! and joining it cost a scheduler round trip each, which under load was
+//! ~1 ms of every ADD.)
 
 use std::fs::File;
 use std::io;
@@ -64,26 +67,30 @@ impl NetNs {
         &self.file
     }
 
-    /// Opens a netlink route socket inside this namespace (on a thread of
-    /// its own, which ends after `setns`; the caller's thread stays put).
+    /// Opens a netlink route socket inside this namespace: the calling
+    /// thread enters it, opens the socket and returns to the namespace it
+    /// was in (held open by its `/proc/thread-self/ns/net` file
+    /// meanwhile). Failing to return is an error: the caller then must not
+    /// go on, since a thread left in the pod's namespace would see the
+    /// pod's `/proc/sys/net`.
     pub fn route_socket(&self) -> Result<RouteSocket, NetnsError> {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    setns(&self.file, CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| NetnsError::NotNetwork(self.path.clone(), e))?;
-                    RouteSocket::open().map_err(|source| NetnsError::Io {
-                        path: self.path.clone(),
-                        source,
-                    })
-                })
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(NetnsError::Io {
-                        path: self.path.clone(),
-                        source: io::Error::other("namespace thread panicked"),
-                    })
-                })
+        let home_path = Path::new("/proc/thread-self/ns/net");
+        let home = File::open(home_path).map_err(|source| NetnsError::Io {
+            path: home_path.to_owned(),
+            source,
+        })?;
+        setns(&self.file, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| NetnsError::NotNetwork(self.path.clone(), e))?;
+        let socket = RouteSocket::open();
+        setns(&home, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Io {
+            path: home_path.to_owned(),
+            source: io::Error::other(format!(
+                "cannot return to the node's network namespace: {e}"
+            )),
+        })?;
+        socket.map_err(|source| NetnsError::Io {
+            path: self.path.clone(),
+            source,
         })
     }
 }

@@ -230,44 +230,43 @@ fn add(env: &Environment, conf: &NetConf) -> Result<Value, CniError> {
     // retried or partial ADD, or a name that is not felix's: sorted out by
     // `settle_existing`, then the pair is created again.
     let ipv6 = conf.agent.num_v6 > 0;
+    let pod_mac = pod_iface::pod_veth_mac(&attachment.container_id, &attachment.ifname);
     let create = |host: &mut RouteSocket| {
         pod_iface::create_veth(
             host,
             &host_name,
             &attachment.ifname,
+            pod_mac,
             conf.mtu,
             &netns,
             !ipv6,
         )
     };
-    match create(&mut host) {
-        Ok(()) => {}
+    let echoed = match create(&mut host) {
+        Ok(echoed) => echoed,
         Err(e) if e.errno() == Some(nix::libc::EEXIST) => {
             let settled =
                 settle_existing(conf, &attachment, &netns, &mut host, &mut pod, &host_name)?;
             if let Some(result) = settled {
                 return Ok(result);
             }
-            create(&mut host).map_err(|e| veth_error(e, &host_name, &attachment.ifname))?;
+            create(&mut host).map_err(|e| veth_error(e, &host_name, &attachment.ifname))?
         }
         Err(e) => return Err(veth_error(e, &host_name, &attachment.ifname)),
-    }
+    };
     timings::mark("veth");
+    let made = MadeVeth {
+        host_name: &host_name,
+        echoed,
+        pod_mac,
+    };
     let mut rollback = Rollback {
         conf,
         attachment: attachment.clone(),
         host_link: Some(host_name.clone()),
         assigned: false,
     };
-    match add_steps(
-        env,
-        conf,
-        &netns,
-        &mut host,
-        &mut pod,
-        &host_name,
-        &mut rollback,
-    ) {
+    match add_steps(env, conf, &netns, &mut host, &mut pod, made, &mut rollback) {
         Ok(result) => Ok(result),
         Err(e) => {
             let undone = rollback.run(&mut host);
@@ -340,23 +339,35 @@ fn veth_error(e: NetlinkError, host_name: &str, ifname: &str) -> CniError {
     }
 }
 
+/// The pair ADD just made: the host end's name, the host end as the
+/// kernel echoed it (if it did) and the MAC given to the pod end.
+struct MadeVeth<'a> {
+    host_name: &'a str,
+    echoed: Option<Link>,
+    pod_mac: [u8; 6],
+}
+
 fn add_steps(
     env: &Environment,
     conf: &NetConf,
     netns: &NetNs,
     host: &mut RouteSocket,
     pod: &mut RouteSocket,
-    host_name: &str,
+    made: MadeVeth<'_>,
     rollback: &mut Rollback<'_>,
 ) -> Result<Value, CniError> {
     let ifname = rollback.attachment.ifname.clone();
+    let host_name = made.host_name;
     // With IPv6 the host end was made down: it comes up only once its
     // duplicate address detection is off, so that its link-local address
     // (the pod's IPv6 gateway) is usable at once.
     let ipv6 = conf.agent.num_v6 > 0;
-    let host_link = pod_iface::find_link(host, host_name)
-        .map_err(kernel)?
-        .ok_or_else(|| CniError::new(ErrorCode::Kernel, format!("{host_name} vanished")))?;
+    let host_link = match made.echoed {
+        Some(link) => link,
+        None => pod_iface::find_link(host, host_name)
+            .map_err(kernel)?
+            .ok_or_else(|| CniError::new(ErrorCode::Kernel, format!("{host_name} vanished")))?,
+    };
     pod_iface::configure_host_end(host_name, ipv6)
         .map_err(|e| CniError::new(ErrorCode::Kernel, e.to_string()))?;
     if ipv6 {
@@ -374,25 +385,43 @@ fn add_steps(
     })?;
     timings::mark("agent");
 
-    let pod_link = pod_iface::find_link(pod, &ifname)
-        .map_err(kernel)?
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::Kernel,
-                format!(
-                    "{ifname} vanished from {} (was the pod deleted?)",
-                    netns.path().display()
-                ),
-            )
-        })?;
-    for address in &addresses {
-        pod_iface::add_host_address(pod, &pod_link, address.addr()).map_err(kernel)?;
-    }
-    pod_iface::set_up(pod, &pod_link).map_err(kernel)?;
+    let vanished = || {
+        CniError::new(
+            ErrorCode::Kernel,
+            format!(
+                "{ifname} vanished from {} (was the pod deleted?)",
+                netns.path().display()
+            ),
+        )
+    };
+    // The host end's `IFLA_LINK` is the pod end's index in the pod's
+    // namespace, and the plugin chose its name, MAC and MTU: no look-up in
+    // the pod's namespace (a veth always reports its peer; the look-up is
+    // the fallback all the same).
+    let pod_link = match host_link.peer_index {
+        Some(index) if host_link.is_veth => Link {
+            index,
+            name: ifname.clone(),
+            mac: made.pod_mac.to_vec(),
+            mtu: conf.mtu,
+            up: true,
+            is_veth: true,
+            peer_index: Some(host_link.index),
+        },
+        _ => pod_iface::find_link(pod, &ifname)
+            .map_err(kernel)?
+            .ok_or_else(vanished)?,
+    };
+    let pod_addresses: Vec<IpAddr> = addresses.iter().map(IpNet::addr).collect();
+    let pod_routes = pod_iface::pod_routes(&addresses, &pod_link);
+    pod_iface::configure_pod_end(pod, &pod_link, &pod_addresses, &pod_routes).map_err(|e| {
+        if e.errno() == Some(nix::libc::ENODEV) {
+            vanished()
+        } else {
+            kernel(e)
+        }
+    })?;
     timings::mark("pod_end");
-    for route in pod_iface::pod_routes(&addresses, &pod_link) {
-        pod_iface::add_route(pod, route).map_err(kernel)?;
-    }
     for address in &addresses {
         let added = pod_iface::add_route(host, pod_iface::host_route(address.addr(), &host_link));
         // The agent's route programmer also installs this node's pod routes

@@ -42,6 +42,28 @@ pub const POD_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xee
 /// cryptographic hash; a collision shows up as "already exists" at ADD,
 /// never as a shared interface.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let hex = format!("{:016x}", fnv1a(container_id, ifname));
+    format!("fx{}", &hex[..11])
+}
+
+/// The pod end's MAC address: locally administered, unicast (IEEE 802
+/// I/G bit clear, U/L bit set), from the same hash as the host end's name
+/// with the bytes reversed. Chosen by the plugin rather than the kernel so
+/// that ADD knows the pod end without asking the pod's namespace for it:
+/// the veth is a point-to-point link of its own, so two pods with the same
+/// MAC never meet on one segment.
+pub fn pod_veth_mac(container_id: &str, ifname: &str) -> [u8; 6] {
+    let bytes = fnv1a(container_id, ifname).to_le_bytes();
+    let mut mac = [bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]];
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    if mac == HOST_VETH_MAC {
+        mac[5] ^= 1;
+    }
+    mac
+}
+
+/// FNV-1a over the container id, a zero byte and the interface name.
+fn fnv1a(container_id: &str, ifname: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in container_id
         .bytes()
@@ -51,8 +73,7 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let hex = format!("{hash:016x}");
-    format!("fx{}", &hex[..11])
+    hash
 }
 
 /// A link as the kernel reports it.
@@ -64,6 +85,8 @@ pub struct Link {
     pub mtu: u32,
     pub up: bool,
     pub is_veth: bool,
+    /// `IFLA_LINK`: for a veth, the peer's index in the peer's namespace.
+    pub peer_index: Option<u32>,
 }
 
 impl Link {
@@ -75,6 +98,17 @@ impl Link {
             .join(":")
     }
 
+    /// The link of `answers` named `name` (e.g. a kernel's echo).
+    pub fn named_in(answers: &[RouteNetlinkMessage], name: &str) -> Option<Link> {
+        answers.iter().find_map(|answer| match answer {
+            RouteNetlinkMessage::NewLink(m) => {
+                let link = Link::from_message(m);
+                (link.name == name).then_some(link)
+            }
+            _ => None,
+        })
+    }
+
     fn from_message(message: &LinkMessage) -> Link {
         let mut link = Link {
             index: message.header.index,
@@ -83,12 +117,14 @@ impl Link {
             mtu: 0,
             up: message.header.flags.contains(LinkFlags::Up),
             is_veth: false,
+            peer_index: None,
         };
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Address(mac) => link.mac = mac.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::Link(index) => link.peer_index = Some(*index),
                 LinkAttribute::LinkInfo(infos) => {
                     link.is_veth = infos
                         .iter()
@@ -127,25 +163,31 @@ pub fn find_link(socket: &mut RouteSocket, name: &str) -> Result<Option<Link>, N
 
 /// Creates the veth pair: `host_name` here, `pod_name` directly inside
 /// `pod` (so the pod end never appears in the node's namespace), both with
-/// `mtu`, the host end with [`HOST_VETH_MAC`]. When `host_up`, the host
-/// end is up from the start (the kernel applies the request's `ifinfomsg`
-/// flags once the pair is made): one request instead of two, each taking
-/// the kernel's RTNL lock, which every pod start on the node queues for.
-/// The pod end cannot be made up the same way: the kernel applies the
-/// peer's flags before the two ends are joined, and a veth without its
-/// peer refuses to open (`ENOTCONN`).
+/// `mtu`, the host end with [`HOST_VETH_MAC`], the pod end with `pod_mac`.
+/// When `host_up`, the host end is up from the start (the kernel applies
+/// the request's `ifinfomsg` flags once the pair is made): one request
+/// instead of two, each taking the kernel's RTNL lock, which every pod
+/// start on the node queues for. The pod end cannot be made up the same
+/// way: the kernel applies the peer's flags before the two ends are
+/// joined, and a veth without its peer refuses to open (`ENOTCONN`).
+///
+/// Returns the host end as the kernel echoes it (`NLM_F_ECHO`, Linux ≥
+/// 6.3; `None` on older kernels), which spares a look-up: its index and
+/// its `IFLA_LINK`, the pod end's index.
 pub fn create_veth(
     host: &mut RouteSocket,
     host_name: &str,
     pod_name: &str,
+    pod_mac: [u8; 6],
     mtu: u32,
     pod: &NetNs,
     host_up: bool,
-) -> Result<(), NetlinkError> {
+) -> Result<Option<Link>, NetlinkError> {
     let mut peer = LinkMessage::default();
     peer.attributes = vec![
         LinkAttribute::IfName(pod_name.to_owned()),
         LinkAttribute::Mtu(mtu),
+        LinkAttribute::Address(pod_mac.to_vec()),
         LinkAttribute::NetNsFd(pod.file().as_raw_fd()),
     ];
     let mut message = LinkMessage::default();
@@ -162,21 +204,57 @@ pub fn create_veth(
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]),
     ];
-    host.execute(
+    let answers = host.execute_echo(
         RouteNetlinkMessage::NewLink(message),
         NLM_F_CREATE | NLM_F_EXCL,
         || format!("creating veth {host_name} / {pod_name}"),
-    )
+    )?;
+    Ok(Link::named_in(&answers, host_name))
 }
 
 /// Sets a link up.
 pub fn set_up(socket: &mut RouteSocket, link: &Link) -> Result<(), NetlinkError> {
+    socket.execute(set_up_message(link), 0, || {
+        format!("setting {} up", link.name)
+    })
+}
+
+fn set_up_message(link: &Link) -> RouteNetlinkMessage {
     let mut message = LinkMessage::default();
     message.header.index = link.index;
     message.header.flags = LinkFlags::Up;
     message.header.change_mask = LinkFlags::Up;
-    socket.execute(RouteNetlinkMessage::SetLink(message), 0, || {
-        format!("setting {} up", link.name)
+    RouteNetlinkMessage::SetLink(message)
+}
+
+/// Gives the pod end its addresses, sets it up and adds its routes, in
+/// this order, as one batch ([`RouteSocket::execute_all`]); the first
+/// refusal is the error. A failure leaves a partly configured pod end for
+/// the caller to remove (deleting the veth takes all of it along).
+pub fn configure_pod_end(
+    pod: &mut RouteSocket,
+    link: &Link,
+    addresses: &[IpAddr],
+    routes: &[RouteSpec],
+) -> Result<(), NetlinkError> {
+    let mut requests = Vec::with_capacity(addresses.len() + 1 + routes.len());
+    for address in addresses {
+        requests.push((
+            add_address_message(link, *address),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ));
+    }
+    requests.push((set_up_message(link), 0));
+    for route in routes {
+        requests.push((add_route_message(*route), NLM_F_CREATE | NLM_F_EXCL));
+    }
+    pod.execute_all(requests, |index| match index {
+        i if i < addresses.len() => format!("adding {} to {}", addresses[i], link.name),
+        i if i == addresses.len() => format!("setting {} up", link.name),
+        i => match routes.get(i - addresses.len() - 1) {
+            Some(route) => format!("adding route {} in the pod", route.dst),
+            None => format!("configuring {}", link.name),
+        },
     })
 }
 
@@ -202,6 +280,14 @@ pub fn add_host_address(
     link: &Link,
     address: IpAddr,
 ) -> Result<(), NetlinkError> {
+    socket.execute(
+        add_address_message(link, address),
+        NLM_F_CREATE | NLM_F_EXCL,
+        || format!("adding {address} to {}", link.name),
+    )
+}
+
+fn add_address_message(link: &Link, address: IpAddr) -> RouteNetlinkMessage {
     let mut message = AddressMessage::default();
     message.header.index = link.index;
     message.header.scope = AddressScope::Universe;
@@ -218,11 +304,7 @@ pub fn add_host_address(
         }
     }
     message.attributes.push(AddressAttribute::Address(address));
-    socket.execute(
-        RouteNetlinkMessage::NewAddress(message),
-        NLM_F_CREATE | NLM_F_EXCL,
-        || format!("adding {address} to {}", link.name),
-    )
+    RouteNetlinkMessage::NewAddress(message)
 }
 
 /// The global (non-link-local) addresses of a link.
@@ -264,10 +346,16 @@ pub struct RouteSpec {
 
 /// Adds a route to the main table; `EEXIST` when one with the same
 /// destination is there already.
+pub fn add_route(socket: &mut RouteSocket, spec: RouteSpec) -> Result<(), NetlinkError> {
+    socket.execute(add_route_message(spec), NLM_F_CREATE | NLM_F_EXCL, || {
+        format!("adding route {}", spec.dst)
+    })
+}
+
 // The header type is `#[non_exhaustive]`: it cannot be built with a struct
 // expression, only filled in after `default()`.
 #[allow(clippy::field_reassign_with_default)]
-pub fn add_route(socket: &mut RouteSocket, spec: RouteSpec) -> Result<(), NetlinkError> {
+fn add_route_message(spec: RouteSpec) -> RouteNetlinkMessage {
     let mut header = RouteHeader::default();
     header.address_family = match spec.dst {
         IpNet::V4(_) => AddressFamily::Inet,
@@ -300,11 +388,7 @@ pub fn add_route(socket: &mut RouteSocket, spec: RouteSpec) -> Result<(), Netlin
             .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
     }
     message.attributes.push(RouteAttribute::Oif(spec.oif));
-    socket.execute(
-        RouteNetlinkMessage::NewRoute(message),
-        NLM_F_CREATE | NLM_F_EXCL,
-        || format!("adding route {}", spec.dst),
-    )
+    RouteNetlinkMessage::NewRoute(message)
 }
 
 /// Whether the main table routes `address` (as a host route) to `link`
@@ -468,6 +552,19 @@ mod tests {
     }
 
     #[test]
+    fn pod_veth_mac_is_local_unicast_and_follows_the_attachment() {
+        let mac = pod_veth_mac("abc123", "eth0");
+        assert_eq!(mac[0] & 0x01, 0, "unicast (I/G bit clear)");
+        assert_eq!(mac[0] & 0x02, 0x02, "locally administered (U/L bit set)");
+        assert_eq!(mac, pod_veth_mac("abc123", "eth0"));
+        assert_ne!(mac, pod_veth_mac("abc123", "eth1"));
+        assert_ne!(mac, pod_veth_mac("abc124", "eth0"));
+        for i in 0..1000 {
+            assert_ne!(pod_veth_mac(&i.to_string(), "eth0"), HOST_VETH_MAC);
+        }
+    }
+
+    #[test]
     fn ipv6_gateway_is_the_eui64_of_the_host_mac() {
         // RFC 4291 appendix A: flip the universal/local bit of the first
         // octet, insert ff:fe in the middle.
@@ -489,6 +586,7 @@ mod tests {
             mtu: 1500,
             up: true,
             is_veth: true,
+            peer_index: None,
         };
         let v4: Vec<IpNet> = vec!["10.0.0.1/32".parse().unwrap()];
         let routes = pod_routes(&v4, &pod);
