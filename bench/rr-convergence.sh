@@ -18,6 +18,8 @@
 # Topology: namespace rrb-rr (the reflector) with one veth to each of
 # rrb-inj (10.99.1.2), rrb-s1 (10.99.2.2) and rrb-s2 (10.99.3.2); the
 # reflector is 10.99.{1,2,3}.1, all iBGP AS 64512, the peers connect.
+# RR_BENCH_FELIX=PATH runs that felix binary instead of the one built here
+# (e.g. a copy of an older build, for before/after figures in one session).
 # RR_BENCH_PERF=1 (or =dwarf: DWARF call graphs) records `perf record` of the reflector during the run
 # into the work dir (perf-IMPL.data); the figures then include perf's cost.
 # A run of N = 1,000,000 takes a few minutes (table generation ~0.5 s, each
@@ -29,6 +31,7 @@ shift || true
 IMPLS=${*:-felix bird}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/target/release
+FELIX=${RR_BENCH_FELIX:-$BIN/felix}
 WORK=$(mktemp -d /tmp/rr-bench.XXXXXX)
 TIMEOUT=${RR_BENCH_TIMEOUT:-600}
 NS=(rrb-rr rrb-inj rrb-s1 rrb-s2)
@@ -154,7 +157,7 @@ run_one() {
     case $impl in
     felix)
         felix_conf
-        ip netns exec rrb-rr "$BIN/felix" bgp run --config "$WORK/felix.toml" \
+        ip netns exec rrb-rr "$FELIX" bgp run --config "$WORK/felix.toml" \
             > "$WORK/felix.log" 2>&1 &
         rr=$!
         ;;
@@ -224,7 +227,7 @@ PY
     PIDS=()
 }
 
-echo "N=$N, load average before: $(cut -d' ' -f1-3 /proc/loadavg), work dir $WORK"
+echo "N=$N, felix $FELIX, load average before: $(cut -d' ' -f1-3 /proc/loadavg), work dir $WORK"
 for impl in $IMPLS; do
     run_one "$impl"
 done

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use bgp::rib::pack::{end_of_rib, AttrSet, Flushed, PackError, UpdatePacker};
+use bgp::rib::pack::{end_of_rib, AttrSet, EncodedFlush, Flushed, PackError, UpdatePacker};
 use bgp::wire::*;
 use bytes::{Bytes, BytesMut};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -157,6 +157,41 @@ impl Peer {
             }
         }
     }
+}
+
+/// Flushes `packer` with `flush` and its `twin` (given the same changes)
+/// with `flush_encoded`, checks that the latter wrote exactly the encoding
+/// of the former's messages, and returns the former's result.
+fn flush_twins(packer: &mut UpdatePacker, twin: &mut UpdatePacker) -> Flushed {
+    let p = *packer.params();
+    let flushed = packer.flush();
+    let mut bytes = BytesMut::new();
+    let encoded = twin.flush_encoded(&mut bytes);
+    let mut want = BytesMut::new();
+    for m in &flushed.messages {
+        m.encode(&p, &mut want).unwrap();
+    }
+    assert_eq!(
+        &bytes[..],
+        &want[..],
+        "flush_encoded wrote what flush's messages encode to"
+    );
+    let updates = flushed
+        .messages
+        .iter()
+        .filter(|m| matches!(m, Message::Update(_)))
+        .count();
+    assert_eq!(
+        encoded,
+        EncodedFlush {
+            messages: flushed.messages.len(),
+            updates,
+            rejected: flushed.rejected.clone(),
+            errors: Vec::new(),
+        }
+    );
+    assert_eq!(packer.rejected_len(), twin.rejected_len());
+    flushed
 }
 
 fn updates(f: &Flushed) -> Vec<&Update> {
@@ -737,6 +772,8 @@ proptest! {
         let sets6 = [set_v6(1, 0, true), set_v6(2, 0, false), set_v6(3, padding, true)];
         let prefixes = pool(add_path);
         let mut packer = UpdatePacker::new(p);
+        // Given the same changes, flushed with `flush_encoded`.
+        let mut twin = UpdatePacker::new(p);
         let mut want: BTreeMap<Nlri, PeerRoute> = BTreeMap::new();
         // The set each prefix was last announced with.
         let mut announced_set: BTreeMap<Nlri, usize> = BTreeMap::new();
@@ -754,29 +791,36 @@ proptest! {
                     let n = prefixes[prefix];
                     let s = if n.prefix.addr().is_ipv4() { &sets4[set] } else { &sets6[set] };
                     packer.announce(n, Arc::clone(s)).unwrap();
+                    twin.announce(n, Arc::clone(s)).unwrap();
                     want.insert(n, intended(s));
                     announced_set.insert(n, set);
                 }
                 Op::Withdraw { prefix } => {
                     packer.withdraw(prefixes[prefix]).unwrap();
+                    twin.withdraw(prefixes[prefix]).unwrap();
                     want.remove(&prefixes[prefix]);
                 }
-                Op::Flush => apply(packer.flush(), &mut peer)?,
+                Op::Flush => apply(flush_twins(&mut packer, &mut twin), &mut peer)?,
                 Op::Resend { enhanced } => {
                     // What the speaker does on a ROUTE-REFRESH: every
                     // route of the family the peer should have, again.
                     if enhanced {
                         packer.bracket_refresh(Family::IPV6_UNICAST);
+                        twin.bracket_refresh(Family::IPV6_UNICAST);
                     }
                     for n in want.keys().filter(|n| !n.prefix.addr().is_ipv4()) {
                         let set = &sets6[announced_set[n]];
                         packer.announce(*n, Arc::clone(set)).unwrap();
+                        twin.announce(*n, Arc::clone(set)).unwrap();
                     }
                 }
-                Op::EndOfRib => packer.queue_end_of_rib(Family::IPV4_UNICAST),
+                Op::EndOfRib => {
+                    packer.queue_end_of_rib(Family::IPV4_UNICAST);
+                    twin.queue_end_of_rib(Family::IPV4_UNICAST);
+                }
             }
         }
-        apply(packer.flush(), &mut peer)?;
+        apply(flush_twins(&mut packer, &mut twin), &mut peer)?;
         prop_assert_eq!(&peer.routes, &want);
         // Nothing left to send.
         prop_assert_eq!(packer.flush(), Flushed::default());
@@ -812,4 +856,70 @@ fn two_octet_session_reencodes_stored_sets() {
         "2-octet AS_PATH carries AS_TRANS"
     );
     assert_eq!(u.effective_as_path(&p).0, Some(AsPath::sequence([wide])));
+}
+
+/// `flush_encoded` puts NEXT_HOP in its place among stored attributes with
+/// one- and two-octet length fields (an AS_PATH over 255 bytes before it,
+/// communities after it), on 4- and 2-octet sessions, with and without
+/// ADD-PATH; rejected routes come out the same as with `flush`.
+#[test]
+fn encoded_flush_is_the_encoding_of_flush() {
+    let long_path = AsPath::sequence((0..100).map(|i| 4_200_000_000 + i));
+    let attributes = |path: AsPath| {
+        vec![
+            PathAttribute::new(AttributeValue::Origin(Origin::Egp)),
+            PathAttribute::new(AttributeValue::AsPath(path)),
+            PathAttribute::new(AttributeValue::LocalPref(200)),
+            PathAttribute::new(AttributeValue::Communities(vec![Community(0xfde8_0001)])),
+            PathAttribute::new(AttributeValue::OriginatorId(Ipv4Addr::new(10, 0, 0, 9))),
+            PathAttribute::new(AttributeValue::ClusterList(vec![Ipv4Addr::new(
+                10, 0, 0, 1,
+            )])),
+        ]
+    };
+    let nh = Ipv4Addr::new(192, 0, 2, 7);
+    let sets = [
+        Arc::new(AttrSet::ipv4(attributes(long_path.clone()), nh).unwrap()),
+        Arc::new(AttrSet::ipv4(attributes(AsPath::sequence([65001])), nh).unwrap()),
+        // Equal to the previous one in another `Arc`: same group.
+        Arc::new(AttrSet::ipv4(attributes(AsPath::sequence([65001])), nh).unwrap()),
+        Arc::new(
+            AttrSet::ipv6(attributes(long_path), "2001:db8::7".parse().unwrap(), None).unwrap(),
+        ),
+        // No room for a prefix in a 4096-byte UPDATE: rejected.
+        set_v4(9, 4_080),
+    ];
+    assert!(
+        sets[0].encoded().len() > 400,
+        "the long AS_PATH needs the extended length field"
+    );
+    for four_octet_as in [true, false] {
+        for add_path in [&[][..], &[Family::IPV4_UNICAST, Family::IPV6_UNICAST][..]] {
+            let p = SessionParams {
+                four_octet_as,
+                ..params(false, add_path)
+            };
+            let mut packer = UpdatePacker::new(p);
+            let mut twin = UpdatePacker::new(p);
+            for i in 0..3_000u32 {
+                let set = &sets[(i % 5) as usize];
+                let n = if set.family() == Family::IPV4_UNICAST {
+                    v4(i, 24)
+                } else {
+                    v6(u64::from(i), 64)
+                };
+                packer.announce(n, Arc::clone(set)).unwrap();
+                twin.announce(n, Arc::clone(set)).unwrap();
+            }
+            for i in 0..50u32 {
+                packer.withdraw(v4(10_000 + i, 24)).unwrap();
+                twin.withdraw(v4(10_000 + i, 24)).unwrap();
+            }
+            packer.queue_end_of_rib(Family::IPV4_UNICAST);
+            twin.queue_end_of_rib(Family::IPV4_UNICAST);
+            let out = flush_twins(&mut packer, &mut twin);
+            assert_eq!(out.rejected.len(), 1, "the oversized set is rejected");
+            assert!(updates(&out).len() > 4);
+        }
+    }
 }

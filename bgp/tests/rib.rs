@@ -1437,3 +1437,22 @@ fn apply_out(
         assert_ne!(old.as_ref(), Some(&a.attrs), "duplicate announcement");
     }
 }
+
+/// With best-path reporting off (a reflector nobody subscribes to), an
+/// UPDATE still changes the Loc-RIB and the peers' exports, but
+/// `Changes::best` stays empty; switched on again, it reports again.
+#[test]
+fn best_path_reporting_can_be_switched_off() {
+    let mut rib = Rib::new(config());
+    let a = ebgp(&mut rib, "10.1.0.2", 65001, "10.9.0.2");
+    let b = ebgp(&mut rib, "10.1.0.3", 65002, "10.9.0.3");
+    rib.report_best_paths(false);
+    let c = announce(&mut rib, a, &Ann::new(&[65001], "10.1.0.2").update(&[P]));
+    assert!(c.best.is_empty(), "no best-path changes while off");
+    assert_eq!(c.for_peer(b).announce.len(), 1, "exports still computed");
+    assert_eq!(best_source(&rib, P), Some(RouteSource::Peer(a)));
+    rib.report_best_paths(true);
+    let c = announce(&mut rib, a, &withdraw(&[P]));
+    assert_eq!(c.best.len(), 1);
+    assert!(c.best[0].paths.is_empty(), "reported as unreachable");
+}

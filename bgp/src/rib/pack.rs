@@ -29,7 +29,7 @@ use crate::wire::{
     attr_type, AttributeValue, EncodeError, Family, Message, MpReach, MpUnreach, NextHop, Nlri,
     PathAttribute, Prefix, RouteRefresh, RouteRefreshSubtype, SessionParams, Update, HEADER_LEN,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -109,6 +109,10 @@ pub struct AttrSet {
     next_hop: NextHop,
 }
 
+/// The Extended Length attribute flag: a 2-octet length field (RFC 4271
+/// §4.3).
+const EXTENDED_LENGTH: u8 = 0x10;
+
 /// The parameters attribute sets are stored encoded under: 4-octet AS
 /// numbers (RFC 6793), so nothing is lost; a 2-octet session re-encodes.
 const STORED: SessionParams = SessionParams {
@@ -116,10 +120,6 @@ const STORED: SessionParams = SessionParams {
     extended_message: true,
     add_path: crate::wire::AddPathFamilies::EMPTY,
 };
-
-/// Bytes of the NEXT_HOP attribute: flags, type, length and an IPv4
-/// address (RFC 4271 §4.3).
-const NEXT_HOP_ATTR_LEN: usize = 3 + 4;
 
 impl AttrSet {
     /// Checks, orders and encodes an attribute set: ORIGIN and AS_PATH
@@ -378,10 +378,55 @@ impl UpdatePacker {
 
     /// Turns every change since the last flush into messages.
     pub fn flush(&mut self) -> Flushed {
+        let plan = self.plan(true);
+        let mut messages = Vec::new();
+        plan.emit(&mut |item| match item {
+            Item::Message(m) => messages.push(m),
+            Item::Chunk(group, chunk) => messages.extend(group.update(chunk).map(Message::Update)),
+        });
+        Flushed {
+            messages,
+            rejected: plan.rejected,
+        }
+    }
+
+    /// [`UpdatePacker::flush`], encoded under the session's parameters
+    /// straight into `out` (the bytes `Message::encode` gives for each of
+    /// `flush`'s messages, back to back). An UPDATE of a group is written
+    /// from its attribute set's stored encoding and the prefixes, without
+    /// building and encoding an `Update`: what a writer task sends.
+    pub fn flush_encoded(&mut self, out: &mut BytesMut) -> EncodedFlush {
+        let plan = self.plan(false);
+        let params = self.params;
+        let mut result = EncodedFlush::default();
+        plan.emit(&mut |item| {
+            let written = match item {
+                Item::Message(m) => {
+                    let update = matches!(m, Message::Update(_));
+                    m.encode(&params, out).map(|()| update)
+                }
+                Item::Chunk(group, chunk) => group.write(chunk, &params, out).map(|()| true),
+            };
+            match written {
+                Ok(update) => {
+                    result.messages += 1;
+                    result.updates += usize::from(update);
+                }
+                Err(e) => result.errors.push(e),
+            }
+        });
+        result.rejected = plan.rejected;
+        result
+    }
+
+    /// What changed since the last flush, grouped, checked and sorted:
+    /// the part of a flush both output forms share. `decoded`: the groups
+    /// need their attributes decoded (to build `Update`s).
+    fn plan(&mut self, decoded: bool) -> Plan {
         let params = self.params;
         let max = params.max_message_len();
         let mut withdrawals = Vec::new();
-        let mut announcements = Vec::new();
+        let mut announcements = Vec::with_capacity(self.pending.len());
         for (nlri, wanted) in self.pending.drain() {
             match wanted {
                 None => withdrawals.push(nlri),
@@ -393,10 +438,10 @@ impl UpdatePacker {
             self.pending.shrink_to(1024);
         }
 
-        let mut groups = group_by_wire_attributes(announcements, &params);
+        let mut groups = group_by_wire_attributes(announcements, &params, decoded);
         let mut rejected = Vec::new();
         for group in &mut groups {
-            let error = match &group.encoded {
+            let error = match &group.wire {
                 Err(e) => {
                     group.prefixes.sort_unstable();
                     Some((std::mem::take(&mut group.prefixes), e.clone()))
@@ -430,31 +475,83 @@ impl UpdatePacker {
         }
         groups.retain(|g| !g.prefixes.is_empty());
         groups.sort_unstable_by_key(|g| g.prefixes[0]);
-
-        let mut messages = Vec::new();
-        for family in self.refresh_begin.drain(..) {
-            messages.push(Message::RouteRefresh(RouteRefresh::new(
-                family,
-                RouteRefreshSubtype::BeginningOfRefresh,
-            )));
-        }
         withdrawals.sort_unstable();
-        let split = withdrawals.partition_point(|n| n.prefix.addr().is_ipv4());
-        pack_ipv4_withdrawals(&withdrawals[..split], max, &mut messages);
-        pack_ipv6_withdrawals(&withdrawals[split..], max, &mut messages);
-        for group in &groups {
-            group.pack(max, &mut messages);
+        Plan {
+            max,
+            refresh_begin: std::mem::take(&mut self.refresh_begin),
+            withdrawals,
+            groups,
+            refresh_end: std::mem::take(&mut self.refresh_end),
+            end_of_rib: std::mem::take(&mut self.end_of_rib),
+            rejected,
         }
-        for family in self.refresh_end.drain(..) {
-            messages.push(Message::RouteRefresh(RouteRefresh::new(
-                family,
+    }
+}
+
+/// What [`UpdatePacker::flush_encoded`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedFlush {
+    /// Messages written.
+    pub messages: usize,
+    /// Of which UPDATEs (the rest are ROUTE-REFRESH markers).
+    pub updates: usize,
+    pub rejected: Vec<Rejected>,
+    /// Messages that could not be encoded and were left out (none unless
+    /// the packer has a bug: every size is checked before).
+    pub errors: Vec<EncodeError>,
+}
+
+/// A flush before it is written out (see [`UpdatePacker::plan`]).
+struct Plan {
+    max: usize,
+    refresh_begin: Vec<Family>,
+    /// Sorted (IPv4 before IPv6).
+    withdrawals: Vec<Nlri>,
+    /// In the order of their smallest prefix, each one's prefixes sorted.
+    groups: Vec<Group>,
+    refresh_end: Vec<Family>,
+    end_of_rib: Vec<Family>,
+    rejected: Vec<Rejected>,
+}
+
+/// One message of a flush, in order: a message as it is, or one UPDATE of
+/// a group with some of its prefixes.
+enum Item<'a> {
+    Message(Message),
+    Chunk(&'a Group, &'a [Nlri]),
+}
+
+impl Plan {
+    /// Every message in order: Beginning-of-Route-Refresh markers,
+    /// withdrawals, announcements, End-of-Route-Refresh markers,
+    /// End-of-RIB markers.
+    fn emit<'a>(&'a self, out: &mut impl FnMut(Item<'a>)) {
+        for family in &self.refresh_begin {
+            out(Item::Message(Message::RouteRefresh(RouteRefresh::new(
+                *family,
+                RouteRefreshSubtype::BeginningOfRefresh,
+            ))));
+        }
+        let split = self
+            .withdrawals
+            .partition_point(|n| n.prefix.addr().is_ipv4());
+        pack_ipv4_withdrawals(&self.withdrawals[..split], self.max, out);
+        pack_ipv6_withdrawals(&self.withdrawals[split..], self.max, out);
+        for group in &self.groups {
+            let fixed = group.fixed_len();
+            for chunk in split_to_fit(&group.prefixes, |len| group.fits(fixed, len, self.max)) {
+                out(Item::Chunk(group, chunk));
+            }
+        }
+        for family in &self.refresh_end {
+            out(Item::Message(Message::RouteRefresh(RouteRefresh::new(
+                *family,
                 RouteRefreshSubtype::EndOfRefresh,
-            )));
+            ))));
         }
-        for family in self.end_of_rib.drain(..) {
-            messages.push(end_of_rib(family));
+        for family in &self.end_of_rib {
+            out(Item::Message(end_of_rib(*family)));
         }
-        Flushed { messages, rejected }
     }
 }
 
@@ -466,17 +563,24 @@ pub fn end_of_rib(family: Family) -> Message {
 /// Announcements sharing one attribute set as it goes on the wire.
 struct Group {
     attrs: Arc<AttrSet>,
-    /// The attributes as sent (MP_REACH_NLRI aside) and their encoded
-    /// length, or why they cannot be encoded.
-    encoded: Result<(Vec<PathAttribute>, usize), PackError>,
+    /// The attributes as sent, or why they cannot be encoded.
+    wire: Result<WireAttributes, PackError>,
     prefixes: Vec<Nlri>,
+}
+
+/// A group's attributes as this session sends them, MP_REACH_NLRI aside
+/// (NEXT_HOP included for IPv4).
+struct WireAttributes {
+    encoded: Bytes,
+    /// Decoded, when the flush builds `Update`s.
+    decoded: Option<Vec<PathAttribute>>,
 }
 
 impl Group {
     /// Bytes of an UPDATE of this group before its prefixes (IPv4), or
     /// before its MP_REACH_NLRI attribute (IPv6).
     fn fixed_len(&self) -> usize {
-        UPDATE_FIXED_LEN + self.encoded.as_ref().map_or(0, |(_, len)| *len)
+        UPDATE_FIXED_LEN + self.wire.as_ref().map_or(0, |w| w.encoded.len())
     }
 
     /// Value length of an MP_REACH_NLRI carrying `nlri_len` bytes of NLRI.
@@ -504,49 +608,96 @@ impl Group {
         }
     }
 
-    fn pack(&self, max: usize, out: &mut Vec<Message>) {
-        let Ok((attributes, _)) = &self.encoded else {
-            return;
-        };
-        let fixed = self.fixed_len();
-        for chunk in split_to_fit(&self.prefixes, |len| self.fits(fixed, len, max)) {
-            let update = match self.attrs.next_hop() {
-                NextHop::Ipv4(_) => Update {
-                    attributes: attributes.clone(),
-                    nlri: chunk.to_vec(),
+    /// MP_REACH_NLRI for `chunk` (IPv6 groups).
+    fn mp_reach(&self, chunk: &[Nlri]) -> PathAttribute {
+        PathAttribute::new(AttributeValue::MpReach(Box::new(MpReach {
+            family: self.attrs.family(),
+            next_hop: self.attrs.next_hop().clone(),
+            nlri: chunk.to_vec(),
+            unparsed: Bytes::new(),
+        })))
+    }
+
+    /// The UPDATE announcing `chunk`; `None` without decoded attributes.
+    fn update(&self, chunk: &[Nlri]) -> Option<Update> {
+        let attributes = self.wire.as_ref().ok()?.decoded.as_ref()?;
+        Some(match self.attrs.next_hop() {
+            NextHop::Ipv4(_) => Update {
+                attributes: attributes.clone(),
+                nlri: chunk.to_vec(),
+                ..Update::default()
+            },
+            _ => {
+                // RFC 7606 §5.1: MP_REACH_NLRI goes first.
+                let mut all = Vec::with_capacity(attributes.len() + 1);
+                all.push(self.mp_reach(chunk));
+                all.extend_from_slice(attributes);
+                Update {
+                    attributes: all,
                     ..Update::default()
-                },
-                next_hop => {
-                    // RFC 7606 §5.1: MP_REACH_NLRI goes first.
-                    let mut all = Vec::with_capacity(attributes.len() + 1);
-                    all.push(PathAttribute::new(AttributeValue::MpReach(Box::new(
-                        MpReach {
-                            family: self.attrs.family(),
-                            next_hop: next_hop.clone(),
-                            nlri: chunk.to_vec(),
-                            unparsed: Bytes::new(),
-                        },
-                    ))));
-                    all.extend_from_slice(attributes);
-                    Update {
-                        attributes: all,
-                        ..Update::default()
-                    }
                 }
-            };
-            out.push(Message::Update(update));
+            }
+        })
+    }
+
+    /// Appends the UPDATE announcing `chunk`, encoded under `params` (what
+    /// `Message::Update(self.update(chunk))` encodes to), to `out`.
+    fn write(
+        &self,
+        chunk: &[Nlri],
+        params: &SessionParams,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let wire = match &self.wire {
+            Ok(w) => &w.encoded,
+            // Never planned: a group that cannot be encoded has no prefixes.
+            Err(_) => return Ok(()),
+        };
+        let start = out.len();
+        out.put_slice(&[0xff; 16]);
+        out.put_u16(0); // patched below
+        out.put_u8(crate::wire::msg_type::UPDATE);
+        out.put_u16(0); // no withdrawn routes
+        let attributes_at = out.len();
+        out.put_u16(0); // patched below
+        let ipv4 = matches!(self.attrs.next_hop(), NextHop::Ipv4(_));
+        if !ipv4 {
+            if let Err(e) = self.mp_reach(chunk).encode(params, out) {
+                out.truncate(start);
+                return Err(e);
+            }
         }
+        out.put_slice(wire);
+        let attributes_len = out.len() - attributes_at - 2;
+        if ipv4 {
+            let add_path = params.add_path.contains(Family::IPV4_UNICAST);
+            for n in chunk {
+                n.encode(add_path, out);
+            }
+        }
+        let len = out.len() - start;
+        let max = params.max_message_len();
+        if len > max || attributes_len > usize::from(u16::MAX) {
+            out.truncate(start);
+            return Err(EncodeError::MessageTooLong { len, max });
+        }
+        out[start + 16..start + 18].copy_from_slice(&(len as u16).to_be_bytes());
+        out[attributes_at..attributes_at + 2]
+            .copy_from_slice(&(attributes_len as u16).to_be_bytes());
+        Ok(())
     }
 }
 
 /// Groups announcements by the bytes their attribute sets encode to under
 /// `params` (so sets that differ only in ways the wire does not show share
-/// UPDATEs). On a 4-octet-AS session the stored encoding is the key as it
-/// is; a 2-octet session re-encodes each distinct `Arc` once. Only the
-/// first set of each group is decoded (to build its UPDATEs).
+/// UPDATEs). On a 4-octet-AS session that is the stored encoding with
+/// NEXT_HOP put in its place; a 2-octet session re-encodes each distinct
+/// `Arc` once. With `decoded`, the first set of each group is decoded too
+/// (to build its `Update`s).
 fn group_by_wire_attributes(
     announcements: Vec<(Nlri, Arc<AttrSet>)>,
     params: &SessionParams,
+    decoded: bool,
 ) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     let mut by_pointer: PrefixHashMap<*const AttrSet, usize> = PrefixHashMap::default();
@@ -555,56 +706,7 @@ fn group_by_wire_attributes(
         let index = match by_pointer.get(&Arc::as_ptr(&attrs)) {
             Some(&i) => i,
             None => {
-                let mut key = BytesMut::new();
-                key.extend_from_slice(&[u8::from(attrs.family() == Family::IPV6_UNICAST)]);
-                match attrs.next_hop() {
-                    NextHop::Ipv4(a) => key.extend_from_slice(&a.octets()),
-                    NextHop::Ipv6 { global, link_local } => {
-                        key.extend_from_slice(&global.octets());
-                        key.extend_from_slice(&link_local.map_or([0; 16], |a| a.octets()));
-                    }
-                    NextHop::Other(b) => key.extend_from_slice(b),
-                }
-                let key_prefix_len = key.len();
-                // The attributes as sent, if they had to be decoded for
-                // the key, and the encoded length (NEXT_HOP included).
-                let encoded: Result<(Option<Vec<PathAttribute>>, usize), PackError> =
-                    if params.four_octet_as {
-                        key.extend_from_slice(attrs.encoded());
-                        let next_hop = match attrs.next_hop() {
-                            NextHop::Ipv4(_) => NEXT_HOP_ATTR_LEN,
-                            _ => 0,
-                        };
-                        Ok((None, attrs.encoded().len() + next_hop))
-                    } else {
-                        attrs.wire_attributes().and_then(|mut attributes| {
-                            add_as4_attributes(&mut attributes);
-                            attributes
-                                .iter()
-                                .try_for_each(|a| a.encode(params, &mut key))?;
-                            Ok((Some(attributes), key.len() - key_prefix_len))
-                        })
-                    };
-                let existing = match encoded {
-                    Ok(_) => by_bytes.get(&key[..]).copied(),
-                    Err(_) => None,
-                };
-                let i = existing.unwrap_or_else(|| {
-                    let ok = encoded.is_ok();
-                    let encoded = encoded.and_then(|(attributes, len)| match attributes {
-                        Some(a) => Ok((a, len)),
-                        None => attrs.wire_attributes().map(|a| (a, len)),
-                    });
-                    groups.push(Group {
-                        attrs: Arc::clone(&attrs),
-                        encoded,
-                        prefixes: Vec::new(),
-                    });
-                    if ok {
-                        by_bytes.insert(key.freeze(), groups.len() - 1);
-                    }
-                    groups.len() - 1
-                });
+                let i = group_index(&attrs, params, decoded, &mut groups, &mut by_bytes);
                 // The Arc stays alive in `attrs` of its route until the flush
                 // ends, so its address is not reused meanwhile.
                 by_pointer.insert(Arc::as_ptr(&attrs), i);
@@ -616,6 +718,101 @@ fn group_by_wire_attributes(
         }
     }
     groups
+}
+
+/// The group of an attribute set not seen before in this flush: one with
+/// the same wire encoding, or a new one.
+fn group_index(
+    attrs: &Arc<AttrSet>,
+    params: &SessionParams,
+    decoded: bool,
+    groups: &mut Vec<Group>,
+    by_bytes: &mut PrefixHashMap<Bytes, usize>,
+) -> usize {
+    // The key: family, next hop, then the attributes as sent.
+    let mut key = BytesMut::with_capacity(40 + attrs.encoded().len());
+    key.put_u8(u8::from(attrs.family() == Family::IPV6_UNICAST));
+    match attrs.next_hop() {
+        NextHop::Ipv4(a) => key.put_slice(&a.octets()),
+        NextHop::Ipv6 { global, link_local } => {
+            key.put_slice(&global.octets());
+            key.put_slice(&link_local.map_or([0; 16], |a| a.octets()));
+        }
+        NextHop::Other(b) => key.put_slice(b),
+    }
+    let key_prefix_len = key.len();
+    // The attributes decoded, if that was needed for the key.
+    let written: Result<Option<Vec<PathAttribute>>, PackError> = if params.four_octet_as {
+        match attrs.next_hop() {
+            NextHop::Ipv4(a) => splice_next_hop(attrs.encoded(), *a, &mut key).map(|()| None),
+            _ => {
+                key.put_slice(attrs.encoded());
+                Ok(None)
+            }
+        }
+    } else {
+        attrs.wire_attributes().and_then(|mut attributes| {
+            add_as4_attributes(&mut attributes);
+            attributes
+                .iter()
+                .try_for_each(|a| a.encode(params, &mut key))?;
+            Ok(Some(attributes))
+        })
+    };
+    let key = key.freeze();
+    if written.is_ok() {
+        if let Some(&i) = by_bytes.get(&key) {
+            return i;
+        }
+    }
+    let ok = written.is_ok();
+    let wire = written.and_then(|attributes| {
+        let decoded = match attributes {
+            Some(a) => Some(a),
+            None if decoded => Some(attrs.wire_attributes()?),
+            None => None,
+        };
+        Ok(WireAttributes {
+            encoded: key.slice(key_prefix_len..),
+            decoded,
+        })
+    });
+    groups.push(Group {
+        attrs: Arc::clone(attrs),
+        wire,
+        prefixes: Vec::new(),
+    });
+    if ok {
+        by_bytes.insert(key, groups.len() - 1);
+    }
+    groups.len() - 1
+}
+
+/// Appends a stored (type-ordered) attribute encoding with a NEXT_HOP of
+/// `next_hop` in its place among them (RFC 4271 §5: ascending type order).
+fn splice_next_hop(stored: &[u8], next_hop: Ipv4Addr, out: &mut BytesMut) -> Result<(), PackError> {
+    let mut at = 0;
+    while let Some(&[flags, type_code]) = stored.get(at..at + 2) {
+        if type_code > attr_type::NEXT_HOP {
+            break;
+        }
+        let (header, len) = if flags & EXTENDED_LENGTH != 0 {
+            let len = stored
+                .get(at + 2..at + 4)
+                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+            (4, len)
+        } else {
+            (3, stored.get(at + 2).map(|&b| usize::from(b)))
+        };
+        let Some(len) = len.filter(|len| at + header + len <= stored.len()) else {
+            return Err(PackError::Stored("truncated attribute".into()));
+        };
+        at += header + len;
+    }
+    out.put_slice(&stored[..at]);
+    PathAttribute::new(AttributeValue::NextHop(next_hop)).encode(&STORED, out)?;
+    out.put_slice(&stored[at..]);
+    Ok(())
 }
 
 /// For a peer without 4-octet AS support (RFC 6793 §4.2.2): AS numbers
@@ -679,23 +876,23 @@ fn split_to_fit(prefixes: &[Nlri], fits: impl Fn(usize) -> bool) -> Vec<&[Nlri]>
 }
 
 /// IPv4 withdrawals in the Withdrawn Routes field (RFC 4271 §4.3).
-fn pack_ipv4_withdrawals(prefixes: &[Nlri], max: usize, out: &mut Vec<Message>) {
+fn pack_ipv4_withdrawals<'a>(prefixes: &[Nlri], max: usize, out: &mut impl FnMut(Item<'a>)) {
     for chunk in split_to_fit(prefixes, |len| UPDATE_FIXED_LEN + len <= max) {
-        out.push(Message::Update(Update {
+        out(Item::Message(Message::Update(Update {
             withdrawn: chunk.to_vec(),
             ..Update::default()
-        }));
+        })));
     }
 }
 
 /// IPv6 withdrawals in MP_UNREACH_NLRI (RFC 4760 §4).
-fn pack_ipv6_withdrawals(prefixes: &[Nlri], max: usize, out: &mut Vec<Message>) {
+fn pack_ipv6_withdrawals<'a>(prefixes: &[Nlri], max: usize, out: &mut impl FnMut(Item<'a>)) {
     let fits = |len: usize| {
         let value = MP_UNREACH_FIXED_LEN + len;
         UPDATE_FIXED_LEN + attribute_header_len(value) + value <= max
     };
     for chunk in split_to_fit(prefixes, fits) {
-        out.push(Message::Update(Update {
+        out(Item::Message(Message::Update(Update {
             attributes: vec![PathAttribute::new(AttributeValue::MpUnreach(Box::new(
                 MpUnreach {
                     family: Family::IPV6_UNICAST,
@@ -704,6 +901,6 @@ fn pack_ipv6_withdrawals(prefixes: &[Nlri], max: usize, out: &mut Vec<Message>) 
                 },
             )))],
             ..Update::default()
-        }));
+        })));
     }
 }

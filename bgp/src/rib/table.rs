@@ -312,6 +312,8 @@ struct Context<'a> {
     config: &'a RibConfig,
     peers: &'a [Option<PeerState>],
     resolver: &'a (dyn NextHopResolver + Send + Sync),
+    /// Fill in [`Changes::best`].
+    report_best: bool,
 }
 
 impl Context<'_> {
@@ -441,7 +443,7 @@ impl Context<'_> {
             // Same paths, same sources: the same exports.
             return;
         }
-        if !same {
+        if !same && self.report_best {
             changes.best.push(BestPathChange {
                 prefix,
                 paths: new_best.to_vec(),
@@ -470,6 +472,8 @@ pub struct Rib {
     peers: Vec<Option<PeerState>>,
     table: PrefixTable,
     resolver: Box<dyn NextHopResolver + Send + Sync>,
+    /// Whether [`Changes::best`] is filled in ([`Rib::report_best_paths`]).
+    report_best: bool,
 }
 
 impl Rib {
@@ -480,7 +484,17 @@ impl Rib {
             peers: Vec::new(),
             table: PrefixTable::default(),
             resolver: Box::new(AllReachable),
+            report_best: true,
         }
+    }
+
+    /// Whether operations report best-path changes in [`Changes::best`]
+    /// (on by default). Off, they leave it empty: a route reflector that
+    /// programs no routes needs only the Adj-RIB-Out changes, and saves a
+    /// vector per changed prefix. Switching it on later reports changes
+    /// from then on (read [`Rib::loc_rib`] for the state so far).
+    pub fn report_best_paths(&mut self, on: bool) {
+        self.report_best = on;
     }
 
     pub fn config(&self) -> &RibConfig {
@@ -819,6 +833,7 @@ impl Rib {
             config: &self.config,
             peers: &self.peers,
             resolver: &*self.resolver,
+            report_best: self.report_best,
         };
         let table = &mut self.table;
         let mut rest = ops.as_slice();
@@ -1014,6 +1029,7 @@ impl Rib {
             config: &self.config,
             peers: &self.peers,
             resolver: &*self.resolver,
+            report_best: self.report_best,
         }
     }
 
@@ -1132,6 +1148,7 @@ impl Rib {
             config: &self.config,
             peers: &self.peers,
             resolver: &*self.resolver,
+            report_best: self.report_best,
         };
         for (prefix, old_best) in snapshots {
             let Some(entry) = self.table.get_mut(&prefix) else {

@@ -132,6 +132,8 @@ pub enum SessionError {
     NotAllowed(&'static str),
     #[error("message cannot be encoded: {0}")]
     Encode(#[from] EncodeError),
+    #[error("messages encoded for other session parameters than the connection's")]
+    OtherParams,
     #[error("connection failed while sending: {0}")]
     Io(#[from] io::Error),
 }
@@ -139,7 +141,20 @@ pub enum SessionError {
 enum Command {
     Incoming(TcpStream),
     Send(Vec<Message>, oneshot::Sender<Result<(), SessionError>>),
+    SendEncoded(EncodedMessages, oneshot::Sender<Result<(), SessionError>>),
     Stop(StopReason),
+}
+
+/// UPDATE and ROUTE-REFRESH messages encoded back to back (e.g. by
+/// `rib::pack::UpdatePacker::flush_encoded`), and the parameters they were
+/// encoded under: sent only on a connection that negotiated the same.
+#[derive(Clone, Debug)]
+pub struct EncodedMessages {
+    pub bytes: Bytes,
+    pub params: SessionParams,
+    /// Whether there is an UPDATE among them (which restarts the
+    /// keepalive timer, RFC 4271 §4.4).
+    pub updates: bool,
 }
 
 /// Why the local side ends a session, which fixes the Cease it sends.
@@ -181,6 +196,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Incoming(_) => f.write_str("Incoming"),
             Command::Send(m, _) => write!(f, "Send({} messages)", m.len()),
+            Command::SendEncoded(m, _) => write!(f, "SendEncoded({} bytes)", m.bytes.len()),
             Command::Stop(r) => write!(f, "Stop({r:?})"),
         }
     }
@@ -247,6 +263,17 @@ impl SessionHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Send(messages, tx))
+            .map_err(|_| SessionError::Closed)?;
+        rx.await.map_err(|_| SessionError::Closed)?
+    }
+
+    /// Sends encoded UPDATEs and ROUTE-REFRESHes in one write (Established
+    /// only, and only if the connection's send parameters are
+    /// `messages.params`). Returns once they are written to the socket.
+    pub async fn send_encoded(&self, messages: EncodedMessages) -> Result<(), SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SendEncoded(messages, tx))
             .map_err(|_| SessionError::Closed)?;
         rx.await.map_err(|_| SessionError::Closed)?
     }
@@ -377,15 +404,23 @@ impl Conn {
     /// Encodes and writes `messages`, flushing. Fails on an encode error
     /// (nothing written) or an I/O error / timeout.
     async fn write(&mut self, messages: &[Message]) -> Result<(), SessionError> {
-        let Some(stream) = self.stream.as_mut() else {
+        if self.stream.is_none() {
             return Err(SessionError::NotEstablished);
-        };
+        }
         let mut out = BytesMut::new();
         for m in messages {
             m.encode(&self.send, &mut out)?;
         }
+        self.write_bytes(&out).await
+    }
+
+    /// Writes encoded messages, flushing. Fails on an I/O error / timeout.
+    async fn write_bytes(&mut self, out: &[u8]) -> Result<(), SessionError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(SessionError::NotEstablished);
+        };
         let write = async {
-            stream.write_all(&out).await?;
+            stream.write_all(out).await?;
             stream.flush().await
         };
         match tokio::time::timeout(SEND_TIMEOUT, write).await {
@@ -557,6 +592,10 @@ impl Driver {
                 Wake::Command(Some(Command::Incoming(stream))) => self.incoming(stream).await,
                 Wake::Command(Some(Command::Send(messages, reply))) => {
                     let r = self.send_user(messages).await;
+                    let _ = reply.send(r);
+                }
+                Wake::Command(Some(Command::SendEncoded(messages, reply))) => {
+                    let r = self.send_user_encoded(messages).await;
                     let _ = reply.send(r);
                 }
                 Wake::Read(which, Ok(0)) => {
@@ -792,9 +831,31 @@ impl Driver {
         if self.primary.fsm.state() != State::Established {
             return Err(SessionError::NotEstablished);
         }
-        match self.primary.write(&messages).await {
+        let mut out = BytesMut::new();
+        for m in &messages {
+            m.encode(&self.primary.send, &mut out)?;
+        }
+        let updates = messages.iter().any(|m| matches!(m, Message::Update(_)));
+        self.write_user(&out, updates).await
+    }
+
+    /// [`Driver::send_user`] for messages encoded by the caller.
+    async fn send_user_encoded(&mut self, messages: EncodedMessages) -> Result<(), SessionError> {
+        if self.primary.fsm.state() != State::Established {
+            return Err(SessionError::NotEstablished);
+        }
+        if messages.params != self.primary.send {
+            return Err(SessionError::OtherParams);
+        }
+        self.write_user(&messages.bytes, messages.updates).await
+    }
+
+    /// Writes the user's encoded messages on the Established connection,
+    /// then UpdateSent for the keepalive timer if `updates`.
+    async fn write_user(&mut self, out: &[u8], updates: bool) -> Result<(), SessionError> {
+        match self.primary.write_bytes(out).await {
             Ok(()) => {
-                if messages.iter().any(|m| matches!(m, Message::Update(_))) {
+                if updates {
                     self.event(Which::Primary, Event::UpdateSent).await;
                 }
                 Ok(())

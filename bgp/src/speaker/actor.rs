@@ -69,6 +69,8 @@ pub(super) fn spawn(
     let mut rib = Rib::new(rib_config);
     // An empty RIB: nothing to re-evaluate.
     drop(rib.set_resolver(Box::new(super::next_hop::ForwardableNextHop)));
+    // Best-path changes only while someone subscribes.
+    rib.report_best_paths(false);
     let actor = Actor {
         rib,
         config,
@@ -92,6 +94,10 @@ pub(super) fn spawn(
     Ok(listen)
 }
 
+/// At most this many session events are handled in a row before the
+/// actor looks at commands and timers again.
+const EVENT_BATCH: usize = 256;
+
 /// A session event tagged with the neighbour and the session instance it
 /// came from (events of a removed neighbour's session are ignored).
 struct PeerEvent {
@@ -114,6 +120,11 @@ struct UpState {
     negotiated: Box<Negotiated>,
     /// Changes went to the writer's packer since the last flush.
     dirty: bool,
+    /// Packer operations not handed to the writer yet: they go in one
+    /// message per batch of events ([`Actor::hand_over`]), not one per
+    /// UPDATE, so a full table wakes the writer a few thousand times
+    /// instead of once per UPDATE.
+    ops: Vec<PackerOp>,
     since: Instant,
     /// Families the peer has sent End-of-RIB for on this session.
     end_of_rib: BTreeSet<Family>,
@@ -213,7 +224,18 @@ impl Actor {
                     }
                     Some(command) => self.command(command),
                 },
-                Some(event) = self.events.recv() => self.session_event(event),
+                Some(event) = self.events.recv() => {
+                    self.session_event(event);
+                    // What else is queued, without going through `select!`
+                    // (and re-arming its timers) per UPDATE; bounded so
+                    // commands and timers still get their turn.
+                    for _ in 1..EVENT_BATCH {
+                        match self.events.try_recv() {
+                            Ok(event) => self.session_event(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Some((stream, from)) = self.unknown.recv() => self.dynamic_incoming(stream, from),
                 () = sleep_until(self.flush_at) => self.flush(),
                 () = sleep_until(stale_deadline) => {
@@ -224,6 +246,7 @@ impl Actor {
                     self.end_deferral("selection deferral timer expired");
                 }
             }
+            self.hand_over();
         }
         info!("speaker stopped");
     }
@@ -259,6 +282,7 @@ impl Actor {
                     .collect();
                 if snapshot.into_iter().all(|c| tx.send(c).is_ok()) {
                     self.subscribers.push(tx);
+                    self.rib.report_best_paths(true);
                 }
             }
             Command::Status(reply) => {
@@ -674,6 +698,7 @@ impl Actor {
         peer.up = Some(UpState {
             negotiated,
             dirty: true,
+            ops: Vec::new(),
             since: Instant::now(),
             end_of_rib: BTreeSet::new(),
             refreshing: BTreeMap::new(),
@@ -860,7 +885,7 @@ impl Actor {
     /// Best-path changes to the subscribers, Adj-RIB-Out changes to the
     /// peers' packers (sent at the next flush).
     fn apply_changes(&mut self, changes: Changes) {
-        if !changes.best.is_empty() {
+        if !changes.best.is_empty() && !self.subscribers.is_empty() {
             let best: Vec<BestPathChange> = changes
                 .best
                 .into_iter()
@@ -868,6 +893,9 @@ impl Actor {
                 .collect();
             self.subscribers
                 .retain(|s| best.iter().all(|c| s.send(c.clone()).is_ok()));
+            if self.subscribers.is_empty() {
+                self.rib.report_best_paths(false);
+            }
         }
         let mut sets: PrefixHashMap<usize, Option<Arc<AttrSet>>> = PrefixHashMap::default();
         let mut queued = false;
@@ -878,12 +906,12 @@ impl Actor {
             let Some(peer) = self.by_id.get(&id).and_then(|a| self.peers.get_mut(a)) else {
                 continue;
             };
-            if peer.up.is_none() {
+            let Some(up) = peer.up.as_mut() else {
                 continue;
-            }
-            let mut ops = Vec::with_capacity(out.announce.len() + out.withdraw.len());
-            to_ops(out, &peer.span, &mut sets, &mut ops);
-            send_ops(peer, ops);
+            };
+            up.dirty = true;
+            up.ops.reserve(out.announce.len() + out.withdraw.len());
+            to_ops(out, &peer.span, &mut sets, &mut up.ops);
             queued = true;
         }
         if queued {
@@ -904,6 +932,7 @@ impl Actor {
         if self.deferral.is_some() {
             return;
         }
+        self.hand_over();
         for peer in self.peers.values_mut() {
             let (Some(up), Some(session)) = (peer.up.as_mut(), peer.session.as_ref()) else {
                 continue;
@@ -913,6 +942,22 @@ impl Actor {
             }
             let epoch = peer.epoch.load(Ordering::SeqCst);
             let _ = session.outbox.send((epoch, WriterInput::Flush));
+        }
+    }
+
+    /// Gives each writer the packer operations collected for it since
+    /// the last hand-over, in one message.
+    fn hand_over(&mut self) {
+        for peer in self.peers.values_mut() {
+            let (Some(up), Some(session)) = (peer.up.as_mut(), peer.session.as_ref()) else {
+                continue;
+            };
+            if up.ops.is_empty() {
+                continue;
+            }
+            let ops = std::mem::take(&mut up.ops);
+            let epoch = peer.epoch.load(Ordering::SeqCst);
+            let _ = session.outbox.send((epoch, WriterInput::Changes(ops)));
         }
     }
 
@@ -1063,15 +1108,19 @@ fn to_ops(
     }
 }
 
-/// Hands packer operations to an Established peer's writer (sent at the
-/// next flush).
-fn send_ops(peer: &mut Peer, ops: Vec<PackerOp>) {
-    let (Some(up), Some(session)) = (peer.up.as_mut(), peer.session.as_ref()) else {
+/// Queues packer operations for an Established peer's writer (handed over
+/// after the current batch of events, sent at the next flush). They belong
+/// to the current connection: `UpState` goes with it.
+fn send_ops(peer: &mut Peer, mut ops: Vec<PackerOp>) {
+    let Some(up) = peer.up.as_mut() else {
         return;
     };
     up.dirty = true;
-    let epoch = peer.epoch.load(Ordering::SeqCst);
-    let _ = session.outbox.send((epoch, WriterInput::Changes(ops)));
+    if up.ops.is_empty() {
+        up.ops = ops;
+    } else {
+        up.ops.append(&mut ops);
+    }
 }
 
 fn attr_set(attrs: &PathAttributes, span: &Span) -> Option<Arc<AttrSet>> {

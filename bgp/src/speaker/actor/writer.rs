@@ -4,8 +4,9 @@
 //! whose socket is blocked never stalls the actor or the other peers.
 
 use crate::rib::pack::{AttrSet, UpdatePacker};
-use crate::session::SessionHandle;
+use crate::session::{EncodedMessages, SessionHandle};
 use crate::wire::{Family, Message, Nlri};
+use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -53,32 +54,47 @@ pub(super) async fn write_loop(
             .as_mut()
             .filter(|(e, _)| *e == for_epoch)
             .map(|(_, p)| p);
-        let messages = match (input, current) {
+        let sent = match (input, current) {
             (WriterInput::Packer(p), _) => {
                 rejected.store(0, Ordering::Relaxed);
                 packer = Some((for_epoch, p));
                 continue;
             }
-            (WriterInput::Messages(m), _) => m,
+            (WriterInput::Messages(m), _) => {
+                if m.is_empty() {
+                    continue;
+                }
+                handle.send_messages(m).await
+            }
             (WriterInput::Changes(ops), Some(p)) => {
                 apply(p, ops);
                 continue;
             }
             (WriterInput::Flush, Some(p)) => {
-                let flushed = p.flush();
+                let mut bytes = BytesMut::new();
+                let flushed = p.flush_encoded(&mut bytes);
                 rejected.store(p.rejected_len(), Ordering::Relaxed);
                 for r in &flushed.rejected {
                     warn!(rejected = ?r, "route could not be sent");
                 }
-                debug!(messages = flushed.messages.len(), "sending");
-                flushed.messages
+                for e in &flushed.errors {
+                    warn!("message could not be encoded: {e}");
+                }
+                if flushed.messages == 0 {
+                    continue;
+                }
+                debug!(messages = flushed.messages, "sending");
+                handle
+                    .send_encoded(EncodedMessages {
+                        bytes: bytes.freeze(),
+                        params: *p.params(),
+                        updates: flushed.updates > 0,
+                    })
+                    .await
             }
             (WriterInput::Changes(_) | WriterInput::Flush, None) => continue,
         };
-        if messages.is_empty() {
-            continue;
-        }
-        if let Err(e) = handle.send_messages(messages).await {
+        if let Err(e) = sent {
             debug!("send failed: {e}");
         }
     }
