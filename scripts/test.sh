@@ -61,6 +61,18 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+# The plugin binaries as shipped (deploy/Containerfile, bench/cni.sh):
+# statically linked, with no program interpreter, and they start.
+log "felix-cni / felix-ipam as shipped (scripts/build-cni.sh)"
+cni=$(bash scripts/build-cni.sh)
+for b in felix-cni felix-ipam; do
+    if readelf -lW "$cni/$b" | grep -q INTERP; then
+        echo "$cni/$b is dynamically linked" >&2
+        exit 1
+    fi
+    CNI_COMMAND=VERSION "$cni/$b" </dev/null | grep -q '"supportedVersions"'
+done
+
 log "doc tests"
 cargo test --workspace --locked --doc
 
