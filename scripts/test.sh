@@ -79,7 +79,11 @@ cargo test --workspace --locked --doc
 log "cargo nextest"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
-cargo nextest run --workspace --locked --retries 2 --no-fail-fast 2>&1 | tee "$results"
+# This build makes target/debug/felix and felix-cni (cargo builds a
+# package's binaries for its integration tests): the lab tests take them
+# instead of building them again with other features (tests/tests/lab_common).
+FELIX_TEST_BINARIES_BUILT=1 \
+    cargo nextest run --workspace --locked --retries 2 --no-fail-fast 2>&1 | tee "$results"
 
 left=$(ip netns list 2>/dev/null || true)
 if [ -n "$left" ]; then

@@ -23,12 +23,41 @@ pub fn skip() -> bool {
     false
 }
 
-/// Builds `felix` and `felix-cni` (a no-op when up to date) and returns them.
+/// Set by scripts/test.sh: the `cargo nextest run --workspace` running
+/// this test has just built `felix` and `felix-cni` into `target/debug`
+/// (cargo builds a package's binaries for its integration tests), so
+/// [`binaries`] takes them as they are.
+pub const BINARIES_BUILT_ENV: &str = "FELIX_TEST_BINARIES_BUILT";
+
+/// Builds `felix` and `felix-cni` (a no-op when up to date) and returns
+/// them; with [`BINARIES_BUILT_ENV`] set, only returns them.
+///
+/// Why the variable: this `cargo build -p felix-rs -p felix-cni` resolves
+/// dependency features without the workspace's dev-dependencies, unlike
+/// the `--workspace` test build that runs the suite, so after any change
+/// it compiled felix-rs and felix-cni a second time, inside the first lab
+/// test, while every other lab test waited on cargo's build-directory lock
+/// (a 7 s lab test took 65 s, a 21 s one 87–89 s in a full CI run). It
+/// also replaced `target/debug/felix` while other tests were running it.
 pub fn binaries() -> Binaries {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
+    let built = Binaries {
+        felix: target.join("debug").join("felix"),
+        cni: target.join("debug").join("felix-cni"),
+    };
+    if std::env::var_os(BINARIES_BUILT_ENV).is_some() {
+        for bin in [&built.felix, &built.cni] {
+            assert!(
+                bin.exists(),
+                "{BINARIES_BUILT_ENV} is set but {} is missing",
+                bin.display()
+            );
+        }
+        return built;
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     // The test's own package variables (CARGO_MANIFEST_DIR, CARGO_PKG_NAME,
@@ -68,10 +97,7 @@ pub fn binaries() -> Binaries {
         .status()
         .unwrap();
     assert!(status.success(), "cargo build of felix / felix-cni failed");
-    Binaries {
-        felix: target.join("debug").join("felix"),
-        cni: target.join("debug").join("felix-cni"),
-    }
+    built
 }
 
 /// A running lab; `felix lab down` on drop.
