@@ -8,7 +8,9 @@
 //! still what keeps processes and machines apart.
 //!
 //! Write order (crash safety, docs/ipam.md):
-//! - allocate: handle count `+n` -> block allocation. A crash between the
+//! - allocate: on sqlite and etcd, block allocation and handle count in one
+//!   transaction (`block_writes`): nothing in between to crash in. On
+//!   Kubernetes, handle count `+n` -> block allocation; a crash between the
 //!   two leaves a handle that over-counts (harmless; `gc` trims it).
 //! - release: block -> handle count `-n`. Same shape.
 //! - claim: affinity `pending` -> block (affinity `host:NODE`) -> affinity
@@ -707,11 +709,12 @@ impl Allocator {
     // ----- allocation ---------------------------------------------------
 
     /// Allocates up to `n` addresses in one block for `handle`; with
-    /// `node`, only while the block is still affine to it. The handle is
-    /// counted for `n` first (write order), outside the block's lock, and
-    /// uncounted for what the block could not give; the block write is
-    /// shared with the other requests for the block queued meanwhile
-    /// (`block_writes`).
+    /// `node`, only while the block is still affine to it. The block write
+    /// is shared with the other requests for the block queued meanwhile
+    /// (`block_writes`). On a store with transactions the handle is counted
+    /// in that same write; elsewhere it is counted for `n` first (write
+    /// order), outside the block's lock, and uncounted for what the block
+    /// could not give.
     async fn allocate_in_block(
         &self,
         cidr: IpNet,
@@ -720,14 +723,22 @@ impl Allocator {
         attrs: &AllocationAttrs,
         node: Option<&str>,
     ) -> Result<Vec<Lease>, IpamError> {
-        let counted = u64::from(n);
-        self.handle_add(handle, &cidr, counted).await?;
         let request = BlockRequest {
             n,
             handle: handle.to_owned(),
             attrs: attrs.clone(),
             node: node.map(str::to_owned),
         };
+        if self.blocks.counts_handles() {
+            return match self.blocks.allocate(cidr, request).await {
+                BatchReply::Leases(leases) => Ok(leases),
+                // Not written, or written with the handle's count: nothing
+                // to undo either way.
+                BatchReply::NotWritten(e) | BatchReply::Unknown(e) => Err(e),
+            };
+        }
+        let counted = u64::from(n);
+        self.handle_add(handle, &cidr, counted).await?;
         match self.blocks.allocate(cidr, request).await {
             BatchReply::Leases(leases) => {
                 let extra = counted.saturating_sub(leases.len() as u64);

@@ -15,11 +15,19 @@
 //!
 //! What stays as before: the write is compare-and-swap on the revision the
 //! batch was computed from; a conflict re-reads and recomputes the whole
-//! batch, with bounded, jittered back-off (ARCHITECTURE.md principle 3);
-//! each request's handle is counted before the block is written (the caller
-//! does that, docs/ipam.md "Write order").
+//! batch, with bounded, jittered back-off (ARCHITECTURE.md principle 3).
+//!
+//! Handles: on a store with transactions over several objects (sqlite,
+//! etcd: [`Datastore::transactional`]) the batch writes the block and the
+//! count of every handle it gave addresses to in one transaction
+//! ([`Datastore::write_all`]), so an allocation is one write, shared with
+//! its batch, instead of a handle write of its own followed by the block
+//! write; a crash leaves either both or neither. A handle is first assumed
+//! new (created); when it exists it is read and updated on its revision.
+//! Elsewhere (Kubernetes) each request's handle is counted before the block
+//! is written (the caller does that, docs/ipam.md "Write order").
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -29,8 +37,26 @@ use tracing::debug;
 
 use crate::allocator::{AllocatorConfig, IpamError};
 use crate::block::{AllocationAttrs, IpamBlockSpec, Lease};
-use crate::codec::encode;
-use crate::store::{Datastore, Kind, Revision, StoreError};
+use crate::codec::{decode, encode};
+use crate::handle::IpamHandleSpec;
+use crate::names::handle_name;
+use crate::store::{Datastore, Kind, Revision, StoreError, Write};
+
+/// Most requests one batch takes (an etcd transaction holds at most 128
+/// operations by default: the block and one handle per request).
+const MAX_BATCH: usize = 64;
+
+/// What a batch knows of a handle it counts (transactional stores).
+#[derive(Debug, Clone)]
+enum HandleState {
+    /// Not stored (assumed until a write says otherwise): created.
+    New,
+    /// Stored at this revision: updated on it.
+    Stored(Revision, IpamHandleSpec),
+    /// Cannot be counted (its name is another handle's, it is corrupt, it
+    /// could not be read): its requests fail, nothing written for them.
+    Failed(IpamError),
+}
 
 /// One allocation request for a block.
 pub(crate) struct BlockRequest {
@@ -327,28 +353,37 @@ impl BlockWrites {
                     writer.finished = true;
                     return;
                 }
-                std::mem::take(&mut pending.requests)
+                let take = pending.requests.len().min(MAX_BATCH);
+                pending.requests.drain(..take).collect::<Vec<_>>()
             };
             let replies = self.write_batch(cidr, &name, &batch).await;
             for (queued, reply) in batch.into_iter().zip(replies) {
                 // A caller that gave up no longer listens; its handle
-                // over-counts, which is harmless (docs/ipam.md).
+                // counts what it was given (with transactions) or more
+                // (harmless, docs/ipam.md), so a release by handle frees it.
                 let _ = queued.reply.send(reply);
             }
         }
+    }
+
+    /// Whether the batch writes count the requests' handles themselves
+    /// (the store has transactions over several objects).
+    pub(crate) fn counts_handles(&self) -> bool {
+        self.store.transactional()
     }
 
     /// One read-change-write of the block for every request of `batch`
     /// (call with the block's lock held); one reply per request, in order.
     async fn write_batch(&self, cidr: IpNet, name: &str, batch: &[Queued]) -> Vec<BatchReply> {
         let all = |reply: BatchReply| vec![reply; batch.len()];
-        let none = || all(BatchReply::Leases(Vec::new()));
+        let counting = self.counts_handles();
+        let mut handles: HashMap<String, HandleState> = HashMap::new();
         let mut remembered = true;
         let mut attempt = 0;
         while attempt < self.config.max_attempts {
             let read = match self.read(name, remembered).await {
                 Ok(Some(read)) => read,
-                Ok(None) => return none(),
+                Ok(None) => return replies(batch, &handles, None),
                 Err(e) => return all(BatchReply::NotWritten(e)),
             };
             let mut spec = read.spec.clone();
@@ -357,7 +392,8 @@ impl BlockWrites {
                 .map(|q| {
                     let r = &q.request;
                     let affine = r.node.is_none() || spec.affine_node() == r.node.as_deref();
-                    let k = if affine {
+                    let failed = matches!(handles.get(&r.handle), Some(HandleState::Failed(_)));
+                    let k = if affine && !failed {
                         (r.n as usize).min(spec.free())
                     } else {
                         0
@@ -375,13 +411,47 @@ impl BlockWrites {
                     remembered = false;
                     continue;
                 }
-                return none();
+                return replies(batch, &handles, None);
             }
-            match self.write(name, &read, &spec).await {
+            let written = if counting {
+                self.write_counted(name, &read, &spec, batch, &given, &handles)
+                    .await
+            } else {
+                self.write(name, &read, &spec).await
+            };
+            match written {
                 // A write on the remembered revision proves the remembered
                 // copy was current, so a request given nothing from it was
                 // rightly given nothing.
-                Ok(()) => return given.into_iter().map(BatchReply::Leases).collect(),
+                Ok(()) => return replies(batch, &handles, Some(given)),
+                Err(
+                    StoreError::Conflict {
+                        kind: Kind::IpamHandle,
+                        name: handle,
+                        ..
+                    }
+                    | StoreError::NotFound {
+                        kind: Kind::IpamHandle,
+                        name: handle,
+                    }
+                    | StoreError::AlreadyExists {
+                        kind: Kind::IpamHandle,
+                        name: handle,
+                    },
+                ) => {
+                    // A handle is not as assumed: read it and try again
+                    // (nothing was written; the block read still holds).
+                    if let Some(id) = batch
+                        .iter()
+                        .map(|q| &q.request.handle)
+                        .find(|id| handle_name(id) == handle)
+                    {
+                        let state = self.read_handle(id).await;
+                        handles.insert(id.clone(), state);
+                    }
+                    attempt += 1;
+                    continue;
+                }
                 Err(StoreError::Conflict { .. }) if read.remembered => {
                     // Someone else wrote the block since we last saw it:
                     // read it (no back-off, this is not contention).
@@ -389,9 +459,11 @@ impl BlockWrites {
                     continue;
                 }
                 Err(StoreError::Conflict { .. }) => {}
-                Err(StoreError::NotFound { .. }) => return none(),
-                // Unknown outcome: the callers keep their handle counts
-                // (over-counting is harmless, under-counting would leak).
+                Err(StoreError::NotFound { .. }) => return replies(batch, &handles, None),
+                // Unknown outcome: without transactions the callers keep
+                // their handle counts (over-counting is harmless,
+                // under-counting would leak); with them, the handles were
+                // written if and only if the block was.
                 Err(e) => return all(BatchReply::Unknown(e.into())),
             }
             debug!(block = %cidr, attempt, requests = batch.len(), "block write conflicted; retrying");
@@ -404,4 +476,126 @@ impl BlockWrites {
             attempts: self.config.max_attempts,
         }))
     }
+
+    /// Writes the block and the counts of the handles `given` names, in
+    /// one transaction; remembers the block written, forgets it when the
+    /// block was the reason of a failure (or the outcome is unknown).
+    async fn write_counted(
+        &self,
+        name: &str,
+        read: &BlockRead,
+        spec: &IpamBlockSpec,
+        batch: &[Queued],
+        given: &[Vec<Lease>],
+        handles: &HashMap<String, HandleState>,
+    ) -> Result<(), StoreError> {
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        for (q, leases) in batch.iter().zip(given) {
+            if !leases.is_empty() {
+                *counts.entry(q.request.handle.as_str()).or_default() += leases.len() as u64;
+            }
+        }
+        let block = spec.cidr.to_string();
+        let mut writes = vec![Write::Update {
+            kind: Kind::IpamBlock,
+            name: name.to_owned(),
+            value: encode(Kind::IpamBlock, name, spec)?,
+            expected: read.revision.clone(),
+        }];
+        for (id, n) in counts {
+            let handle = handle_name(id);
+            let write = match handles.get(id) {
+                Some(HandleState::Stored(revision, stored)) => {
+                    let mut counted = stored.clone();
+                    counted.add(&block, n);
+                    Write::Update {
+                        kind: Kind::IpamHandle,
+                        value: encode(Kind::IpamHandle, &handle, &counted)?,
+                        name: handle,
+                        expected: revision.clone(),
+                    }
+                }
+                _ => {
+                    let mut counted = IpamHandleSpec {
+                        handle_id: id.to_owned(),
+                        ..Default::default()
+                    };
+                    counted.add(&block, n);
+                    Write::Create {
+                        kind: Kind::IpamHandle,
+                        value: encode(Kind::IpamHandle, &handle, &counted)?,
+                        name: handle,
+                    }
+                }
+            };
+            writes.push(write);
+        }
+        match self.store.write_all(writes).await {
+            Ok(revisions) => {
+                match revisions.first() {
+                    Some(revision) => self.remember(name, revision, spec),
+                    None => self.forget(name),
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let about_a_handle = matches!(
+                    &e,
+                    StoreError::Conflict {
+                        kind: Kind::IpamHandle,
+                        ..
+                    } | StoreError::NotFound {
+                        kind: Kind::IpamHandle,
+                        ..
+                    } | StoreError::AlreadyExists {
+                        kind: Kind::IpamHandle,
+                        ..
+                    }
+                );
+                if !about_a_handle {
+                    self.forget(name);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads handle `id` for counting: stored (at its revision), new when
+    /// it is gone, failed when it cannot be counted.
+    async fn read_handle(&self, id: &str) -> HandleState {
+        let name = handle_name(id);
+        match self.store.get(Kind::IpamHandle, &name).await {
+            Ok(obj) => match decode::<IpamHandleSpec>(&obj) {
+                Ok(spec) if spec.handle_id == id => HandleState::Stored(obj.revision, spec),
+                Ok(spec) => HandleState::Failed(IpamError::HandleCollision {
+                    handle: id.to_owned(),
+                    name,
+                    other: spec.handle_id,
+                }),
+                Err(e) => HandleState::Failed(e.into()),
+            },
+            Err(StoreError::NotFound { .. }) => HandleState::New,
+            Err(e) => HandleState::Failed(e.into()),
+        }
+    }
+}
+
+/// The replies to `batch`: each request's leases (none when `given` is
+/// `None`), or its handle's failure.
+fn replies(
+    batch: &[Queued],
+    handles: &HashMap<String, HandleState>,
+    given: Option<Vec<Vec<Lease>>>,
+) -> Vec<BatchReply> {
+    let mut given = given.map(Vec::into_iter);
+    batch
+        .iter()
+        .map(|q| {
+            let leases = given.as_mut().and_then(Iterator::next).unwrap_or_default();
+            match handles.get(&q.request.handle) {
+                Some(HandleState::Failed(e)) => BatchReply::NotWritten(e.clone()),
+                _ => BatchReply::Leases(leases),
+            }
+        })
+        .collect()
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipam::pool::{parse_cidr, IpPoolSpec};
-use ipam::store::{Datastore, Kind, Listing, Object, Revision, StoreError, WatchStream};
+use ipam::store::{Datastore, Kind, Listing, Object, Revision, StoreError, WatchStream, Write};
 use ipam::{Allocator, AllocatorConfig, AutoAssignRequest};
 
 tokio::task_local! {
@@ -21,7 +21,8 @@ tokio::task_local! {
 }
 
 /// Counts calls per (operation, kind) and passes them on; block updates
-/// can be slowed down and made to fail.
+/// (alone or in a transaction) can be slowed down and made to fail. A
+/// transaction counts once, under the kind of its first write.
 struct CountingStore {
     inner: Arc<dyn Datastore>,
     calls: Mutex<BTreeMap<(&'static str, Kind), u64>>,
@@ -46,6 +47,19 @@ impl CountingStore {
                 .entry((op, kind))
                 .or_default() += 1;
         }
+    }
+
+    /// The delay and injected failure of a block update.
+    async fn block_update_faults(&self) -> Result<(), StoreError> {
+        let delay = *self.block_update_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        let fail =
+            self.failing_block_updates
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if fail.is_ok() {
+            return Err(StoreError::Unavailable("injected".into()));
+        }
+        Ok(())
     }
 
     fn in_requests(&self, op: &'static str, kind: Kind) -> u64 {
@@ -98,16 +112,29 @@ impl Datastore for CountingStore {
     ) -> Result<Revision, StoreError> {
         self.count("update", kind);
         if kind == Kind::IpamBlock {
-            let delay = *self.block_update_delay.lock().unwrap();
-            tokio::time::sleep(delay).await;
-            let fail =
-                self.failing_block_updates
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            if fail.is_ok() {
-                return Err(StoreError::Unavailable("injected".into()));
-            }
+            self.block_update_faults().await?;
         }
         self.inner.update(kind, name, value, expected).await
+    }
+    fn transactional(&self) -> bool {
+        self.inner.transactional()
+    }
+    async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Revision>, StoreError> {
+        let first = writes.first().map_or(Kind::IpamBlock, Write::kind);
+        self.count("write_all", first);
+        let updates_a_block = writes.iter().any(|w| {
+            matches!(
+                w,
+                Write::Update {
+                    kind: Kind::IpamBlock,
+                    ..
+                }
+            )
+        });
+        if updates_a_block {
+            self.block_update_faults().await?;
+        }
+        self.inner.write_all(writes).await
     }
     async fn delete(&self, kind: Kind, name: &str, expected: &Revision) -> Result<(), StoreError> {
         self.count("delete", kind);
@@ -150,8 +177,8 @@ fn req(handle: String, node: &str) -> AutoAssignRequest {
 }
 
 /// Fills 20 /26 blocks on one node, then makes 32 more allocations from
-/// the 21st: each costs the handle create and the block write, and no
-/// read of the 20 full blocks.
+/// the 21st: each costs one transaction (the block write with the new
+/// handle in it), and no read of the 20 full blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_affine_blocks_are_not_read_again() {
     let (store, alloc, _dir) = setup("10.20.0.0/16").await;
@@ -173,6 +200,7 @@ async fn full_affine_blocks_are_not_read_again() {
         .unwrap();
     let before = store.total();
     let gets = store.of("get", Kind::IpamBlock);
+    let writes = store.of("write_all", Kind::IpamBlock);
     for i in 0..32 {
         let got = alloc
             .auto_assign(&req(format!("x{i}"), "node1"))
@@ -187,7 +215,17 @@ async fn full_affine_blocks_are_not_read_again() {
         0,
         "full blocks were read again"
     );
-    assert_eq!(calls, 2 * 32, "{calls} datastore calls for 32 allocations");
+    assert_eq!(
+        store.of("write_all", Kind::IpamBlock) - writes,
+        32,
+        "one transaction per allocation"
+    );
+    assert_eq!(calls, 32, "{calls} datastore calls for 32 allocations");
+    assert_eq!(
+        store.of("create", Kind::IpamHandle),
+        0,
+        "handles go with the block"
+    );
 }
 
 /// Runs `n` single-address requests of `node` at once; their results.
@@ -226,14 +264,16 @@ async fn queued_requests_share_block_writes() {
         .await
         .unwrap();
     *store.block_update_delay.lock().unwrap() = Duration::from_millis(20);
-    let updates = store.of("update", Kind::IpamBlock);
+    let updates = store.of("write_all", Kind::IpamBlock);
     let mut seen = HashSet::new();
     for (handle, got) in at_once(&alloc, "h", 32).await {
         let got = got.unwrap();
         assert!(seen.insert(got.v4[0]), "{} twice ({handle})", got.v4[0]);
     }
-    let writes = store.of("update", Kind::IpamBlock) - updates;
+    let writes = store.of("write_all", Kind::IpamBlock) - updates;
     assert!(writes <= 16, "32 allocations took {writes} block writes");
+    // Each handle counts its address (written with the block).
+    assert_eq!(store.of("create", Kind::IpamHandle), 0);
 }
 
 /// A batch whose block write fails: every request in it gets the error,
@@ -312,6 +352,10 @@ async fn requests_do_not_wait_for_claims() {
     assert_eq!(store.in_requests("create", Kind::BlockAffinity), 0);
     assert_eq!(store.in_requests("create", Kind::IpamBlock), 0);
     assert_eq!(store.in_requests("list_names", Kind::IpamBlock), 0);
+    // A request's only own call, apart from refreshing its cached view
+    // after a claim: none (the block write with its handle runs in the
+    // block's writer task).
+    assert_eq!(store.in_requests("create", Kind::IpamHandle), 0);
     // 5 blocks full and the sixth claimed ahead.
     assert_eq!(store.of("create", Kind::IpamBlock) - blocks_before, 5);
     assert_eq!(alloc.blocks_affine_to("node1").await.unwrap().len(), 6);

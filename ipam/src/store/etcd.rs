@@ -25,7 +25,7 @@ use etcd_client::{
 use futures_util::stream;
 
 use super::{
-    checks, Datastore, Kind, Listing, Object, Revision, StoreError, WatchEvent, WatchStream,
+    checks, Datastore, Kind, Listing, Object, Revision, StoreError, WatchEvent, WatchStream, Write,
 };
 
 /// Root of every key felix writes.
@@ -458,6 +458,33 @@ fn cas_outcome(
     })
 }
 
+/// The error of the first write of a failed [`Datastore::write_all`]
+/// transaction whose condition does not hold, from the transaction's
+/// failure branch (a keys-only get of every key, at the same revision).
+fn write_all_failure(writes: &[Write], resp: &etcd_client::TxnResponse) -> StoreError {
+    let found = resp.op_responses().into_iter().map(|op| match op {
+        TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision()),
+        _ => None,
+    });
+    for (w, have) in writes.iter().zip(found) {
+        let (kind, name) = (w.kind(), w.name().to_owned());
+        match (w, have) {
+            (Write::Create { .. }, Some(_)) => return StoreError::AlreadyExists { kind, name },
+            (Write::Update { .. }, None) => return StoreError::NotFound { kind, name },
+            (Write::Update { expected, .. }, Some(have)) if expected.0 != have.to_string() => {
+                return StoreError::Conflict {
+                    kind,
+                    name,
+                    expected: expected.clone(),
+                }
+            }
+            _ => {}
+        }
+    }
+    // Not reached: the failure branch reads what the compares saw.
+    StoreError::Unavailable("etcd refused a transaction whose conditions all hold".into())
+}
+
 #[async_trait::async_trait]
 impl Datastore for EtcdStore {
     async fn get(&self, kind: Kind, name: &str) -> Result<Object, StoreError> {
@@ -563,6 +590,53 @@ impl Datastore for EtcdStore {
         self.compare_and_swap("delete", kind, name, expected, delete)
             .await
             .map(|_| ())
+    }
+
+    fn transactional(&self) -> bool {
+        true
+    }
+
+    async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Revision>, StoreError> {
+        let mut compares = Vec::with_capacity(writes.len());
+        let mut puts = Vec::with_capacity(writes.len());
+        let mut gets = Vec::with_capacity(writes.len());
+        for w in &writes {
+            checks::name(w.kind(), w.name())?;
+            let k = key(w.kind(), w.name());
+            let (compare, value) = match w {
+                Write::Create { value, .. } => (
+                    Compare::create_revision(k.clone(), CompareOp::Equal, 0),
+                    value,
+                ),
+                Write::Update {
+                    kind,
+                    name,
+                    value,
+                    expected,
+                } => {
+                    let rev = parse_revision(*kind, name, expected)?;
+                    (
+                        Compare::mod_revision(k.clone(), CompareOp::Equal, rev),
+                        value,
+                    )
+                }
+            };
+            compares.push(compare);
+            puts.push(TxnOp::put(k.clone(), value.clone(), None));
+            gets.push(TxnOp::get(k, Some(GetOptions::new().with_keys_only())));
+        }
+        let txn = Txn::new().when(compares).and_then(puts).or_else(gets);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| map_error("write_all", e))?;
+        if !resp.succeeded() {
+            return Err(write_all_failure(&writes, &resp));
+        }
+        let rev = revision(resp.header().map(|h| h.revision()).unwrap_or_default());
+        Ok(vec![rev; writes.len()])
     }
 
     async fn watch(&self, kind: Kind, after: Option<&Revision>) -> Result<WatchStream, StoreError> {

@@ -168,6 +168,39 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// One write of an atomic [`Datastore::write_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Creates an object; fails with `AlreadyExists` when the name is taken.
+    Create {
+        kind: Kind,
+        name: String,
+        value: Vec<u8>,
+    },
+    /// Replaces an object if its revision is still `expected`; fails with
+    /// `Conflict`, or `NotFound` when it is gone.
+    Update {
+        kind: Kind,
+        name: String,
+        value: Vec<u8>,
+        expected: Revision,
+    },
+}
+
+impl Write {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Write::Create { kind, .. } | Write::Update { kind, .. } => *kind,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Write::Create { name, .. } | Write::Update { name, .. } => name,
+        }
+    }
+}
+
 /// The compare-and-swap object store every IPAM operation is built on.
 #[async_trait::async_trait]
 pub trait Datastore: Send + Sync {
@@ -209,6 +242,27 @@ pub trait Datastore: Send + Sync {
 
     /// Deletes an object if its revision is still `expected`.
     async fn delete(&self, kind: Kind, name: &str, expected: &Revision) -> Result<(), StoreError>;
+
+    /// Whether [`Datastore::write_all`] works here: sqlite and etcd apply
+    /// it as one transaction; the Kubernetes API has no transaction over
+    /// several objects.
+    fn transactional(&self) -> bool {
+        false
+    }
+
+    /// Applies every write or none, atomically (the allocator writes a
+    /// block and the handles it counts together). Each write's condition
+    /// is checked as by [`Datastore::create`] / [`Datastore::update`]; when
+    /// one fails nothing is written and the error is the first failing
+    /// write's (naming its kind and name). Returns the new revision of each
+    /// write, in order. Backends that are not [`Datastore::transactional`]
+    /// refuse with `Invalid` before writing anything.
+    async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Revision>, StoreError> {
+        let _ = writes;
+        Err(StoreError::Invalid(
+            "this datastore has no transactions over several objects".into(),
+        ))
+    }
 
     /// Streams the changes to a kind after `after` (a revision from a
     /// listing or an earlier event); from now when `None`.

@@ -36,7 +36,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use super::{Datastore, Kind, Listing, Object, Revision, StoreError, WatchEvent, WatchStream};
+use super::{
+    Datastore, Kind, Listing, Object, Revision, StoreError, WatchEvent, WatchStream, Write,
+};
 
 /// Tuning for [`SqliteStore`].
 #[derive(Debug, Clone)]
@@ -503,6 +505,59 @@ impl Datastore for SqliteStore {
             )
             .map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    fn transactional(&self) -> bool {
+        true
+    }
+
+    async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Revision>, StoreError> {
+        for w in &writes {
+            super::checks::name(w.kind(), w.name())?;
+            if let Write::Update { expected, .. } = w {
+                parse_revision(expected)?;
+            }
+        }
+        let retention = self.inner.options.log_retention;
+        // One transaction: an error returns before the commit, and the
+        // dropped transaction rolls everything back.
+        self.write(move |tx| {
+            let mut revisions = Vec::with_capacity(writes.len());
+            for w in writes {
+                let (kind, name, value, expected) = match w {
+                    Write::Create { kind, name, value } => (kind, name, value, None),
+                    Write::Update {
+                        kind,
+                        name,
+                        value,
+                        expected,
+                    } => (kind, name, value, Some(expected)),
+                };
+                let have = current_revision(tx, kind, &name)?;
+                match (&expected, have) {
+                    (None, Some(_)) => return Err(StoreError::AlreadyExists { kind, name }),
+                    (Some(_), None) => return Err(StoreError::NotFound { kind, name }),
+                    (Some(want), Some(have)) if parse_revision(want)? != have => {
+                        return Err(StoreError::Conflict {
+                            kind,
+                            name,
+                            expected: want.clone(),
+                        })
+                    }
+                    _ => {}
+                }
+                let rev = record_change(tx, kind, &name, Some(&value), retention)?;
+                tx.execute(
+                    "INSERT INTO objects (kind, name, value, revision) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (kind, name) DO UPDATE SET value = ?3, revision = ?4",
+                    params![kind_key(kind), name, value, rev],
+                )
+                .map_err(unavailable)?;
+                revisions.push(revision(rev));
+            }
+            Ok(revisions)
         })
         .await
     }

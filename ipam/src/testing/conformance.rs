@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::store::{Datastore, Kind, Revision, StoreError, WatchEvent, WatchStream};
+use crate::store::{Datastore, Kind, Revision, StoreError, WatchEvent, WatchStream, Write};
 
 /// A backend prepared for one conformance case.
 #[async_trait::async_trait]
@@ -73,6 +73,93 @@ fn put_of(event: WatchEvent) -> (String, Value, Revision) {
         WatchEvent::Put(o) => (o.name, parse(&o.value), o.revision),
         other => panic!("expected a put, got {other:?}"),
     }
+}
+
+/// `write_all` applies every write or none. On a transactional store a
+/// create and an update go in together (each reads back at the revision
+/// returned), and a batch with one failing condition (stale revision,
+/// taken name, missing object) writes nothing and names the failing
+/// object. A store without transactions refuses before writing anything.
+pub async fn write_all_is_all_or_nothing(t: &dyn StoreUnderTest) {
+    let s = t.store();
+    let r1 = s.create(Kind::IpamBlock, "blk", spec(1)).await.unwrap();
+    let create = |name: &str, n| Write::Create {
+        kind: Kind::IpamHandle,
+        name: name.into(),
+        value: spec(n),
+    };
+    let update = |rev: &Revision, n| Write::Update {
+        kind: Kind::IpamBlock,
+        name: "blk".into(),
+        value: spec(n),
+        expected: rev.clone(),
+    };
+    if !s.transactional() {
+        let err = s
+            .write_all(vec![update(&r1, 2), create("h1", 1)])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+        let o = s.get(Kind::IpamBlock, "blk").await.unwrap();
+        assert_eq!((parse(&o.value), o.revision), (parse(&spec(1)), r1));
+        assert!(matches!(
+            s.get(Kind::IpamHandle, "h1").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        return;
+    }
+    let revs = s
+        .write_all(vec![update(&r1, 2), create("h1", 1)])
+        .await
+        .unwrap();
+    assert_eq!(revs.len(), 2);
+    let blk = s.get(Kind::IpamBlock, "blk").await.unwrap();
+    assert_eq!(
+        (parse(&blk.value), &blk.revision),
+        (parse(&spec(2)), &revs[0])
+    );
+    let h1 = s.get(Kind::IpamHandle, "h1").await.unwrap();
+    assert_eq!(
+        (parse(&h1.value), &h1.revision),
+        (parse(&spec(1)), &revs[1])
+    );
+
+    // Stale revision: nothing written, the block named.
+    let err = s
+        .write_all(vec![create("h2", 1), update(&r1, 3)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { kind: Kind::IpamBlock, name, .. } if name == "blk"),
+        "{err:?}"
+    );
+    // Taken name: nothing written, the handle named.
+    let err = s
+        .write_all(vec![update(&revs[0], 3), create("h2", 1), create("h1", 2)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::AlreadyExists { kind: Kind::IpamHandle, name } if name == "h1"),
+        "{err:?}"
+    );
+    // Missing object: nothing written, it is named.
+    let gone = Write::Update {
+        kind: Kind::IpamHandle,
+        name: "gone".into(),
+        value: spec(1),
+        expected: revs[1].clone(),
+    };
+    let err = s.write_all(vec![create("h2", 1), gone]).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { kind: Kind::IpamHandle, name } if name == "gone"),
+        "{err:?}"
+    );
+    assert!(matches!(
+        s.get(Kind::IpamHandle, "h2").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.get(Kind::IpamBlock, "blk").await.unwrap(), blk);
+    assert_eq!(s.get(Kind::IpamHandle, "h1").await.unwrap(), h1);
 }
 
 /// A created object reads back with the same value and revision.
@@ -492,6 +579,7 @@ macro_rules! datastore_conformance {
             watch_compacted_start,
             garbage_value_is_reported_or_returned,
             concurrent_cas_increments,
+            write_all_is_all_or_nothing,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {

@@ -50,6 +50,7 @@ macro_rules! allocator_suite {
             claims_the_next_block_ahead,
             claim_ahead_leaves_a_short_pool_to_nodes_without_blocks,
             removing_a_node_releases_blocks_claimed_ahead,
+            handles_are_counted_with_their_block,
         }
     };
 }
@@ -1322,4 +1323,69 @@ pub async fn removing_a_node_releases_blocks_claimed_ahead(store: Arc<dyn Datast
         .is_empty());
     let report = alloc.check(&ipam::LiveSet::default()).await.unwrap();
     assert!(report.is_clean(), "{report:?}");
+}
+
+/// The handle of an allocation is counted with its block (in the block's
+/// transaction where the store has them): a new handle is created, an
+/// existing one counted up, and a request whose handle name is stored for
+/// another handle id fails alone, with nothing allocated for it, while
+/// requests batched with it get their addresses.
+pub async fn handles_are_counted_with_their_block(store: Arc<dyn Datastore>) {
+    let alloc = Arc::new(Allocator::new(store.clone(), config()));
+    pool(&alloc, "p", "10.43.0.0/24", 26).await;
+    alloc
+        .auto_assign(&req("pod-a", "node1", 1, 0))
+        .await
+        .unwrap();
+    alloc
+        .auto_assign(&req("pod-a", "node1", 2, 0))
+        .await
+        .unwrap();
+    assert_eq!(alloc.holdings("pod-a").await.unwrap().len(), 3);
+    let handle = store.get(Kind::IpamHandle, "pod-a").await.unwrap();
+    let spec: ipam::handle::IpamHandleSpec = serde_json::from_slice(&handle.value).unwrap();
+    assert_eq!(spec.block.values().copied().collect::<Vec<_>>(), [3]);
+
+    // "taken" is stored as the name of another handle id.
+    let other = serde_json::json!({ "handleID": "someone-else", "block": {} });
+    store
+        .create(Kind::IpamHandle, "taken", other.to_string().into_bytes())
+        .await
+        .unwrap();
+    let tasks: Vec<_> = ["taken", "b1", "b2", "b3"]
+        .into_iter()
+        .map(|h| {
+            let alloc = Arc::clone(&alloc);
+            tokio::spawn(async move { (h, alloc.auto_assign(&req(h, "node1", 1, 0)).await) })
+        })
+        .collect();
+    for task in tasks {
+        let (h, got) = task.await.unwrap();
+        if h == "taken" {
+            assert!(
+                matches!(got, Err(IpamError::HandleCollision { .. })),
+                "{got:?}"
+            );
+        } else {
+            assert_eq!(got.unwrap().v4.len(), 1, "{h}");
+        }
+    }
+    assert_eq!(held(&alloc).await, 3 + 3);
+    let untouched = store.get(Kind::IpamHandle, "taken").await.unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&untouched.value).unwrap(),
+        other
+    );
+    let live = ipam::LiveSet {
+        nodes: None,
+        owners: Some(
+            ["pod-a", "b1", "b2", "b3", "someone-else"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        ),
+    };
+    let report = alloc.check(&live).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.handle_mismatches.is_empty(), "{report:?}");
 }
