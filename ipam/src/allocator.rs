@@ -539,10 +539,20 @@ impl Allocator {
     /// confirmed affine to `node`, the addresses in use and the size of
     /// those blocks (the agent's `felix_ipam_addresses_*` metrics). A block
     /// in no current pool is reported under its own CIDR; a block deleted
-    /// since the affinities were read is skipped.
+    /// since the affinities were read is skipped. The pools and the node's
+    /// affinities come from the read cache when it is current (the agent
+    /// asks every 10 s); the blocks are always read.
     pub async fn usage_of(&self, node: &str) -> Result<Vec<PoolUsage>, IpamError> {
-        let blocks = self.blocks_affine_to(node).await?;
-        let pools = self.pools().await?;
+        let affinities = match self.cache.affinities(node) {
+            Some(affinities) => affinities,
+            None => self.affinities_of(node).await?.0,
+        };
+        let blocks: Vec<IpNet> = affinities
+            .into_iter()
+            .filter(|a| a.spec.state == AffinityState::Confirmed)
+            .map(|a| a.spec.cidr)
+            .collect();
+        let pools = self.current_pools().await?;
         let mut usage: BTreeMap<IpNet, PoolUsage> = BTreeMap::new();
         for cidr in blocks {
             let obj = match self.store.get(Kind::IpamBlock, &cidr_name(&cidr)).await {

@@ -360,3 +360,31 @@ async fn requests_do_not_wait_for_claims() {
     assert_eq!(store.of("create", Kind::IpamBlock) - blocks_before, 5);
     assert_eq!(alloc.blocks_affine_to("node1").await.unwrap().len(), 6);
 }
+
+/// The agent's usage metric every 10 s: with the read cache current, it
+/// reads the node's blocks and lists neither the pools nor the affinities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reads_only_the_blocks() {
+    let (store, alloc, _dir) = setup("10.24.0.0/16").await;
+    for i in 0..70 {
+        alloc
+            .auto_assign(&req(format!("h{i}"), "node1"))
+            .await
+            .unwrap();
+    }
+    alloc.wait_for_claims_ahead().await;
+    // Let the watches deliver the claims' events, then fill the cache.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alloc
+        .auto_assign(&req("warm".into(), "node1"))
+        .await
+        .unwrap();
+    let before = store.total();
+    let gets = store.of("get", Kind::IpamBlock);
+    let usage = alloc.usage_of("node1").await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].in_use, 71);
+    let blocks = usage[0].blocks as u64;
+    assert_eq!(store.of("get", Kind::IpamBlock) - gets, blocks);
+    assert_eq!(store.total() - before, blocks, "only the blocks are read");
+}
