@@ -187,3 +187,49 @@ async fn api_failures_are_unavailable_not_panics() {
         .await
         .unwrap();
 }
+
+/// Lists come in pages of `limit` objects joined by `continue` tokens, one
+/// snapshot at the first page's resourceVersion; a token that expired
+/// (410) starts the list again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_paginated_and_restart_when_a_token_expires() {
+    let t = KubeUnderTest::start().await;
+    let store = ipam::store::kubernetes::KubeStore::new(t.server.client()).with_list_page(2);
+    let mut last = None;
+    for i in 0..5 {
+        last = Some(
+            store
+                .create(Kind::IpPool, &format!("p{i}"), b"{}".to_vec())
+                .await
+                .unwrap(),
+        );
+    }
+    let lists = |requests: Vec<String>| {
+        requests
+            .into_iter()
+            .filter(|r| r.starts_with("GET /apis/crd.felix-rs.io/v1/ippools?"))
+            .collect::<Vec<_>>()
+    };
+    let before = lists(t.server.requests()).len();
+    let listing = store.list(Kind::IpPool, "").await.unwrap();
+    let names: Vec<_> = listing.objects.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+    assert_eq!(Some(listing.revision.clone()), last);
+    let pages = lists(t.server.requests()).split_off(before);
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert!(pages.iter().all(|p| p.contains("limit=2")), "{pages:?}");
+    assert_eq!(pages.iter().filter(|p| p.contains("continue=")).count(), 2);
+    // Prefix filtering and names-only listing go through the same pages.
+    assert_eq!(
+        store.list(Kind::IpPool, "p3").await.unwrap().objects.len(),
+        1
+    );
+    assert_eq!(store.list_names(Kind::IpPool, "").await.unwrap().len(), 5);
+
+    t.server.expire_next_continue();
+    let before = lists(t.server.requests()).len();
+    let again = store.list(Kind::IpPool, "").await.unwrap();
+    assert_eq!(again, listing);
+    // Page 1, page 2 refused (410), then pages 1-3 again.
+    assert_eq!(lists(t.server.requests()).len() - before, 5);
+}

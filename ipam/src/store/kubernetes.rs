@@ -49,7 +49,16 @@ pub fn api_resource(kind: Kind) -> ApiResource {
 #[derive(Clone)]
 pub struct KubeStore {
     client: Client,
+    /// Objects per list request (`limit`); the rest follow by `continue`.
+    list_page: u32,
 }
+
+/// Objects per list page by default.
+pub const LIST_PAGE: u32 = 500;
+
+/// How often a list starts again when its `continue` token expired
+/// (410) before the last page.
+const LIST_RESTARTS: u32 = 5;
 
 impl std::fmt::Debug for KubeStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,7 +69,64 @@ impl std::fmt::Debug for KubeStore {
 impl KubeStore {
     /// A store over an existing client (tests pass one over a mock service).
     pub fn new(client: Client) -> Self {
-        KubeStore { client }
+        KubeStore {
+            client,
+            list_page: LIST_PAGE,
+        }
+    }
+
+    /// The same store listing `n` objects per request (at least 1).
+    pub fn with_list_page(mut self, n: u32) -> Self {
+        self.list_page = n.max(1);
+        self
+    }
+
+    /// Every object of `kind`, page by page (`limit` + `continue`), and the
+    /// first page's resourceVersion: the pages are one snapshot at it (the
+    /// API server's guarantee for `continue`). A token that expired (410)
+    /// starts the list again, a bounded number of times.
+    async fn list_all(&self, kind: Kind) -> Result<(Vec<DynamicObject>, String), StoreError> {
+        let api = self.api(kind);
+        'restart: for _ in 0..LIST_RESTARTS {
+            let mut items = Vec::new();
+            let mut revision: Option<String> = None;
+            let mut token: Option<String> = None;
+            loop {
+                let mut params = ListParams::default().limit(self.list_page);
+                if let Some(t) = &token {
+                    params = params.continue_token(t);
+                }
+                let page = match api.list(&params).await {
+                    Ok(page) => page,
+                    Err(kube::Error::Api(s)) if s.code == 410 && token.is_some() => {
+                        continue 'restart
+                    }
+                    Err(e) => return Err(map_error(kind, "", None, e)),
+                };
+                if revision.is_none() {
+                    revision = page
+                        .metadata
+                        .resource_version
+                        .clone()
+                        .filter(|rv| !rv.is_empty());
+                }
+                token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
+                items.extend(page.items);
+                if token.is_none() {
+                    let revision = revision.ok_or_else(|| {
+                        StoreError::Unavailable(format!(
+                            "kubernetes list of {} has no resourceVersion",
+                            kind.plural()
+                        ))
+                    })?;
+                    return Ok((items, revision));
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "kubernetes list of {}: the continue token expired {LIST_RESTARTS} times",
+            kind.plural()
+        )))
     }
 
     /// A store over the in-cluster service account, or else the current
@@ -197,28 +263,13 @@ impl Datastore for KubeStore {
         object(kind, &o)
     }
 
-    /// One unpaginated list (no `limit`): a consistent snapshot at the
-    /// list's resourceVersion, filtered by name prefix here (the API has no
-    /// name-prefix selector).
+    /// A paginated list ([`KubeStore::list_all`]): one consistent snapshot
+    /// at the first page's resourceVersion, filtered by name prefix here
+    /// (the API has no name-prefix selector).
     async fn list(&self, kind: Kind, name_prefix: &str) -> Result<Listing, StoreError> {
-        let list = self
-            .api(kind)
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| map_error(kind, "", None, e))?;
-        let revision = list
-            .metadata
-            .resource_version
-            .clone()
-            .filter(|rv| !rv.is_empty())
-            .ok_or_else(|| {
-                StoreError::Unavailable(format!(
-                    "kubernetes list of {} has no resourceVersion",
-                    kind.plural()
-                ))
-            })?;
+        let (items, revision) = self.list_all(kind).await?;
         let mut objects = Vec::new();
-        for item in &list.items {
+        for item in &items {
             if item
                 .metadata
                 .name

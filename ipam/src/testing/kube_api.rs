@@ -14,7 +14,12 @@
 //!   malformed bodies 400, names that are not DNS-1123 subdomains and specs
 //!   that are not objects 422;
 //! - lists carry `metadata.resourceVersion`, items sorted by name, `limit`
-//!   truncates and sets `metadata.continue`;
+//!   truncates and sets `metadata.continue`; a `continue` token gives the
+//!   next page at the first page's resourceVersion while nothing has
+//!   changed since, and is 410 `Expired` after any change (a real server
+//!   keeps serving the first page's snapshot until compaction, then
+//!   answers the same 410), or when [`MockApiServer::expire_next_continue`]
+//!   says so;
 //! - `?watch=true&resourceVersion=R` streams newline-delimited
 //!   `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":…}` events of
 //!   the changes after R, then live ones; without R (or R = "0") it first
@@ -27,7 +32,8 @@
 //! What a real server does that this one does not: authentication and
 //! RBAC, admission, schema validation beyond "spec is an object",
 //! `timeoutSeconds` (a watch lasts until [`MockApiServer::close_watches_after`]
-//! ends it), `continue` tokens, field/label selectors, server-side apply.
+//! ends it), continuing a list across changes, field/label selectors,
+//! server-side apply.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -76,6 +82,7 @@ struct ApiState {
     gone_as_http_status: bool,
     close_watches_after: Option<usize>,
     fail_next: Option<(u16, String)>,
+    expire_next_continue: bool,
     requests: Vec<String>,
 }
 
@@ -154,6 +161,13 @@ impl MockApiServer {
     /// serving it (an overloaded, forbidden or broken server).
     pub fn fail_next(&self, code: u16, body: &str) {
         self.lock().fail_next = Some((code, body.to_owned()));
+    }
+
+    /// Answers the next list request that carries a `continue` token with
+    /// 410 `Expired` (as a server does once the token's snapshot is
+    /// compacted).
+    pub fn expire_next_continue(&self) {
+        self.lock().expire_next_continue = true;
     }
 
     /// The stored object, as the API server holds it.
@@ -270,17 +284,40 @@ impl ApiState {
         }
     }
 
-    fn list(&self, kind: Kind, query: &BTreeMap<String, String>) -> Response<MockBody> {
+    fn list(&mut self, kind: Kind, query: &BTreeMap<String, String>) -> Response<MockBody> {
+        // A token is `RESOURCEVERSION-OFFSET` of the first page.
+        let offset = match query.get("continue") {
+            None => 0,
+            Some(token) => {
+                let parsed = token.split_once('-').and_then(|(rv, at)| {
+                    Some((rv.parse::<u64>().ok()?, at.parse::<usize>().ok()?))
+                });
+                let expire = std::mem::take(&mut self.expire_next_continue);
+                match parsed {
+                    Some((rv, at)) if rv == self.resource_version && !expire => at,
+                    _ => {
+                        return status(
+                            410,
+                            "Expired",
+                            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                            None,
+                        )
+                    }
+                }
+            }
+        };
         let mut items: Vec<Value> = self
             .objects
             .iter()
             .filter(|((p, _), _)| p == kind.plural())
             .map(|(_, o)| o.clone())
+            .skip(offset)
             .collect();
         let mut metadata = json!({ "resourceVersion": self.resource_version.to_string() });
         if let Some(limit) = query.get("limit").and_then(|l| l.parse::<usize>().ok()) {
             if limit > 0 && items.len() > limit {
-                metadata["continue"] = json!("mock-continue-token");
+                metadata["continue"] =
+                    json!(format!("{}-{}", self.resource_version, offset + limit));
                 metadata["remainingItemCount"] = json!(items.len() - limit);
                 items.truncate(limit);
             }
