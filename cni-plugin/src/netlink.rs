@@ -125,9 +125,12 @@ impl RouteSocket {
         requests: Vec<(RouteNetlinkMessage, u16)>,
         what: impl Fn(usize) -> String,
     ) -> Result<(), NetlinkError> {
+        if requests.is_empty() {
+            return Ok(());
+        }
         let first = self.sequence.wrapping_add(1);
         let mut bytes = Vec::new();
-        for (message, flags) in requests.into_iter() {
+        for (message, flags) in requests {
             self.sequence = self.sequence.wrapping_add(1);
             append(
                 &mut bytes,
