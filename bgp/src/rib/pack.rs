@@ -107,11 +107,17 @@ pub enum PackError {
 pub struct AttrSet {
     encoded: Bytes,
     next_hop: NextHop,
+    /// How packers on 4-octet-AS sessions group and send the set, made
+    /// once here rather than per peer and flush: the family (one byte),
+    /// the next hop's bytes, then (from `wire_at`) the attributes as such
+    /// a session sends them, NEXT_HOP in its place for IPv4.
+    key: Bytes,
+    wire_at: usize,
 }
 
-/// The Extended Length attribute flag: a 2-octet length field (RFC 4271
-/// §4.3).
-const EXTENDED_LENGTH: u8 = 0x10;
+/// Bytes of the NEXT_HOP attribute: flags, type, length and an IPv4
+/// address (RFC 4271 §4.3).
+const NEXT_HOP_ATTR_LEN: usize = 3 + 4;
 
 /// The parameters attribute sets are stored encoded under: 4-octet AS
 /// numbers (RFC 6793), so nothing is lost; a 2-octet session re-encodes.
@@ -164,14 +170,49 @@ impl AttrSet {
             .iter()
             .map(|a| attribute_header_len(a.value_len(&STORED)) + a.value_len(&STORED))
             .sum();
-        let mut encoded = Vec::with_capacity(len);
-        for a in &attributes {
-            a.encode(&STORED, &mut encoded)?;
+        let mut key = BytesMut::with_capacity(1 + 32 + len + 7);
+        key.put_u8(u8::from(!matches!(next_hop, NextHop::Ipv4(_))));
+        match &next_hop {
+            NextHop::Ipv4(a) => key.put_slice(&a.octets()),
+            NextHop::Ipv6 { global, link_local } => {
+                key.put_slice(&global.octets());
+                key.put_slice(&link_local.map_or([0; 16], |a| a.octets()));
+            }
+            NextHop::Other(b) => key.put_slice(b),
         }
-        encoded.shrink_to_fit();
+        let wire_at = key.len();
+        // NEXT_HOP (IPv4) goes between the attributes of lower and higher
+        // type (RFC 4271 §5: ascending type order); `next_hop_at` is where.
+        let mut next_hop_at = None;
+        for a in &attributes {
+            if let (NextHop::Ipv4(nh), None) = (&next_hop, next_hop_at) {
+                if a.type_code() > attr_type::NEXT_HOP {
+                    next_hop_at = Some(key.len());
+                    PathAttribute::new(AttributeValue::NextHop(*nh)).encode(&STORED, &mut key)?;
+                }
+            }
+            a.encode(&STORED, &mut key)?;
+        }
+        if let (NextHop::Ipv4(nh), None) = (&next_hop, next_hop_at) {
+            next_hop_at = Some(key.len());
+            PathAttribute::new(AttributeValue::NextHop(*nh)).encode(&STORED, &mut key)?;
+        }
+        let key = key.freeze();
+        let encoded = match next_hop_at {
+            Some(at) => {
+                // The stored attributes are the wire ones without NEXT_HOP.
+                let mut stored = Vec::with_capacity(len);
+                stored.extend_from_slice(&key[wire_at..at]);
+                stored.extend_from_slice(&key[at + NEXT_HOP_ATTR_LEN..]);
+                Bytes::from(stored)
+            }
+            None => key.slice(wire_at..),
+        };
         Ok(AttrSet {
-            encoded: Bytes::from(encoded),
+            encoded,
             next_hop,
+            key,
+            wire_at,
         })
     }
 
@@ -426,15 +467,17 @@ impl UpdatePacker {
         let params = self.params;
         let max = params.max_message_len();
         let mut withdrawals = Vec::new();
-        let mut announcements = Vec::with_capacity(self.pending.len());
+        let changed = self.pending.len();
+        let mut announcements = Vec::with_capacity(changed);
         for (nlri, wanted) in self.pending.drain() {
             match wanted {
                 None => withdrawals.push(nlri),
                 Some(w) => announcements.push((nlri, w)),
             }
         }
-        if self.pending.capacity() > 4096 {
-            // A burst (a full table) is over: give its memory back.
+        if self.pending.capacity() > 4096 && changed < self.pending.capacity() / 4 {
+            // A burst (a full table) is over: give its memory back. Not
+            // while it lasts: flush after flush would grow the map again.
             self.pending.shrink_to(1024);
         }
 
@@ -445,6 +488,19 @@ impl UpdatePacker {
                 Err(e) => {
                     group.prefixes.sort_unstable();
                     Some((std::mem::take(&mut group.prefixes), e.clone()))
+                }
+                Ok(_)
+                    if {
+                        let fixed = group.fixed_len();
+                        group
+                            .prefixes
+                            .iter()
+                            .all(|n| group.fits(fixed, n.encoded_len(), max))
+                    } =>
+                {
+                    // The usual case: every prefix fits.
+                    group.prefixes.sort_unstable();
+                    None
                 }
                 Ok(_) => {
                     let fixed = group.fixed_len();
@@ -699,9 +755,14 @@ fn group_by_wire_attributes(
     params: &SessionParams,
     decoded: bool,
 ) -> Vec<Group> {
+    // Sized for a few prefixes per set (a full table: ≈ 3.7 per received
+    // UPDATE), so that a large flush does not grow them step by step.
+    let sets = announcements.len() / 3 + 1;
     let mut groups: Vec<Group> = Vec::new();
-    let mut by_pointer: PrefixHashMap<*const AttrSet, usize> = PrefixHashMap::default();
-    let mut by_bytes: PrefixHashMap<Bytes, usize> = PrefixHashMap::default();
+    let mut by_pointer: PrefixHashMap<*const AttrSet, usize> =
+        PrefixHashMap::with_capacity_and_hasher(sets, Default::default());
+    let mut by_bytes: PrefixHashMap<Bytes, usize> =
+        PrefixHashMap::with_capacity_and_hasher(sets, Default::default());
     for (nlri, attrs) in announcements {
         let index = match by_pointer.get(&Arc::as_ptr(&attrs)) {
             Some(&i) => i,
@@ -730,36 +791,21 @@ fn group_index(
     by_bytes: &mut PrefixHashMap<Bytes, usize>,
 ) -> usize {
     // The key: family, next hop, then the attributes as sent.
-    let mut key = BytesMut::with_capacity(40 + attrs.encoded().len());
-    key.put_u8(u8::from(attrs.family() == Family::IPV6_UNICAST));
-    match attrs.next_hop() {
-        NextHop::Ipv4(a) => key.put_slice(&a.octets()),
-        NextHop::Ipv6 { global, link_local } => {
-            key.put_slice(&global.octets());
-            key.put_slice(&link_local.map_or([0; 16], |a| a.octets()));
-        }
-        NextHop::Other(b) => key.put_slice(b),
-    }
-    let key_prefix_len = key.len();
-    // The attributes decoded, if that was needed for the key.
-    let written: Result<Option<Vec<PathAttribute>>, PackError> = if params.four_octet_as {
-        match attrs.next_hop() {
-            NextHop::Ipv4(a) => splice_next_hop(attrs.encoded(), *a, &mut key).map(|()| None),
-            _ => {
-                key.put_slice(attrs.encoded());
-                Ok(None)
-            }
-        }
-    } else {
-        attrs.wire_attributes().and_then(|mut attributes| {
-            add_as4_attributes(&mut attributes);
-            attributes
-                .iter()
-                .try_for_each(|a| a.encode(params, &mut key))?;
-            Ok(Some(attributes))
-        })
-    };
-    let key = key.freeze();
+    let (key, written): (Bytes, Result<Option<Vec<PathAttribute>>, PackError>) =
+        if params.four_octet_as {
+            (attrs.key.clone(), Ok(None))
+        } else {
+            let mut key = BytesMut::with_capacity(attrs.key.len() + 16);
+            key.put_slice(&attrs.key[..attrs.wire_at]);
+            let written = attrs.wire_attributes().and_then(|mut attributes| {
+                add_as4_attributes(&mut attributes);
+                attributes
+                    .iter()
+                    .try_for_each(|a| a.encode(params, &mut key))?;
+                Ok(Some(attributes))
+            });
+            (key.freeze(), written)
+        };
     if written.is_ok() {
         if let Some(&i) = by_bytes.get(&key) {
             return i;
@@ -773,7 +819,7 @@ fn group_index(
             None => None,
         };
         Ok(WireAttributes {
-            encoded: key.slice(key_prefix_len..),
+            encoded: key.slice(attrs.wire_at..),
             decoded,
         })
     });
@@ -786,33 +832,6 @@ fn group_index(
         by_bytes.insert(key, groups.len() - 1);
     }
     groups.len() - 1
-}
-
-/// Appends a stored (type-ordered) attribute encoding with a NEXT_HOP of
-/// `next_hop` in its place among them (RFC 4271 §5: ascending type order).
-fn splice_next_hop(stored: &[u8], next_hop: Ipv4Addr, out: &mut BytesMut) -> Result<(), PackError> {
-    let mut at = 0;
-    while let Some(&[flags, type_code]) = stored.get(at..at + 2) {
-        if type_code > attr_type::NEXT_HOP {
-            break;
-        }
-        let (header, len) = if flags & EXTENDED_LENGTH != 0 {
-            let len = stored
-                .get(at + 2..at + 4)
-                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-            (4, len)
-        } else {
-            (3, stored.get(at + 2).map(|&b| usize::from(b)))
-        };
-        let Some(len) = len.filter(|len| at + header + len <= stored.len()) else {
-            return Err(PackError::Stored("truncated attribute".into()));
-        };
-        at += header + len;
-    }
-    out.put_slice(&stored[..at]);
-    PathAttribute::new(AttributeValue::NextHop(next_hop)).encode(&STORED, out)?;
-    out.put_slice(&stored[at..]);
-    Ok(())
 }
 
 /// For a peer without 4-octet AS support (RFC 6793 §4.2.2): AS numbers
