@@ -7,6 +7,14 @@
 //! could not be asked.
 
 use anyhow::Context;
+
+/// mimalloc instead of the C library's allocator: `felix bgp run` as a
+/// route reflector allocates small blocks on one thread (the RIB actor)
+/// and frees them on another (the writers), at millions a second during a
+/// full table; glibc's malloc and free were a quarter of its CPU there
+/// (docs/benchmarks.md, "RR convergence, issue 3, 2026-11-23 session 2").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use bgp::speaker::{RouteView, SpeakerStatus};
 use bgp::wire::{AddPathFamilies, Family, SessionParams};
 use bytes::Bytes;
