@@ -176,6 +176,18 @@ fn req(handle: String, node: &str) -> AutoAssignRequest {
     }
 }
 
+/// Lets the claims ahead finish and the watches deliver the claims'
+/// affinity events, then refills the cached view with one more allocation
+/// of node1 (handle `warm`), so the next requests find it current.
+async fn settle(alloc: &Allocator) {
+    alloc.wait_for_claims_ahead().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alloc
+        .auto_assign(&req("warm".into(), "node1"))
+        .await
+        .unwrap();
+}
+
 /// Fills 20 /26 blocks on one node, then makes 32 more allocations from
 /// the 21st: each costs one transaction (the block write with the new
 /// handle in it), and no read of the 20 full blocks.
@@ -191,13 +203,7 @@ async fn full_affine_blocks_are_not_read_again() {
             .unwrap();
         assert!(seen.insert(got.v4[0]), "{} twice", got.v4[0]);
     }
-    // Let the watches deliver the last claim's affinity events, so the
-    // cached view is current again.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    alloc
-        .auto_assign(&req("warm".into(), "node1"))
-        .await
-        .unwrap();
+    settle(&alloc).await;
     let before = store.total();
     let gets = store.of("get", Kind::IpamBlock);
     let writes = store.of("write_all", Kind::IpamBlock);
@@ -372,13 +378,7 @@ async fn usage_reads_only_the_blocks() {
             .await
             .unwrap();
     }
-    alloc.wait_for_claims_ahead().await;
-    // Let the watches deliver the claims' events, then fill the cache.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    alloc
-        .auto_assign(&req("warm".into(), "node1"))
-        .await
-        .unwrap();
+    settle(&alloc).await;
     let before = store.total();
     let gets = store.of("get", Kind::IpamBlock);
     let usage = alloc.usage_of("node1").await.unwrap();
