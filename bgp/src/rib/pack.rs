@@ -300,9 +300,12 @@ pub struct Flushed {
 #[derive(Debug)]
 pub struct UpdatePacker {
     params: SessionParams,
-    /// Prefixes changed since the last flush, with what the peer should
-    /// have now (`None`: nothing).
-    pending: PrefixHashMap<Nlri, Option<Arc<AttrSet>>>,
+    /// Changes since the last flush in the order they came, each a prefix
+    /// and what the peer should have now (`None`: nothing); the last one
+    /// of a prefix wins. A log rather than a map: appending is cheaper than
+    /// a hash-map insert per change, and the flush sorts the prefixes
+    /// anyway (one stable sort, then the last change of each prefix).
+    pending: Vec<(Nlri, Option<Arc<AttrSet>>)>,
     /// Routes a flush refused ([`Rejected`]) and not changed since.
     rejected: PrefixHashSet<Nlri>,
     refresh_begin: Vec<Family>,
@@ -317,7 +320,7 @@ impl UpdatePacker {
     pub fn new(params: SessionParams) -> Self {
         UpdatePacker {
             params,
-            pending: PrefixHashMap::default(),
+            pending: Vec::new(),
             rejected: PrefixHashSet::default(),
             refresh_begin: Vec::new(),
             refresh_end: Vec::new(),
@@ -359,7 +362,7 @@ impl UpdatePacker {
         if !self.rejected.is_empty() {
             self.rejected.remove(&nlri);
         }
-        self.pending.insert(nlri, Some(attrs));
+        self.pending.push((nlri, Some(attrs)));
         Ok(())
     }
 
@@ -370,7 +373,7 @@ impl UpdatePacker {
         if !self.rejected.is_empty() {
             self.rejected.remove(&nlri);
         }
-        self.pending.insert(nlri, None);
+        self.pending.push((nlri, None));
         Ok(())
     }
 
@@ -403,8 +406,9 @@ impl UpdatePacker {
         self.rejected.len()
     }
 
-    /// How many prefixes changed since the last flush (an upper bound on
-    /// the routes it will send: some changes cancel out).
+    /// How many changes came since the last flush (an upper bound on the
+    /// routes it will send: a prefix may change more than once, and some
+    /// changes cancel out).
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
@@ -469,12 +473,20 @@ impl UpdatePacker {
         let mut withdrawals = Vec::new();
         let changed = self.pending.len();
         let mut announcements = Vec::with_capacity(changed);
-        for (nlri, wanted) in self.pending.drain() {
+        // Stable: a prefix's changes stay in the order they came.
+        self.pending.sort_by_key(|(nlri, _)| *nlri);
+        let mut changes = self.pending.drain(..).peekable();
+        while let Some((nlri, wanted)) = changes.next() {
+            if changes.peek().is_some_and(|(next, _)| *next == nlri) {
+                // A later change of the same prefix replaces this one.
+                continue;
+            }
             match wanted {
                 None => withdrawals.push(nlri),
                 Some(w) => announcements.push((nlri, w)),
             }
         }
+        drop(changes);
         if self.pending.capacity() > 4096 && changed < self.pending.capacity() / 4 {
             // A burst (a full table) is over: give its memory back. Not
             // while it lasts: flush after flush would grow the map again.
