@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bgp::fsm::{DownReason, PeerAsn, PeerConfig, State};
-use bgp::session::{Listener, Session, SessionConfig, SessionEvent, SessionHandle};
+use bgp::session::{
+    EncodedMessages, Listener, Session, SessionConfig, SessionError, SessionEvent, SessionHandle,
+};
 use bgp::wire::{
     self, AsPath, AttributeValue, Community, Message, Nlri, Notification, Open, Origin,
     PathAttribute, SessionParams, Update,
@@ -87,6 +89,37 @@ async fn two_sessions_establish_exchange_keepalive_and_cease() {
     a.send_update(sample_update()).await.unwrap();
     let SessionEvent::Update(got) = next_event(&mut b).await else {
         panic!("expected Update");
+    };
+    assert_eq!(got, sample_update());
+
+    // Messages the caller encoded go out as they are under the connection's
+    // send parameters, and are refused under others.
+    let mut bytes = BytesMut::new();
+    Message::Update(sample_update())
+        .encode(&na.send, &mut bytes)
+        .unwrap();
+    let bytes = bytes.freeze();
+    let other = SessionParams {
+        four_octet_as: !na.send.four_octet_as,
+        ..na.send
+    };
+    let refused = a
+        .send_encoded(EncodedMessages {
+            bytes: bytes.clone(),
+            params: other,
+            updates: true,
+        })
+        .await;
+    assert!(matches!(refused, Err(SessionError::OtherParams)));
+    a.send_encoded(EncodedMessages {
+        bytes,
+        params: na.send,
+        updates: true,
+    })
+    .await
+    .unwrap();
+    let SessionEvent::Update(got) = next_event(&mut b).await else {
+        panic!("expected the encoded Update");
     };
     assert_eq!(got, sample_update());
 
