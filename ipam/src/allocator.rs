@@ -947,16 +947,10 @@ impl Allocator {
             .map(|a| a.spec.cidr)
             .collect();
         let mut got: Vec<Lease> = Vec::new();
-        match self
+        let outcome = self
             .fill_from_affine_blocks(&candidates, n, handle, node, attrs, recheck_full, &mut got)
-            .await
-        {
-            Ok(()) => Ok(got),
-            Err(e) => {
-                self.roll_back(handle, &got).await;
-                Err(e)
-            }
-        }
+            .await;
+        self.kept_or_rolled_back(handle, got, outcome).await
     }
 
     /// [`Self::allocate_in_affine_blocks`]'s two passes, adding to `got`
@@ -1014,6 +1008,23 @@ impl Allocator {
         Ok(())
     }
 
+    /// `got` when `outcome` is a success; otherwise gives `got` back
+    /// ([`Self::roll_back`]) and returns the error.
+    async fn kept_or_rolled_back(
+        &self,
+        handle: &str,
+        got: Vec<Lease>,
+        outcome: Result<(), IpamError>,
+    ) -> Result<Vec<Lease>, IpamError> {
+        match outcome {
+            Ok(()) => Ok(got),
+            Err(e) => {
+                self.roll_back(handle, &got).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Gives back what a failed request took (best effort; what cannot be
     /// released here is found by `check` as an address of a dead owner).
     async fn roll_back(&self, handle: &str, leases: &[Lease]) {
@@ -1045,16 +1056,10 @@ impl Allocator {
         already: Vec<Lease>,
     ) -> Result<Vec<Lease>, IpamError> {
         let mut got = already;
-        match self
+        let outcome = self
             .assign_family_into(&mut got, family, n, handle, node, attrs, pools)
-            .await
-        {
-            Ok(()) => Ok(got),
-            Err(e) => {
-                self.roll_back(handle, &got).await;
-                Err(e)
-            }
-        }
+            .await;
+        self.kept_or_rolled_back(handle, got, outcome).await
     }
 
     /// [`Allocator::assign_family`] adding to `got`; the caller gives back
