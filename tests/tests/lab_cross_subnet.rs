@@ -49,18 +49,9 @@ fn in_ns(ns: &str, args: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Every registered node, as the agents see them.
 fn registrations(lab: &Lab) -> BTreeMap<String, FelixNode> {
-    let url = lab.datastore_url();
-    runtime().block_on(async {
-        let store = ipam::store::open(&url).await.unwrap();
+    lab.with_store(|store| async move {
         store
             .list(Kind::FelixNode, "")
             .await
@@ -73,9 +64,7 @@ fn registrations(lab: &Lab) -> BTreeMap<String, FelixNode> {
 }
 
 fn delete_node(lab: &Lab, name: &str) {
-    let url = lab.datastore_url();
-    runtime().block_on(async {
-        let store = ipam::store::open(&url).await.unwrap();
+    lab.with_store(|store| async move {
         let o = store.get(Kind::FelixNode, name).await.unwrap();
         store
             .delete(Kind::FelixNode, name, &o.revision)

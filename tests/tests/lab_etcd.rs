@@ -48,12 +48,7 @@ fn etcd_pid(state: &LabState) -> u32 {
 fn names_in_etcd(lab: &Lab, kind: Kind) -> Vec<String> {
     let url = lab.datastore_url();
     in_netns(&format!("{}-lab", lab.prefix), move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let store = ipam::store::open(&url).await.unwrap();
+        lab_common::with_store_at(&url, |store| async move {
             let listing = store.list(kind, "").await.unwrap();
             listing.objects.into_iter().map(|o| o.name).collect()
         })

@@ -14,18 +14,10 @@ use nix::sys::signal::Signal;
 use std::process::Command;
 use std::time::Duration;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Addresses in use in any block, and the IPAM handles, of the lab's
 /// datastore.
 fn ipam_usage(lab: &Lab) -> (usize, Vec<String>) {
-    runtime().block_on(async {
-        let store = ipam::store::open(&lab.datastore_url()).await.unwrap();
+    lab.with_store(|store| async move {
         let allocator = ipam::Allocator::new(store.clone(), ipam::AllocatorConfig::default());
         let in_use = allocator
             .blocks()
@@ -268,8 +260,7 @@ fn node_removal_withdraws_its_blocks_on_every_other_node() {
         );
     }
     // IPAM: nothing of node-3's is left.
-    runtime().block_on(async {
-        let store = ipam::store::open(&lab.datastore_url()).await.unwrap();
+    lab.with_store(|store| async move {
         let allocator = ipam::Allocator::new(store, ipam::AllocatorConfig::default());
         assert!(allocator
             .blocks_affine_to("node-3")

@@ -200,15 +200,7 @@ impl Lab {
     where
         F: Future<Output = T>,
     {
-        let url = self.datastore_url();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let store = ipam::store::open(&url).await.unwrap();
-            f(store).await
-        })
+        with_store_at(&self.datastore_url(), f)
     }
 
     /// `node`'s `/metrics` text, fetched inside its namespace from its
@@ -350,4 +342,20 @@ pub fn ping_result(child: std::process::Child) -> (u32, u32, String) {
         .map(|w| w.parse().unwrap())
         .collect();
     (nums[0], nums[1], text)
+}
+
+/// Runs `f` on the datastore at `url`, opened on a runtime of its own (for
+/// a caller that cannot lend the [`Lab`], e.g. inside another namespace).
+pub fn with_store_at<T, F>(url: &str, f: impl FnOnce(Arc<dyn Datastore>) -> F) -> T
+where
+    F: Future<Output = T>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = ipam::store::open(url).await.unwrap();
+        f(store).await
+    })
 }
