@@ -544,6 +544,64 @@ fn route_refresh_markers_bracket_the_resent_routes() {
     assert!(packer.is_idle());
 }
 
+/// The messages of a `flush_encoded` output, split at their header lengths.
+fn frames(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let len = usize::from(u16::from_be_bytes([rest[16], rest[17]]));
+        let (frame, tail) = rest.split_at(len);
+        out.push(frame);
+        rest = tail;
+    }
+    out
+}
+
+/// A ROUTE-REFRESH for IPv4 unicast with `subtype` as it is on the wire
+/// (RFC 2918 §3, RFC 7313 §3.2: AFI 1, subtype, SAFI 1).
+fn ipv4_route_refresh_bytes(subtype: u8) -> Vec<u8> {
+    let mut m = vec![0xff; 16];
+    m.extend_from_slice(&[0x00, 0x17, 0x05, 0x00, 0x01, subtype, 0x01]);
+    m
+}
+
+/// RFC 7313 §4: a speaker supporting graceful restart MUST NOT send a BoRR
+/// for a family before the End-of-RIB of that family. A refresh asked for
+/// while the initial table (and its End-of-RIB) still waits goes out as
+/// that table, unbracketed; once End-of-RIB is out, BoRR and EoRR bracket.
+#[test]
+fn no_refresh_markers_before_the_end_of_rib() {
+    let p = params(false, &[]);
+    let a = set_v4(1, 0);
+    let mut packer = UpdatePacker::new(p);
+    packer.queue_end_of_rib(Family::IPV4_UNICAST);
+    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
+    // The peer's ROUTE-REFRESH request before our first flush.
+    packer.bracket_refresh(Family::IPV4_UNICAST);
+    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
+    let mut bytes = BytesMut::new();
+    let out = packer.flush_encoded(&mut bytes);
+    let f = frames(&bytes);
+    assert_eq!((out.messages, out.updates, f.len()), (2, 2, 2));
+    assert!(f.iter().all(|m| m[18] == 2), "only UPDATEs: {f:02x?}");
+    // The End-of-RIB (an empty UPDATE) last.
+    let mut eor = vec![0xff; 16];
+    eor.extend_from_slice(&[0x00, 0x17, 0x02, 0, 0, 0, 0]);
+    assert_eq!(f[1], &eor[..]);
+    assert!(packer.is_idle());
+
+    // The next request, after End-of-RIB: BoRR, the table, EoRR.
+    packer.bracket_refresh(Family::IPV4_UNICAST);
+    packer.announce(v4(1, 24), Arc::clone(&a)).unwrap();
+    let mut bytes = BytesMut::new();
+    packer.flush_encoded(&mut bytes);
+    let f = frames(&bytes);
+    assert_eq!(f.len(), 3, "{f:02x?}");
+    assert_eq!(f[0], &ipv4_route_refresh_bytes(1)[..]);
+    assert_eq!(f[1][18], 2);
+    assert_eq!(f[2], &ipv4_route_refresh_bytes(2)[..]);
+}
+
 #[test]
 fn end_of_rib_follows_the_updates() {
     let p = params(false, &[]);

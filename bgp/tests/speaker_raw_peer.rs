@@ -6,7 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use bgp::speaker::{BestPathChange, NeighborConfig, PeerStatus, Speaker, SpeakerConfig};
+use bgp::speaker::{
+    BestPathChange, NeighborConfig, PeerStatus, Speaker, SpeakerConfig, ENHANCED_REFRESH_TIME,
+};
 use bgp::wire::{
     self, AsPath, AttributeValue, Capability, Family, GracefulRestart, GracefulRestartFamily,
     Message, MpReach, NextHop, Nlri, Open, Origin, PathAttribute, RouteRefresh,
@@ -668,6 +670,11 @@ async fn enhanced_route_refresh_from_the_peer_purges_what_it_did_not_resend() {
 
     peer.send(announce(&["10.8.4.0/24"], nh)).await;
     wait_routes(&s, "10.8.4.0/24", true).await;
+    // The peer offered graceful restart: its BoRR counts only after its
+    // End-of-RIB (RFC 7313 §4; see
+    // `borr_before_end_of_rib_is_ignored_from_a_graceful_restart_peer`).
+    peer.send(Message::Update(Update::end_of_rib(Family::IPV4_UNICAST)))
+        .await;
 
     peer.send(route_refresh(RouteRefreshSubtype::BeginningOfRefresh))
         .await;
@@ -745,5 +752,182 @@ async fn enhanced_route_refresh_from_the_peer_purges_what_it_did_not_resend() {
     let routes = s.routes(Some("10.9.1.0/24".parse().unwrap())).await;
     assert_eq!(routes.len(), 1, "{routes:?}");
     assert!(!routes[0].paths[0].stale);
+    s.shutdown(None).await;
+}
+
+/// A speaker whose refreshes wait `eorr_wait` for the peer's EoRR, with
+/// passive neighbours at 127.0.0.`peers`.
+async fn refresh_speaker(last: u8, peers: &[u8], eorr_wait: Duration) -> (Speaker, SocketAddr) {
+    let mut config = SpeakerConfig::new(65001, Ipv4Addr::new(10, 0, 0, last));
+    config.listen = Some(SocketAddr::new(ip(last), 0));
+    config.enhanced_refresh_time = eorr_wait;
+    let s = Speaker::start(config).await.unwrap();
+    for peer in peers {
+        let mut n = NeighborConfig::new(ip(*peer), PEER_AS);
+        n.passive = true;
+        s.add_neighbor(n).await.unwrap();
+    }
+    let to = s.listen_addr().unwrap();
+    (s, to)
+}
+
+async fn is_stale(s: &Speaker, prefix: &str) -> bool {
+    let routes = s.routes(Some(prefix.parse().unwrap())).await;
+    assert_eq!(routes.len(), 1, "{prefix}: {routes:?}");
+    routes[0].paths[0].stale
+}
+
+/// RFC 7313 §4: a BoRR with no EoRR after it — the stale paths go when
+/// the speaker's EoRR wait runs out (shortened here from 360 s to 1.5 s);
+/// the routes the peer sent again in between stay, not stale.
+#[tokio::test]
+async fn a_refresh_without_eorr_is_swept_at_the_timeout() {
+    let wait = Duration::from_millis(1500);
+    let (s, to) = refresh_speaker(91, &[92], wait).await;
+    let mut best = s.subscribe();
+    let nh = Ipv4Addr::new(127, 0, 0, 92);
+    let mut peer = RawPeer::establish(ip(92), to, capabilities())
+        .await
+        .unwrap();
+    peer.send(announce(&["10.91.1.0/24", "10.91.2.0/24"], nh))
+        .await;
+    peer.send(Message::Update(Update::end_of_rib(Family::IPV4_UNICAST)))
+        .await;
+    wait_routes(&s, "10.91.2.0/24", true).await;
+
+    peer.send(route_refresh(RouteRefreshSubtype::BeginningOfRefresh))
+        .await;
+    let begun = Instant::now();
+    peer.send(announce(&["10.91.1.0/24"], nh)).await;
+    peer.send(announce(&["10.91.3.0/24"], nh)).await;
+    wait_routes(&s, "10.91.3.0/24", true).await;
+    // Before the timeout: kept, stale, nothing withdrawn.
+    assert!(is_stale(&s, "10.91.2.0/24").await);
+    assert!(!is_stale(&s, "10.91.1.0/24").await);
+
+    let gone = wait_change(&mut best, |c| c.is_withdrawal()).await;
+    assert!(
+        begun.elapsed() >= wait - Duration::from_millis(100),
+        "swept after {:?}",
+        begun.elapsed()
+    );
+    assert_eq!(gone.prefix.to_string(), "10.91.2.0/24");
+    for kept in ["10.91.1.0/24", "10.91.3.0/24"] {
+        assert!(!is_stale(&s, kept).await, "{kept}");
+    }
+    // The refresh is over: a late EoRR sweeps nothing more.
+    peer.send(route_refresh(RouteRefreshSubtype::EndOfRefresh))
+        .await;
+    peer.send(announce(&["10.91.4.0/24"], nh)).await;
+    wait_routes(&s, "10.91.4.0/24", true).await;
+    assert!(!is_stale(&s, "10.91.1.0/24").await);
+    while let Ok(c) = best.try_recv() {
+        assert!(!c.is_withdrawal(), "withdrawn: {c:?}");
+    }
+    s.shutdown(None).await;
+}
+
+/// RFC 7313 §4: from a peer that sent the Graceful Restart capability, a
+/// BoRR before its End-of-RIB for the family is ignored — what it sent
+/// stays, not stale, and the EoRR after it removes nothing. From a peer
+/// without that capability the same BoRR starts a refresh.
+#[tokio::test]
+async fn borr_before_end_of_rib_is_ignored_from_a_graceful_restart_peer() {
+    let (s, to) = refresh_speaker(93, &[94, 95], ENHANCED_REFRESH_TIME).await;
+    let mut best = s.subscribe();
+    let nh = Ipv4Addr::new(127, 0, 0, 94);
+    let mut peer = RawPeer::establish(ip(94), to, capabilities())
+        .await
+        .unwrap();
+    peer.send(announce(&["10.93.1.0/24", "10.93.2.0/24"], nh))
+        .await;
+    peer.send(route_refresh(RouteRefreshSubtype::BeginningOfRefresh))
+        .await;
+    peer.send(announce(&["10.93.1.0/24"], nh)).await;
+    peer.send(announce(&["10.93.3.0/24"], nh)).await;
+    wait_routes(&s, "10.93.3.0/24", true).await;
+    assert!(!is_stale(&s, "10.93.2.0/24").await);
+    peer.send(route_refresh(RouteRefreshSubtype::EndOfRefresh))
+        .await;
+    peer.send(announce(&["10.93.4.0/24"], nh)).await;
+    wait_routes(&s, "10.93.4.0/24", true).await;
+    assert!(!is_stale(&s, "10.93.2.0/24").await);
+    while let Ok(c) = best.try_recv() {
+        assert!(!c.is_withdrawal(), "withdrawn: {c:?}");
+    }
+    // After its End-of-RIB the same BoRR counts.
+    peer.send(Message::Update(Update::end_of_rib(Family::IPV4_UNICAST)))
+        .await;
+    peer.send(route_refresh(RouteRefreshSubtype::BeginningOfRefresh))
+        .await;
+    peer.send(announce(&["10.93.5.0/24"], nh)).await;
+    wait_routes(&s, "10.93.5.0/24", true).await;
+    assert!(is_stale(&s, "10.93.2.0/24").await);
+
+    // No graceful restart offered, no End-of-RIB sent: the BoRR counts.
+    let no_gr: Vec<Capability> = capabilities()
+        .into_iter()
+        .filter(|c| !matches!(c, Capability::GracefulRestart(_)))
+        .collect();
+    let nh = Ipv4Addr::new(127, 0, 0, 95);
+    let mut plain = RawPeer::establish(ip(95), to, no_gr).await.unwrap();
+    plain
+        .send(announce(&["10.95.1.0/24", "10.95.2.0/24"], nh))
+        .await;
+    wait_routes(&s, "10.95.2.0/24", true).await;
+    plain
+        .send(route_refresh(RouteRefreshSubtype::BeginningOfRefresh))
+        .await;
+    plain.send(announce(&["10.95.1.0/24"], nh)).await;
+    plain
+        .send(route_refresh(RouteRefreshSubtype::EndOfRefresh))
+        .await;
+    wait_routes(&s, "10.95.2.0/24", false).await;
+    assert!(!is_stale(&s, "10.95.1.0/24").await);
+    s.shutdown(None).await;
+}
+
+/// RFC 7313 §4 as the sender: a ROUTE-REFRESH request that arrives before
+/// our End-of-RIB (here held back by a restart's selection deferral) is
+/// answered by the initial table and End-of-RIB, with no BoRR before the
+/// End-of-RIB; a request after it by BoRR, the table, EoRR.
+#[tokio::test]
+async fn no_borr_before_our_end_of_rib() {
+    let (s, to) = restarting_speaker(96, 97, Duration::from_secs(60)).await;
+    let mut peer = RawPeer::establish(ip(97), to, capabilities())
+        .await
+        .unwrap();
+    peer.send(route_refresh(RouteRefreshSubtype::Request)).await;
+    peer.send(Message::Update(Update::end_of_rib(Family::IPV4_UNICAST)))
+        .await;
+    let mut got = Vec::new();
+    loop {
+        let m = peer.recv().await;
+        let eor = matches!(&m, Message::Update(u) if u.is_end_of_rib().is_some());
+        got.push(m);
+        if eor {
+            break;
+        }
+    }
+    assert!(
+        got.iter()
+            .any(|m| matches!(m, Message::Update(u) if announces(u, "10.60.0.0/24"))),
+        "{got:?}"
+    );
+    assert!(
+        !got.iter().any(|m| matches!(m, Message::RouteRefresh(_))),
+        "a refresh marker before End-of-RIB: {got:?}"
+    );
+
+    peer.send(route_refresh(RouteRefreshSubtype::Request)).await;
+    let Message::RouteRefresh(borr) = peer.recv().await else {
+        panic!("expected BoRR");
+    };
+    assert_eq!(borr.subtype, RouteRefreshSubtype::BeginningOfRefresh);
+    peer.recv_announce("10.60.0.0/24".parse().unwrap()).await;
+    let Message::RouteRefresh(eorr) = peer.recv().await else {
+        panic!("expected EoRR");
+    };
+    assert_eq!(eorr.subtype, RouteRefreshSubtype::EndOfRefresh);
     s.shutdown(None).await;
 }

@@ -383,7 +383,16 @@ impl UpdatePacker {
     /// (RFC 2918 §4) the caller announces every route of the family the
     /// peer should have (the RIB's `adj_rib_out`), with this first when
     /// both sides sent the Enhanced Route Refresh capability.
+    ///
+    /// While the End-of-RIB of `family` is still queued (the initial table
+    /// has not gone out: the session just came up, or a restart's selection
+    /// deferral holds it) no markers are added: RFC 7313 §4 forbids a BoRR
+    /// before the End-of-RIB of its family, and the initial table followed
+    /// by End-of-RIB already tells the peer everything a refresh would.
     pub fn bracket_refresh(&mut self, family: Family) {
+        if self.end_of_rib.contains(&family) {
+            return;
+        }
         if !self.refresh_begin.contains(&family) {
             self.refresh_begin.push(family);
         }

@@ -130,7 +130,7 @@ struct UpState {
     end_of_rib: BTreeSet<Family>,
     /// Families between the peer's BoRR and EoRR (RFC 7313), with the
     /// time their stale paths go if no EoRR arrives.
-    refreshing: BTreeMap<Family, Instant>,
+    refreshing: refresh::Refreshes,
 }
 
 /// Paths kept stale across the neighbour's graceful restart (RFC 4724 §4.2).
@@ -655,9 +655,14 @@ impl Actor {
                     | RouteRefreshSubtype::EndOfRefresh) => {
                         self.refresh_marker(event.address, r.family, subtype)
                     }
-                    subtype => peer.span.in_scope(
-                        || debug!(family = %r.family, ?subtype, "route refresh message ignored"),
-                    ),
+                    // RFC 7313 §5: an unknown subtype MUST be ignored and
+                    // SHOULD be logged as an error.
+                    RouteRefreshSubtype::Other(subtype) => peer.span.in_scope(|| {
+                        warn!(family = %r.family, subtype, "route refresh of unknown subtype ignored")
+                    }),
+                    RouteRefreshSubtype::Request => peer.span.in_scope(|| {
+                        debug!(family = %r.family, "route refresh request for a family not negotiated ignored")
+                    }),
                 }
             }
             SessionEvent::Down(reason) => self.down(event.address, reason),
@@ -701,7 +706,7 @@ impl Actor {
             ops: Vec::new(),
             since: Instant::now(),
             end_of_rib: BTreeSet::new(),
-            refreshing: BTreeMap::new(),
+            refreshing: refresh::Refreshes::default(),
         });
         // Without a configured local address, our end of this connection
         // is our next hop to the peer (not the router id, which need not be
