@@ -70,7 +70,7 @@ async fn reflector_with_only_a_listen_range() {
     let rr_ip = ip(1, 1);
     let rr = speaker(rr_ip, true).await;
     let mut range = ListenRange::new("127.0.1.0/28".parse().unwrap(), AS);
-    range.rr_client = true;
+    range.template.rr_client = true;
     rr.add_listen_range(range.clone()).await.unwrap();
     assert!(matches!(
         rr.add_listen_range(range).await,
@@ -141,7 +141,7 @@ async fn listen_range_md5_key_covers_the_range() {
     let rr_ip = ip(3, 1);
     let rr = speaker(rr_ip, true).await;
     let mut range = ListenRange::new("127.0.3.0/24".parse().unwrap(), AS);
-    range.password = Some("range-secret".into());
+    range.template.password = Some("range-secret".into());
     rr.add_listen_range(range).await.unwrap();
 
     let good = client(ip(3, 2), &rr, rr_ip, Some("range-secret")).await;
@@ -170,10 +170,10 @@ async fn listen_range_with_bad_session_values_is_refused() {
     let s = speaker(ip(7, 1), true).await;
     let prefix: IpNet = "127.0.7.0/24".parse().unwrap();
     let mut hold = ListenRange::new(prefix, AS);
-    hold.hold_time = Some(2);
+    hold.template.hold_time = Some(2);
     let mut both = ListenRange::new(prefix, AS);
-    both.ttl = Some(2);
-    both.gtsm_hops = Some(1);
+    both.template.ttl = Some(2);
+    both.template.gtsm_hops = Some(1);
     let mut zero = ListenRange::new(prefix, AS);
     zero.asn = PeerAsn::Exact(0);
     for bad in [hold, both, zero] {
@@ -217,7 +217,7 @@ async fn dual_stack_listener_takes_md5_keys_of_ipv4_peers() {
     ));
     let rr = Speaker::start(config).await.unwrap();
     let mut range = ListenRange::new("127.0.5.0/28".parse().unwrap(), AS);
-    range.password = Some("range-secret".into());
+    range.template.password = Some("range-secret".into());
     rr.add_listen_range(range).await.unwrap();
     let mut static_peer = NeighborConfig::new(ip(5, 20), AS);
     static_peer.passive = true;
@@ -303,13 +303,13 @@ async fn listen_range_settings_apply_to_its_dynamic_neighbors() {
     let rr = speaker(rr_ip, true).await;
     let mut range = ListenRange::new("127.0.6.0/28".parse().unwrap(), AS);
     range.asn = PeerAsn::Any;
-    range.rr_client = true;
-    range.hold_time = Some(6);
-    range.max_prefixes = Some(2);
-    range.export_communities = vec![Community((AS << 16) | 77)];
+    range.template.rr_client = true;
+    range.template.hold_time = Some(6);
+    range.template.max_prefixes = Some(2);
+    range.template.export_communities = vec![Community((AS << 16) | 77)];
     rr.add_listen_range(range).await.unwrap();
     let mut fixed = ListenRange::new("127.0.6.16/28".parse().unwrap(), AS);
-    fixed.hold_time = Some(12);
+    fixed.template.hold_time = Some(12);
     rr.add_listen_range(fixed).await.unwrap();
     let to = rr.listen_addr().unwrap();
 

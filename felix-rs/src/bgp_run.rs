@@ -470,13 +470,24 @@ fn neighbor_from_file(n: FileNeighbor) -> Result<NeighborConfig, ConfigError> {
         return Err(ConfigError::NeighborAsZero { address: n.address });
     }
     let address = n.address;
+    peer_from_file(n, |source| ConfigError::PrefixList { address, source })
+}
+
+/// The neighbour a `[[neighbor]]` table describes, or the template of a
+/// `[[listen_range]]` (whose per-peer keys are a neighbour's): every
+/// setting is converted here and only here. `list_error` names the table
+/// in a prefix-list error.
+fn peer_from_file(
+    n: FileNeighbor,
+    list_error: impl Fn(PrefixListError) -> ConfigError,
+) -> Result<NeighborConfig, ConfigError> {
     let list = |rules: Option<Vec<FileRule>>| -> Result<Option<PrefixList>, ConfigError> {
         rules
             .map(|rules| prefix_list(&rules))
             .transpose()
-            .map_err(|source| ConfigError::PrefixList { address, source })
+            .map_err(&list_error)
     };
-    let mut config = NeighborConfig::new(address, n.asn);
+    let mut config = NeighborConfig::new(n.address, n.asn);
     if let Some(port) = n.port {
         config.port = port;
     }
@@ -619,26 +630,37 @@ fn listen_range_from_file(r: FileListenRange) -> Result<ListenRange, ConfigError
         FileRangeAsn::Number(asn) => PeerAsn::Exact(asn),
         FileRangeAsn::Text(text) => parse_range_asn(&text)?,
     };
-    let list = |rules: Option<Vec<FileRule>>| -> Result<Option<PrefixList>, ConfigError> {
-        rules
-            .map(|rules| prefix_list(&rules))
-            .transpose()
-            .map_err(|source| ConfigError::ListenRangePrefixList { prefix, source })
+    // The range's per-peer keys, as a neighbour table; the template's
+    // address, AS, port and passivity are not used (`ListenRange::template`).
+    // (Two serde structs because `#[serde(flatten)]` of a shared one loses
+    // toml's error positions.)
+    let as_neighbor = FileNeighbor {
+        address: prefix.network(),
+        asn: 1,
+        port: None,
+        passive: false,
+        local_address: None,
+        password: r.password,
+        rr_client: r.rr_client,
+        next_hop_self: r.next_hop_self,
+        max_prefixes: r.max_prefixes,
+        import: r.import,
+        export: r.export,
+        export_communities: r.export_communities,
+        hold_time: r.hold_time,
+        keepalive_time: r.keepalive_time,
+        ttl: r.ttl,
+        gtsm_hops: r.gtsm_hops,
     };
-    let mut range = ListenRange::new(prefix, 1);
-    range.asn = asn;
-    range.rr_client = r.rr_client;
-    range.password = r.password;
-    range.next_hop_self = r.next_hop_self;
-    range.max_prefixes = r.max_prefixes;
-    range.import = list(r.import)?;
-    range.export = list(r.export)?;
-    range.export_communities = parse_communities(&r.export_communities)?;
-    range.hold_time = r.hold_time;
-    range.keepalive_time = r.keepalive_time;
-    range.ttl = r.ttl;
-    range.gtsm_hops = r.gtsm_hops;
-    Ok(range)
+    let template = peer_from_file(as_neighbor, |source| ConfigError::ListenRangePrefixList {
+        prefix,
+        source,
+    })?;
+    Ok(ListenRange {
+        prefix,
+        asn,
+        template,
+    })
 }
 
 /// A listen range's AS: a number (plain or asdot) or `any`.
@@ -673,7 +695,7 @@ pub fn parse_listen_range_flag(text: &str) -> Result<ListenRange, ConfigError> {
         .map_err(|_| bad("not a prefix (IPv6 ranges need brackets: [2001:db8::/64]:65000)"))?;
     let mut range = ListenRange::new(prefix, 1);
     range.asn = parse_range_asn(asn)?;
-    range.rr_client = true;
+    range.template.rr_client = true;
     Ok(range)
 }
 
@@ -1187,10 +1209,11 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
         assert_eq!(p.listen_ranges.len(), 3);
         let r = &p.listen_ranges[0];
         assert_eq!(r.prefix.to_string(), "10.0.0.0/24");
-        assert_eq!((r.asn, r.rr_client), (PeerAsn::Exact(65000), true));
-        assert_eq!(r.password.as_deref(), Some("s3cret"));
-        assert_eq!(r.max_prefixes, Some(100));
+        assert_eq!((r.asn, r.template.rr_client), (PeerAsn::Exact(65000), true));
+        assert_eq!(r.template.password.as_deref(), Some("s3cret"));
+        assert_eq!(r.template.max_prefixes, Some(100));
         assert!(r
+            .template
             .import
             .as_ref()
             .unwrap()
@@ -1200,7 +1223,7 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
             (r.prefix.to_string().as_str(), r.asn),
             ("10.1.0.0/16", PeerAsn::Exact(65001))
         );
-        assert!(r.rr_client && r.password.is_none());
+        assert!(r.template.rr_client && r.template.password.is_none());
         assert_eq!(p.listen_ranges[2].asn, PeerAsn::Exact(65546));
 
         assert!(err("", &with_min(&["--listen-range", "10.0.0.0/24:65000"]))
@@ -1249,18 +1272,24 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
         let p = plan(file, &with_min(&["--listen-range", "10.2.0.0/24:any"])).unwrap();
         let r = &p.listen_ranges[0];
         assert_eq!(r.asn, PeerAsn::Any);
-        assert!(r.rr_client);
-        assert_eq!(r.password.as_deref(), Some("k"));
-        assert_eq!((r.hold_time, r.keepalive_time), (Some(9), Some(2)));
-        assert_eq!((r.ttl, r.gtsm_hops), (None, Some(1)));
-        assert_eq!(r.max_prefixes, Some(5000));
-        assert_eq!(r.export_communities, vec![Community((65000 << 16) | 7)]);
-        let export = r.export.as_ref().unwrap();
+        assert!(r.template.rr_client);
+        assert_eq!(r.template.password.as_deref(), Some("k"));
+        assert_eq!(
+            (r.template.hold_time, r.template.keepalive_time),
+            (Some(9), Some(2))
+        );
+        assert_eq!((r.template.ttl, r.template.gtsm_hops), (None, Some(1)));
+        assert_eq!(r.template.max_prefixes, Some(5000));
+        assert_eq!(
+            r.template.export_communities,
+            vec![Community((65000 << 16) | 7)]
+        );
+        let export = r.template.export.as_ref().unwrap();
         assert!(export.permits(&"10.244.3.0/26".parse().unwrap()));
         assert!(!export.permits(&"10.0.0.0/8".parse().unwrap()));
         let r = &p.listen_ranges[1];
         assert_eq!(r.asn, PeerAsn::Exact(65546));
-        assert_eq!((r.hold_time, r.ttl), (None, Some(3)));
+        assert_eq!((r.template.hold_time, r.template.ttl), (None, Some(3)));
         assert_eq!(p.listen_ranges[2].asn, PeerAsn::Any);
 
         let range = |extra: &str| {

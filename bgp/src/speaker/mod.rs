@@ -216,9 +216,9 @@ impl NeighborConfig {
 
 /// A listen range (dynamic neighbours, e.g. route-reflector clients): a
 /// connection from an address inside `prefix` for which no neighbour is
-/// configured creates a passive neighbour from this template; when its
-/// session ends, the neighbour is removed and its routes withdrawn.
-/// Connections from addresses in no range are still refused.
+/// configured creates a passive neighbour from [`ListenRange::template`];
+/// when its session ends, the neighbour is removed and its routes
+/// withdrawn. Connections from addresses in no range are still refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenRange {
     /// Peers' source addresses.
@@ -226,77 +226,47 @@ pub struct ListenRange {
     /// The peers' AS: exactly this one (equal to ours: iBGP), or
     /// [`PeerAsn::Any`]: whatever each peer's OPEN says.
     pub asn: PeerAsn,
-    /// The peers are route-reflector clients of ours (RFC 4456; applies to
-    /// iBGP peers only).
-    pub rr_client: bool,
-    /// TCP MD5 key (RFC 2385) for every address in the range, installed on
-    /// the listening socket with the prefix length (`TCP_MD5SIG_EXT`).
-    pub password: Option<String>,
-    /// Set NEXT_HOP to ourselves on routes to these iBGP neighbours.
-    pub next_hop_self: bool,
-    /// Maximum prefixes accepted per family from each peer.
-    pub max_prefixes: Option<u32>,
-    /// Import filter (`None`: accept everything).
-    pub import: Option<PrefixList>,
-    /// Export filter (`None`: advertise everything).
-    pub export: Option<PrefixList>,
-    /// Communities added to every route sent to these peers.
-    pub export_communities: Vec<Community>,
-    /// Hold time proposed to these peers (0 or at least 3 s); `None`: the
-    /// speaker's.
-    pub hold_time: Option<u16>,
-    /// Keepalive interval, when shorter than a third of the negotiated hold
-    /// time.
-    pub keepalive_time: Option<u16>,
-    /// Outgoing TTL (eBGP multihop); exclusive with `gtsm_hops`.
-    pub ttl: Option<u8>,
-    /// GTSM (RFC 5082): the peers are at most this many hops away.
-    pub gtsm_hops: Option<u8>,
+    /// The per-peer settings every neighbour of the range gets, as for a
+    /// configured neighbour: `rr_client`, `next_hop_self`, `local_address`
+    /// (our next hop towards the range's peers), `max_prefixes`, `import`,
+    /// `export`, `export_communities`, `hold_time`, `keepalive_time`,
+    /// `ttl`, `gtsm_hops`. Its `password` is the range's TCP MD5 key,
+    /// installed on the listening socket with the prefix length
+    /// (`TCP_MD5SIG_EXT`). Its `address`, `port`, `asn`, `any_asn` and
+    /// `passive` are not used: each neighbour has the address it connected
+    /// from, the range's `asn`, and is passive.
+    pub template: NeighborConfig,
 }
 
 impl ListenRange {
     /// Peers in `prefix` (host bits cleared) of AS `asn`; no password, no
     /// policy, not route-reflector clients, the speaker's timers.
     pub fn new(prefix: IpNet, asn: u32) -> Self {
+        let prefix = prefix.trunc();
         ListenRange {
-            prefix: prefix.trunc(),
+            prefix,
             asn: PeerAsn::Exact(asn),
-            rr_client: false,
-            password: None,
-            next_hop_self: false,
-            max_prefixes: None,
-            import: None,
-            export: None,
-            export_communities: Vec::new(),
-            hold_time: None,
-            keepalive_time: None,
-            ttl: None,
-            gtsm_hops: None,
+            template: NeighborConfig::new(prefix.network(), asn),
         }
     }
 
     /// The neighbour a connection from `address` gets: passive (the peer
-    /// connected; we never connect back), the range's settings. Its MD5
+    /// connected; we never connect back), the template's settings. Its MD5
     /// key is the range's, already on the listener.
     pub fn neighbor(&self, address: IpAddr) -> NeighborConfig {
         let (asn, any_asn) = match self.asn {
             PeerAsn::Exact(asn) => (asn, false),
             PeerAsn::Any => (0, true),
         };
-        let mut n = NeighborConfig::new(address, asn);
-        n.any_asn = any_asn;
-        n.passive = true;
-        n.rr_client = self.rr_client;
-        n.next_hop_self = self.next_hop_self;
-        n.max_prefixes = self.max_prefixes;
-        n.import = self.import.clone();
-        n.export = self.export.clone();
-        n.export_communities = self.export_communities.clone();
-        n.hold_time = self.hold_time;
-        n.keepalive_time = self.keepalive_time;
-        n.ttl = self.ttl;
-        n.gtsm_hops = self.gtsm_hops;
-        n
+        NeighborConfig {
+            address,
+            port: crate::session::BGP_PORT,
+            asn,
+            any_asn,
+            passive: true,
+            password: None,
+            ..self.template.clone()
+        }
     }
 }
 

@@ -36,13 +36,13 @@ impl Actor {
         let Some(listener) = &self.listener else {
             return Err(invalid("the speaker is not listening"));
         };
-        if let Some(password) = &range.password {
+        if let Some(password) = &range.template.password {
             listener
                 .set_md5_prefix(prefix, password.as_bytes())
                 .map_err(|e| invalid(&format!("TCP MD5 key not set on the listener: {e}")))?;
         }
         listener.set_unknown_source(Some(self.unknown_tx.clone()));
-        info!(%prefix, asn = ?range.asn, rr_client = range.rr_client, "listen range added");
+        info!(%prefix, asn = ?range.asn, rr_client = range.template.rr_client, "listen range added");
         self.ranges.push(range);
         Ok(())
     }
@@ -56,7 +56,7 @@ impl Actor {
         };
         let range = self.ranges.remove(i);
         if let Some(listener) = &self.listener {
-            if range.password.is_some() {
+            if range.template.password.is_some() {
                 if let Err(e) = listener.set_md5_prefix(prefix, &[]) {
                     warn!(%prefix, "removing the range's MD5 key: {e}");
                 }
@@ -128,7 +128,7 @@ mod tests {
     fn most_specific_range_applies() {
         let wide = ListenRange::new("10.0.0.0/8".parse().unwrap(), 65000);
         let mut narrow = ListenRange::new("10.1.0.0/16".parse().unwrap(), 65000);
-        narrow.rr_client = true;
+        narrow.template.rr_client = true;
         let ranges = vec![wide, narrow];
         let pick = |a: &str| range_for(&ranges, a.parse().unwrap()).map(|r| r.prefix.to_string());
         assert_eq!(pick("10.1.2.3").as_deref(), Some("10.1.0.0/16"));
@@ -141,16 +141,16 @@ mod tests {
     fn template_carries_the_session_values_and_any_asn() {
         let mut r = ListenRange::new("10.0.0.0/24".parse().unwrap(), 65000);
         r.asn = crate::fsm::PeerAsn::Any;
-        r.hold_time = Some(6);
-        r.keepalive_time = Some(2);
-        r.gtsm_hops = Some(1);
-        r.export_communities = vec![crate::wire::Community(7)];
+        r.template.hold_time = Some(6);
+        r.template.keepalive_time = Some(2);
+        r.template.gtsm_hops = Some(1);
+        r.template.export_communities = vec![crate::wire::Community(7)];
         let n = r.neighbor("10.0.0.9".parse().unwrap());
         assert!(n.any_asn && n.passive);
         assert_eq!(n.asn, 0);
         assert_eq!((n.hold_time, n.keepalive_time), (Some(6), Some(2)));
         assert_eq!((n.ttl, n.gtsm_hops), (None, Some(1)));
-        assert_eq!(n.export_communities, r.export_communities);
+        assert_eq!(n.export_communities, r.template.export_communities);
         r.asn = crate::fsm::PeerAsn::Exact(65001);
         let n = r.neighbor("10.0.0.9".parse().unwrap());
         assert!(!n.any_asn);
@@ -160,8 +160,8 @@ mod tests {
     #[test]
     fn template_makes_a_passive_neighbor() {
         let mut r = ListenRange::new("10.0.0.7/24".parse().unwrap(), 65000);
-        r.rr_client = true;
-        r.password = Some("secret".into());
+        r.template.rr_client = true;
+        r.template.password = Some("secret".into());
         assert_eq!(r.prefix.to_string(), "10.0.0.0/24");
         let n = r.neighbor("10.0.0.9".parse().unwrap());
         assert!(n.passive && n.rr_client);
