@@ -378,3 +378,39 @@ async fn listen_range_settings_apply_to_its_dynamic_neighbors() {
         s.shutdown(None).await;
     }
 }
+
+/// A range's `local_address` is the next hop towards its dynamic
+/// neighbours, in place of our end of their connection; a range whose local
+/// address is of the other family is refused.
+#[tokio::test]
+async fn listen_range_local_address_is_the_next_hop_to_its_peers() {
+    let rr_ip = ip(8, 1);
+    let rr = speaker(rr_ip, true).await;
+    let mut range = ListenRange::new("127.0.8.0/28".parse().unwrap(), AS);
+    range.template.local_address = Some(ip(8, 50));
+    rr.add_listen_range(range).await.unwrap();
+    let mut plain = ListenRange::new("127.0.8.16/28".parse().unwrap(), AS);
+    plain.template.rr_client = true;
+    rr.add_listen_range(plain).await.unwrap();
+    let mut v6 = ListenRange::new("127.0.9.0/28".parse().unwrap(), AS);
+    v6.template.local_address = Some("::1".parse().unwrap());
+    assert!(matches!(
+        rr.add_listen_range(v6).await,
+        Err(SpeakerError::ListenRange { .. })
+    ));
+    rr.originate("10.88.0.0/24".parse().unwrap(), vec![])
+        .await
+        .unwrap();
+
+    let with = client(ip(8, 2), &rr, rr_ip, None).await;
+    let without = client(ip(8, 17), &rr, rr_ip, None).await;
+    let next_hop = |s: Speaker| async move {
+        assert!(eventually(|| has_route(&s, "10.88.0.0/24")).await);
+        let r = s.routes(Some("10.88.0.0/24".parse().unwrap())).await;
+        s.shutdown(None).await;
+        r[0].paths[0].next_hop
+    };
+    assert_eq!(next_hop(with).await, Some(ip(8, 50)));
+    assert_eq!(next_hop(without).await, Some(rr_ip));
+    rr.shutdown(None).await;
+}

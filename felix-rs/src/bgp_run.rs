@@ -205,6 +205,9 @@ pub struct FileListenRange {
     pub export: Option<Vec<FileRule>>,
     #[serde(default)]
     pub export_communities: Vec<String>,
+    /// Our next hop towards the range's peers (our end of each connection
+    /// otherwise).
+    pub local_address: Option<IpAddr>,
     /// Hold time proposed to the range's peers (the global one otherwise).
     pub hold_time: Option<u16>,
     pub keepalive_time: Option<u16>,
@@ -639,7 +642,7 @@ fn listen_range_from_file(r: FileListenRange) -> Result<ListenRange, ConfigError
         asn: 1,
         port: None,
         passive: false,
-        local_address: None,
+        local_address: r.local_address,
         password: r.password,
         rr_client: r.rr_client,
         next_hop_self: r.next_hop_self,
@@ -1268,7 +1271,8 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
                     rr_client = true\npassword = \"k\"\nhold_time = 9\nkeepalive_time = 2\n\
                     gtsm_hops = 1\nmax_prefixes = 5000\nexport_communities = [\"65000:7\"]\n\
                     export = [{ prefix = \"10.244.0.0/16\", le = 26, action = \"permit\" }]\n\
-                    [[listen_range]]\nprefix = \"10.1.0.0/24\"\nasn = \"1.10\"\nttl = 3\n";
+                    [[listen_range]]\nprefix = \"10.1.0.0/24\"\nasn = \"1.10\"\nttl = 3\n\
+                    local_address = \"10.1.0.1\"\n";
         let p = plan(file, &with_min(&["--listen-range", "10.2.0.0/24:any"])).unwrap();
         let r = &p.listen_ranges[0];
         assert_eq!(r.asn, PeerAsn::Any);
@@ -1290,6 +1294,8 @@ export = [{ prefix = "2001:db8::/32", le = 64, action = "permit" }]
         let r = &p.listen_ranges[1];
         assert_eq!(r.asn, PeerAsn::Exact(65546));
         assert_eq!((r.template.hold_time, r.template.ttl), (None, Some(3)));
+        assert_eq!(r.template.local_address, Some("10.1.0.1".parse().unwrap()));
+        assert_eq!(p.listen_ranges[0].template.local_address, None);
         assert_eq!(p.listen_ranges[2].asn, PeerAsn::Any);
 
         let range = |extra: &str| {
