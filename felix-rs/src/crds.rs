@@ -21,6 +21,7 @@ use ipam::affinity::BlockAffinityResource;
 use ipam::block::IpamBlockResource;
 use ipam::handle::IpamHandleResource;
 use ipam::pool::IpPoolResource;
+use ipam::pool_index::IpPoolIndexResource;
 
 /// The first lines of every generated file.
 pub const HEADER: &str =
@@ -48,6 +49,7 @@ pub fn definition(kind: Kind) -> CustomResourceDefinition {
         Kind::FelixNode => FelixNodeResource::crd(),
         Kind::BgpPeer => BgpPeerResource::crd(),
         Kind::BgpConfiguration => BgpConfigurationResource::crd(),
+        Kind::IpPoolIndex => IpPoolIndexResource::crd(),
     }
 }
 

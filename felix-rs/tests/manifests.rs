@@ -453,12 +453,11 @@ fn the_node_agent_daemonset_is_what_the_docs_promise() {
     }
 }
 
-/// The ClusterRole grants verbs only on felix's CRDs, each of them existing.
-#[test]
-fn the_cluster_role_names_real_resources_and_no_wildcards() {
-    let inst = build(&deploy_dir().join("overlays/kubernetes"));
+/// The resources `role` grants verbs on, after checking that they are
+/// felix's CRDs (installed, cluster-scoped) and that the verbs are plain.
+fn granted_by<'a>(inst: &'a Installation, role: &str) -> BTreeSet<&'a str> {
     let plurals: BTreeSet<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
-    let role = inst.find("ClusterRole", "felix-node").unwrap();
+    let role = inst.find("ClusterRole", role).unwrap();
     let mut granted = BTreeSet::new();
     for rule in role["rules"].as_array().unwrap() {
         assert_eq!(rule["apiGroups"], serde_json::json!(["crd.felix-rs.io"]));
@@ -479,7 +478,30 @@ fn the_cluster_role_names_real_resources_and_no_wildcards() {
             );
         }
     }
-    assert_eq!(granted, plurals, "every kind the agent uses is granted");
+    granted
+}
+
+/// The ClusterRoles grant verbs only on felix's CRDs, each of them
+/// existing: the agent's on every kind but the pool index (pools are the
+/// operator's), the pool admin's on pools and their index.
+#[test]
+fn the_cluster_role_names_real_resources_and_no_wildcards() {
+    let inst = build(&deploy_dir().join("overlays/kubernetes"));
+    let agent_kinds: BTreeSet<&str> = Kind::ALL
+        .iter()
+        .filter(|k| **k != Kind::IpPoolIndex)
+        .map(|k| k.plural())
+        .collect();
+    assert_eq!(
+        granted_by(&inst, "felix-node"),
+        agent_kinds,
+        "every kind the agent uses is granted"
+    );
+    let admin = granted_by(&inst, "felix-pool-admin");
+    assert!(
+        admin.contains("ippools") && admin.contains("ippoolindexes"),
+        "{admin:?}"
+    );
 }
 
 /// felix's own objects in the manifests pass their CRDs (schema and CEL).

@@ -395,27 +395,41 @@ impl Allocator {
         }
     }
 
-    /// Creates a pool after checking it and that it overlaps no other.
+    /// Creates a pool after checking it and that it overlaps no other,
+    /// race-free against other creates through the pool index
+    /// ([`crate::pool_index`]).
     pub async fn create_pool(&self, name: &str, spec: IpPoolSpec) -> Result<(), IpamError> {
         if !is_valid_object_name(name) {
             return Err(PoolError::BadName(name.to_owned()).into());
         }
         spec.validate()?;
-        let pools = self.pools().await?;
-        crate::pool::check_overlap(
-            spec.cidr,
-            pools.iter().map(|p| (p.name.as_str(), p.spec.cidr)),
-        )?;
-        let value = encode(Kind::IpPool, name, &spec)?;
-        self.store.create(Kind::IpPool, name, value).await?;
+        let created =
+            crate::pool_index::create(self.store.as_ref(), &self.config, name, &spec).await;
         self.cache.invalidate(Kind::IpPool);
-        Ok(())
+        created
     }
 
     /// Deletes a pool: refused while any of its blocks holds an address;
-    /// its empty blocks and their affinities go with it.
+    /// its empty blocks and their affinities go with it, and its entry in
+    /// the pool index. A name that only the index holds (a reservation
+    /// left by an interrupted create or delete) has its entry removed.
     pub async fn delete_pool(&self, name: &str) -> Result<Vec<IpNet>, IpamError> {
-        let obj = self.store.get(Kind::IpPool, name).await?;
+        let obj = match self.store.get(Kind::IpPool, name).await {
+            Ok(obj) => obj,
+            Err(e @ StoreError::NotFound { .. }) => {
+                return match crate::pool_index::forget_reservation(
+                    self.store.as_ref(),
+                    &self.config,
+                    name,
+                )
+                .await?
+                {
+                    true => Ok(Vec::new()),
+                    false => Err(e.into()),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
         let spec: IpPoolSpec = decode(&obj)?;
         let blocks = self.blocks().await?;
         let mine: Vec<_> = blocks
@@ -435,9 +449,10 @@ impl Allocator {
                 removed.push(block.cidr);
             }
         }
-        self.store.delete(Kind::IpPool, name, &obj.revision).await?;
+        let deleted =
+            crate::pool_index::delete(self.store.as_ref(), &self.config, name, &obj.revision).await;
         self.cache.invalidate(Kind::IpPool);
-        Ok(removed)
+        deleted.map(|()| removed)
     }
 
     pub(crate) async fn node_labels(

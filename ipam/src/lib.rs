@@ -16,6 +16,7 @@ pub mod gc;
 pub mod handle;
 pub mod names;
 pub mod pool;
+pub mod pool_index;
 pub(crate) mod read_cache;
 pub mod selector;
 pub mod store;

@@ -160,6 +160,19 @@ pub enum PoolError {
         other: String,
         other_cidr: IpNet,
     },
+    /// The index holds an entry for a pool that is not stored: its create
+    /// is in progress, or a create or delete was interrupted between its
+    /// two writes (Kubernetes, docs/ipam.md "Pool overlap").
+    #[error(
+        "pool {cidr} overlaps {other_cidr}, reserved in the pool index by pool {other:?}, which is not stored \
+         (being created, or an interrupted create or delete); if no create of {other:?} is running, \
+         `felix ipam pools delete {other}` frees it"
+    )]
+    OverlapsReserved {
+        cidr: IpNet,
+        other: String,
+        other_cidr: IpNet,
+    },
     #[error("ipipMode must be Never for IPv6 pool {0}")]
     IpipOnIpv6(IpNet),
     #[error("ipipMode and vxlanMode cannot both be enabled")]

@@ -470,8 +470,12 @@ fn write_all_failure(writes: &[Write], resp: &etcd_client::TxnResponse) -> Store
         let (kind, name) = (w.kind(), w.name().to_owned());
         match (w, have) {
             (Write::Create { .. }, Some(_)) => return StoreError::AlreadyExists { kind, name },
-            (Write::Update { .. }, None) => return StoreError::NotFound { kind, name },
-            (Write::Update { expected, .. }, Some(have)) if expected.0 != have.to_string() => {
+            (Write::Update { .. } | Write::Delete { .. }, None) => {
+                return StoreError::NotFound { kind, name }
+            }
+            (Write::Update { expected, .. } | Write::Delete { expected, .. }, Some(have))
+                if expected.0 != have.to_string() =>
+            {
                 return StoreError::Conflict {
                     kind,
                     name,
@@ -603,26 +607,20 @@ impl Datastore for EtcdStore {
         for w in &writes {
             checks::name(w.kind(), w.name())?;
             let k = key(w.kind(), w.name());
-            let (compare, value) = match w {
-                Write::Create { value, .. } => (
-                    Compare::create_revision(k.clone(), CompareOp::Equal, 0),
-                    value,
-                ),
-                Write::Update {
-                    kind,
-                    name,
-                    value,
-                    expected,
-                } => {
-                    let rev = parse_revision(*kind, name, expected)?;
-                    (
-                        Compare::mod_revision(k.clone(), CompareOp::Equal, rev),
-                        value,
-                    )
+            let compare = match w.expected() {
+                None => Compare::create_revision(k.clone(), CompareOp::Equal, 0),
+                Some(expected) => {
+                    let rev = parse_revision(w.kind(), w.name(), expected)?;
+                    Compare::mod_revision(k.clone(), CompareOp::Equal, rev)
                 }
             };
             compares.push(compare);
-            puts.push(TxnOp::put(k.clone(), value.clone(), None));
+            puts.push(match w {
+                Write::Create { value, .. } | Write::Update { value, .. } => {
+                    TxnOp::put(k.clone(), value.clone(), None)
+                }
+                Write::Delete { .. } => TxnOp::delete(k.clone(), None),
+            });
             gets.push(TxnOp::get(k, Some(GetOptions::new().with_keys_only())));
         }
         let txn = Txn::new().when(compares).and_then(puts).or_else(gets);

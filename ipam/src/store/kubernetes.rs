@@ -12,7 +12,7 @@
 //! the server no longer has is answered 410 Gone, here [`StoreError::Compacted`].
 //!
 //! Verbs used (for RBAC): `get`, `list`, `watch`, `create`, `update`,
-//! `delete` on the seven plurals of group `crd.felix-rs.io`.
+//! `delete` on the eight plurals of group `crd.felix-rs.io`.
 
 use std::collections::VecDeque;
 use std::pin::Pin;

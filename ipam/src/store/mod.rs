@@ -34,11 +34,14 @@ pub enum Kind {
     FelixNode,
     BgpPeer,
     BgpConfiguration,
+    /// The one object every pool create and delete rewrites, so that two
+    /// creates of overlapping pools conflict ([`crate::pool_index`]).
+    IpPoolIndex,
 }
 
 impl Kind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::IpPool,
         Kind::IpamBlock,
         Kind::BlockAffinity,
@@ -46,6 +49,7 @@ impl Kind {
         Kind::FelixNode,
         Kind::BgpPeer,
         Kind::BgpConfiguration,
+        Kind::IpPoolIndex,
     ];
 
     /// The CRD kind name (`IPPool`, `IPAMBlock`, …).
@@ -58,6 +62,7 @@ impl Kind {
             Kind::FelixNode => "FelixNode",
             Kind::BgpPeer => "BGPPeer",
             Kind::BgpConfiguration => "BGPConfiguration",
+            Kind::IpPoolIndex => "IPPoolIndex",
         }
     }
 
@@ -72,6 +77,7 @@ impl Kind {
             Kind::FelixNode => "felixnodes",
             Kind::BgpPeer => "bgppeers",
             Kind::BgpConfiguration => "bgpconfigurations",
+            Kind::IpPoolIndex => "ippoolindexes",
         }
     }
 }
@@ -185,18 +191,38 @@ pub enum Write {
         value: Vec<u8>,
         expected: Revision,
     },
+    /// Deletes an object if its revision is still `expected`; fails with
+    /// `Conflict`, or `NotFound` when it is gone. Its revision in the
+    /// result is the store revision of the transaction.
+    Delete {
+        kind: Kind,
+        name: String,
+        expected: Revision,
+    },
 }
 
 impl Write {
     pub fn kind(&self) -> Kind {
         match self {
-            Write::Create { kind, .. } | Write::Update { kind, .. } => *kind,
+            Write::Create { kind, .. }
+            | Write::Update { kind, .. }
+            | Write::Delete { kind, .. } => *kind,
         }
     }
 
     pub fn name(&self) -> &str {
         match self {
-            Write::Create { name, .. } | Write::Update { name, .. } => name,
+            Write::Create { name, .. }
+            | Write::Update { name, .. }
+            | Write::Delete { name, .. } => name,
+        }
+    }
+
+    /// The revision the write is conditional on (`None` for a create).
+    pub fn expected(&self) -> Option<&Revision> {
+        match self {
+            Write::Create { .. } => None,
+            Write::Update { expected, .. } | Write::Delete { expected, .. } => Some(expected),
         }
     }
 }

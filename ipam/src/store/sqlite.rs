@@ -516,7 +516,7 @@ impl Datastore for SqliteStore {
     async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Revision>, StoreError> {
         for w in &writes {
             super::checks::name(w.kind(), w.name())?;
-            if let Write::Update { expected, .. } = w {
+            if let Some(expected) = w.expected() {
                 parse_revision(expected)?;
             }
         }
@@ -527,13 +527,18 @@ impl Datastore for SqliteStore {
             let mut revisions = Vec::with_capacity(writes.len());
             for w in writes {
                 let (kind, name, value, expected) = match w {
-                    Write::Create { kind, name, value } => (kind, name, value, None),
+                    Write::Create { kind, name, value } => (kind, name, Some(value), None),
                     Write::Update {
                         kind,
                         name,
                         value,
                         expected,
-                    } => (kind, name, value, Some(expected)),
+                    } => (kind, name, Some(value), Some(expected)),
+                    Write::Delete {
+                        kind,
+                        name,
+                        expected,
+                    } => (kind, name, None, Some(expected)),
                 };
                 let have = current_revision(tx, kind, &name)?;
                 match (&expected, have) {
@@ -548,12 +553,18 @@ impl Datastore for SqliteStore {
                     }
                     _ => {}
                 }
-                let rev = record_change(tx, kind, &name, Some(&value), retention)?;
-                tx.execute(
-                    "INSERT INTO objects (kind, name, value, revision) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (kind, name) DO UPDATE SET value = ?3, revision = ?4",
-                    params![kind_key(kind), name, value, rev],
-                )
+                let rev = record_change(tx, kind, &name, value.as_deref(), retention)?;
+                match value {
+                    Some(value) => tx.execute(
+                        "INSERT INTO objects (kind, name, value, revision) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (kind, name) DO UPDATE SET value = ?3, revision = ?4",
+                        params![kind_key(kind), name, value, rev],
+                    ),
+                    None => tx.execute(
+                        "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
+                        params![kind_key(kind), name],
+                    ),
+                }
                 .map_err(unavailable)?;
                 revisions.push(revision(rev));
             }

@@ -162,6 +162,63 @@ pub async fn write_all_is_all_or_nothing(t: &dyn StoreUnderTest) {
     assert_eq!(s.get(Kind::IpamHandle, "h1").await.unwrap(), h1);
 }
 
+/// A delete in `write_all` goes with the other writes or not at all: a
+/// delete on a stale revision (or of a missing object) fails the whole
+/// batch naming it; a good one removes the object as the update lands.
+pub async fn write_all_deletes_atomically(t: &dyn StoreUnderTest) {
+    let s = t.store();
+    if !s.transactional() {
+        return;
+    }
+    let pool = s.create(Kind::IpPool, "p", spec(1)).await.unwrap();
+    let index = s.create(Kind::IpPoolIndex, "i", spec(1)).await.unwrap();
+    let bump = |rev: &Revision| Write::Update {
+        kind: Kind::IpPoolIndex,
+        name: "i".into(),
+        value: spec(2),
+        expected: rev.clone(),
+    };
+    let delete = |rev: &Revision| Write::Delete {
+        kind: Kind::IpPool,
+        name: "p".into(),
+        expected: rev.clone(),
+    };
+    // The pool changed after it was read: nothing deleted, nothing updated.
+    let newer = s.update(Kind::IpPool, "p", spec(3), &pool).await.unwrap();
+    let err = s
+        .write_all(vec![bump(&index), delete(&pool)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { kind: Kind::IpPool, name, .. } if name == "p"),
+        "{err:?}"
+    );
+    assert_eq!(s.get(Kind::IpPoolIndex, "i").await.unwrap().revision, index);
+    assert_eq!(s.get(Kind::IpPool, "p").await.unwrap().revision, newer);
+    // On the current revision: both applied.
+    let revs = s
+        .write_all(vec![delete(&newer), bump(&index)])
+        .await
+        .unwrap();
+    assert_eq!(revs.len(), 2);
+    assert!(matches!(
+        s.get(Kind::IpPool, "p").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let i = s.get(Kind::IpPoolIndex, "i").await.unwrap();
+    assert_eq!((parse(&i.value), &i.revision), (parse(&spec(2)), &revs[1]));
+    // Deleting what is gone: NotFound naming it, the update not applied.
+    let err = s
+        .write_all(vec![bump(&revs[1]), delete(&newer)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { kind: Kind::IpPool, name } if name == "p"),
+        "{err:?}"
+    );
+    assert_eq!(s.get(Kind::IpPoolIndex, "i").await.unwrap(), i);
+}
+
 /// A created object reads back with the same value and revision.
 pub async fn create_then_get(t: &dyn StoreUnderTest) {
     let s = t.store();
@@ -580,6 +637,7 @@ macro_rules! datastore_conformance {
             garbage_value_is_reported_or_returned,
             concurrent_cas_increments,
             write_all_is_all_or_nothing,
+            write_all_deletes_atomically,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
