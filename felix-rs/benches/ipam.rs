@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipam::pool::{parse_cidr, IpPoolSpec};
-use ipam::store::{Datastore, Kind, Listing, Object, Revision, StoreError, WatchStream};
+use ipam::store::Datastore;
+use ipam::testing::{addresses_in_use, Interposed};
 use ipam::{Allocator, AllocatorConfig, AutoAssignRequest};
 
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
@@ -61,40 +62,6 @@ struct Shape {
     suffix: &'static str,
 }
 
-/// A store whose multi-object transactions are hidden (`handles_apart`).
-struct WithoutTransactions(Arc<dyn Datastore>);
-
-#[async_trait::async_trait]
-impl Datastore for WithoutTransactions {
-    async fn get(&self, kind: Kind, name: &str) -> Result<Object, StoreError> {
-        self.0.get(kind, name).await
-    }
-    async fn list(&self, kind: Kind, name_prefix: &str) -> Result<Listing, StoreError> {
-        self.0.list(kind, name_prefix).await
-    }
-    async fn list_names(&self, kind: Kind, name_prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.0.list_names(kind, name_prefix).await
-    }
-    async fn create(&self, kind: Kind, name: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
-        self.0.create(kind, name, value).await
-    }
-    async fn update(
-        &self,
-        kind: Kind,
-        name: &str,
-        value: Vec<u8>,
-        expected: &Revision,
-    ) -> Result<Revision, StoreError> {
-        self.0.update(kind, name, value, expected).await
-    }
-    async fn delete(&self, kind: Kind, name: &str, expected: &Revision) -> Result<(), StoreError> {
-        self.0.delete(kind, name, expected).await
-    }
-    async fn watch(&self, kind: Kind, after: Option<&Revision>) -> Result<WatchStream, StoreError> {
-        self.0.watch(kind, after).await
-    }
-}
-
 async fn felix_run(store: Arc<dyn Datastore>, what: &str, shape: Shape, ops: usize) -> Row {
     let Shape {
         allocators,
@@ -105,7 +72,7 @@ async fn felix_run(store: Arc<dyn Datastore>, what: &str, shape: Shape, ops: usi
         ..
     } = shape;
     let store: Arc<dyn Datastore> = if handles_apart {
-        Arc::new(WithoutTransactions(store))
+        Arc::new(Interposed::without_transactions(store))
     } else {
         store
     };
@@ -155,14 +122,7 @@ async fn felix_run(store: Arc<dyn Datastore>, what: &str, shape: Shape, ops: usi
     // (A claim ahead still running would outlive its store.)
     alloc.wait_for_claims_ahead().await;
     // Every address handed out once.
-    let held: usize = alloc
-        .blocks()
-        .await
-        .unwrap()
-        .iter()
-        .map(|(_, b)| b.in_use_count())
-        .sum();
-    assert_eq!(held, per_task * allocators);
+    assert_eq!(addresses_in_use(&alloc).await, per_task * allocators);
     Row {
         what: what.to_owned(),
         allocators,

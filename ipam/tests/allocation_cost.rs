@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipam::pool::{parse_cidr, IpPoolSpec};
-use ipam::store::{Datastore, Kind, Listing, Object, Revision, StoreError, WatchStream, Write};
+use ipam::store::{Kind, StoreError, Write};
+use ipam::testing::{addresses_in_use, Call, CallHook, Interposed};
 use ipam::{Allocator, AllocatorConfig, AutoAssignRequest};
 
 tokio::task_local! {
@@ -20,11 +21,11 @@ tokio::task_local! {
     static REQUEST: ();
 }
 
-/// Counts calls per (operation, kind) and passes them on; block updates
-/// (alone or in a transaction) can be slowed down and made to fail. A
-/// transaction counts once, under the kind of its first write.
-struct CountingStore {
-    inner: Arc<dyn Datastore>,
+/// Counts calls per (operation, kind) as they pass (the hook of an
+/// `Interposed` store); block updates (alone or in a transaction) can be
+/// slowed down and made to fail. A transaction counts once, under the kind
+/// of its first write. Watches are not counted.
+struct CallCounter {
     calls: Mutex<BTreeMap<(&'static str, Kind), u64>>,
     /// The same, for calls made by a request itself (inside `REQUEST`).
     in_requests: Mutex<BTreeMap<(&'static str, Kind), u64>>,
@@ -35,7 +36,7 @@ struct CountingStore {
     failing_block_updates: AtomicU64,
 }
 
-impl CountingStore {
+impl CallCounter {
     fn count(&self, op: &'static str, kind: Kind) {
         self.total.fetch_add(1, Ordering::SeqCst);
         *self.calls.lock().unwrap().entry((op, kind)).or_default() += 1;
@@ -86,80 +87,47 @@ impl CountingStore {
 }
 
 #[async_trait::async_trait]
-impl Datastore for CountingStore {
-    async fn get(&self, kind: Kind, name: &str) -> Result<Object, StoreError> {
-        self.count("get", kind);
-        self.inner.get(kind, name).await
-    }
-    async fn list(&self, kind: Kind, name_prefix: &str) -> Result<Listing, StoreError> {
-        self.count("list", kind);
-        self.inner.list(kind, name_prefix).await
-    }
-    async fn list_names(&self, kind: Kind, name_prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.count("list_names", kind);
-        self.inner.list_names(kind, name_prefix).await
-    }
-    async fn create(&self, kind: Kind, name: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
-        self.count("create", kind);
-        self.inner.create(kind, name, value).await
-    }
-    async fn update(
-        &self,
-        kind: Kind,
-        name: &str,
-        value: Vec<u8>,
-        expected: &Revision,
-    ) -> Result<Revision, StoreError> {
-        self.count("update", kind);
-        if kind == Kind::IpamBlock {
-            self.block_update_faults().await?;
+impl CallHook for CallCounter {
+    async fn before(&self, call: Call<'_>) -> Result<(), StoreError> {
+        if call.op == "watch" {
+            return Ok(());
         }
-        self.inner.update(kind, name, value, expected).await
-    }
-    fn transactional(&self) -> bool {
-        self.inner.transactional()
-    }
-    async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Revision>, StoreError> {
-        let first = writes.first().map_or(Kind::IpamBlock, Write::kind);
-        self.count("write_all", first);
-        let updates_a_block = writes.iter().any(|w| {
-            matches!(
-                w,
-                Write::Update {
-                    kind: Kind::IpamBlock,
-                    ..
-                }
-            )
-        });
+        self.count(call.op, call.kind);
+        let updates_a_block = match call.op {
+            "update" => call.kind == Kind::IpamBlock,
+            "write_all" => call.writes.iter().any(|w| {
+                matches!(
+                    w,
+                    Write::Update {
+                        kind: Kind::IpamBlock,
+                        ..
+                    }
+                )
+            }),
+            _ => false,
+        };
         if updates_a_block {
             self.block_update_faults().await?;
         }
-        self.inner.write_all(writes).await
-    }
-    async fn delete(&self, kind: Kind, name: &str, expected: &Revision) -> Result<(), StoreError> {
-        self.count("delete", kind);
-        self.inner.delete(kind, name, expected).await
-    }
-    async fn watch(&self, kind: Kind, after: Option<&Revision>) -> Result<WatchStream, StoreError> {
-        self.inner.watch(kind, after).await
+        Ok(())
     }
 }
 
-async fn setup(pool: &str) -> (Arc<CountingStore>, Allocator, tempfile::TempDir) {
+async fn setup(pool: &str) -> (Arc<CallCounter>, Allocator, tempfile::TempDir) {
     // (The allocator is shared by tasks in some tests: callers wrap it.)
     let dir = tempfile::tempdir().unwrap();
     let sqlite = ipam::store::sqlite::SqliteStore::open(dir.path().join("ipam.db"))
         .await
         .unwrap();
-    let store = Arc::new(CountingStore {
-        inner: Arc::new(sqlite),
+    let store = Arc::new(CallCounter {
         calls: Mutex::new(BTreeMap::new()),
         in_requests: Mutex::new(BTreeMap::new()),
         total: AtomicU64::new(0),
         block_update_delay: Mutex::new(Duration::ZERO),
         failing_block_updates: AtomicU64::new(0),
     });
-    let alloc = Allocator::new(store.clone(), AllocatorConfig::default());
+    let interposed = Interposed::new(Arc::new(sqlite), Arc::clone(&store));
+    let alloc = Allocator::new(Arc::new(interposed), AllocatorConfig::default());
     alloc
         .create_pool("p", IpPoolSpec::new(parse_cidr(pool).unwrap()))
         .await
@@ -312,14 +280,7 @@ async fn a_failed_batch_write_hands_out_nothing() {
     }
     assert!(failed >= 1, "the injected failure was not seen");
     // The block holds "first" and the successful ones, nothing else.
-    let held: usize = alloc
-        .blocks()
-        .await
-        .unwrap()
-        .iter()
-        .map(|(_, b)| b.in_use_count())
-        .sum();
-    assert_eq!(held, 1 + ok.len());
+    assert_eq!(addresses_in_use(&alloc).await, 1 + ok.len());
     *store.block_update_delay.lock().unwrap() = Duration::ZERO;
     for (handle, got) in at_once(&alloc, "again", 8).await {
         let got = got.unwrap();

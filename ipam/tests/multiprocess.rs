@@ -308,14 +308,11 @@ async fn two_processes_stress(url: &str, dir: &Path) {
     assert_no_duplicates(&events);
 
     let alloc = Allocator::new(Arc::clone(&store), config());
-    let held: usize = alloc
-        .blocks()
-        .await
-        .unwrap()
-        .iter()
-        .map(|(_, b)| b.in_use_count())
-        .sum();
-    assert_eq!(held, 0, "addresses still held after every release");
+    assert_eq!(
+        ipam::testing::addresses_in_use(&alloc).await,
+        0,
+        "addresses still held after every release"
+    );
     assert!(store
         .list(ipam::store::Kind::IpamHandle, "")
         .await

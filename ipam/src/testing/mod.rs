@@ -7,10 +7,12 @@
 
 pub mod conformance;
 pub mod etcd_server;
+pub mod interposed;
 pub mod kube_api;
 
 use std::sync::Arc;
 
+use crate::allocator::Allocator;
 use crate::store::etcd::{self, EtcdStore};
 use crate::store::kubernetes::KubeStore;
 use crate::store::sqlite::SqliteStore;
@@ -18,7 +20,19 @@ use crate::store::{Datastore, Kind};
 
 pub use conformance::{Garbage, StoreUnderTest};
 pub use etcd_server::{EtcdFixtureError, EtcdServer};
+pub use interposed::{Call, CallHook, Interposed};
 pub use kube_api::MockApiServer;
+
+/// Addresses in use in every block `alloc`'s store holds.
+pub async fn addresses_in_use(alloc: &Allocator) -> usize {
+    alloc
+        .blocks()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.in_use_count())
+        .sum()
+}
 
 /// A value no decoder accepts: not UTF-8, not JSON.
 const GARBAGE: &[u8] = b"\x00not json\xff";

@@ -16,6 +16,7 @@ use ipam::affinity::AffinityState;
 use ipam::block::BlockRelease;
 use ipam::pool::{parse_cidr, AllowedUse, EncapMode, IpPoolSpec, PoolError};
 use ipam::store::{Datastore, Kind, StoreError};
+use ipam::testing::addresses_in_use;
 use ipam::{
     Allocator, AllocatorConfig, AssignIpRequest, AutoAssignRequest, IpamError, PoolUsage,
     ReleaseRequest, TunnelKind,
@@ -93,16 +94,6 @@ pub fn req(handle: &str, node: &str, v4: u32, v6: u32) -> AutoAssignRequest {
     }
 }
 
-async fn held(alloc: &Allocator) -> usize {
-    alloc
-        .blocks()
-        .await
-        .unwrap()
-        .iter()
-        .map(|(_, b)| b.in_use_count())
-        .sum()
-}
-
 pub async fn pool_exhaustion_is_all_or_nothing(store: Arc<dyn Datastore>) {
     let alloc = Allocator::new(store.clone(), config());
     pool(&alloc, "small", "10.9.0.0/28", 28).await;
@@ -129,7 +120,7 @@ pub async fn pool_exhaustion_is_all_or_nothing(store: Arc<dyn Datastore>) {
         ),
         "{err:?}"
     );
-    assert_eq!(held(&alloc).await, 15);
+    assert_eq!(addresses_in_use(&alloc).await, 15);
     assert!(matches!(
         store.get(Kind::IpamHandle, "two").await,
         Err(StoreError::NotFound { .. })
@@ -171,7 +162,7 @@ pub async fn strict_affinity_refuses_to_borrow(store: Arc<dyn Datastore>) {
     alloc.auto_assign(&req("b", "node2", 16, 0)).await.unwrap();
     let err = alloc.auto_assign(&req("c", "node2", 1, 0)).await;
     assert!(matches!(err, Err(IpamError::Exhausted { .. })), "{err:?}");
-    assert_eq!(held(&alloc).await, 20);
+    assert_eq!(addresses_in_use(&alloc).await, 20);
 }
 
 pub async fn ipv4_and_ipv6_together(store: Arc<dyn Datastore>) {
@@ -180,7 +171,7 @@ pub async fn ipv4_and_ipv6_together(store: Arc<dyn Datastore>) {
     // No IPv6 pool yet: refused as a whole, the IPv4 address is given back.
     let err = alloc.auto_assign(&req("early", "node1", 1, 1)).await;
     assert!(matches!(err, Err(IpamError::NoPool { .. })), "{err:?}");
-    assert_eq!(held(&alloc).await, 0);
+    assert_eq!(addresses_in_use(&alloc).await, 0);
     pool(&alloc, "v6", "fd00:10:244::/56", 122).await;
     let a = alloc
         .auto_assign(&req("pod-a", "node1", 1, 1))
@@ -269,7 +260,7 @@ pub async fn release_by_handle(store: Arc<dyn Datastore>) {
     let mut expected: Vec<IpAddr> = a.leases.iter().map(|l| l.ip).collect();
     expected.sort();
     assert_eq!(released, expected);
-    assert_eq!(held(&alloc).await, 1);
+    assert_eq!(addresses_in_use(&alloc).await, 1);
     assert_eq!(
         store
             .list(Kind::IpamHandle, "")
@@ -403,7 +394,7 @@ pub async fn releasing_a_free_address_is_a_noop(store: Arc<dyn Datastore>) {
             handle_id: Some("a".into())
         }
     );
-    assert_eq!(held(&alloc).await, 0);
+    assert_eq!(addresses_in_use(&alloc).await, 0);
     let again = alloc
         .release_ips(&[ReleaseRequest::ip(a.leases[0].ip)])
         .await
@@ -618,7 +609,7 @@ pub async fn check_finds_dead_owners_and_gc_returns_them(store: Arc<dyn Datastor
     assert_eq!(released, expected);
     let after = alloc.check(&live).await.unwrap();
     assert!(after.is_clean(), "{after:?}");
-    assert_eq!(held(&alloc).await, 2);
+    assert_eq!(addresses_in_use(&alloc).await, 2);
     let a_ips: HashSet<IpAddr> = a.leases.iter().map(|l| l.ip).collect();
     for (_, block) in alloc.blocks().await.unwrap() {
         for used in block.in_use() {
@@ -761,7 +752,7 @@ pub async fn removing_a_node_releases_its_blocks(store: Arc<dyn Datastore>) {
     // The block stays for node2's borrowed address, with no affinity.
     assert_eq!(removal.blocks_unaffined, [block1]);
     assert!(alloc.blocks_affine_to("node1").await.unwrap().is_empty());
-    assert_eq!(held(&alloc).await, 17);
+    assert_eq!(addresses_in_use(&alloc).await, 17);
     alloc.release_by_handle("n2-borrow").await.unwrap();
     // Now gc gives the unowned empty block back.
     let done = alloc.gc(&live).await.unwrap();
@@ -830,7 +821,7 @@ pub async fn tunnel_addresses_follow_the_pools(store: Arc<dyn Datastore>) {
             .unwrap(),
         Some(a)
     );
-    assert_eq!(held(&alloc).await, 1);
+    assert_eq!(addresses_in_use(&alloc).await, 1);
     // From a block affine to the node, under Calico's handle and attributes.
     let holding = alloc.holdings("vxlan-tunnel-addr-node1").await.unwrap();
     assert_eq!(holding.len(), 1);
@@ -916,7 +907,7 @@ pub async fn tunnel_addresses_follow_the_pools(store: Arc<dyn Datastore>) {
         alloc.release_tunnel_address("node2", vxlan).await.unwrap(),
         [IpAddr::V4(c)]
     );
-    assert_eq!(held(&alloc).await, 0);
+    assert_eq!(addresses_in_use(&alloc).await, 0);
 }
 
 /// Two allocators on one store, as two agents or processes: each serves
@@ -946,7 +937,7 @@ pub async fn cached_reads_stay_correct_with_another_writer(store: Arc<dyn Datast
     // free list puts it last, so a gets another one, not a duplicate).
     assert_eq!(b.release_by_handle("h1").await.unwrap(), [first]);
     take(a.auto_assign(&req("h5", "node1", 1, 0)).await.unwrap());
-    assert_eq!(held(&a).await, 4);
+    assert_eq!(addresses_in_use(&a).await, 4);
     // b disables the pool: a stops using it once its watch has delivered
     // the change (SQLite: its poll interval; etcd: at once).
     let obj = store.get(Kind::IpPool, "p").await.unwrap();
@@ -981,7 +972,7 @@ pub async fn cached_reads_stay_correct_with_another_writer(store: Arc<dyn Datast
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(held(&a).await, 4 + stale);
+    assert_eq!(addresses_in_use(&a).await, 4 + stale);
 }
 
 /// Many requests of one node at once (its pods starting together): their
@@ -1037,7 +1028,7 @@ pub async fn concurrent_allocations_on_one_node_never_duplicate(store: Arc<dyn D
     let mut blocks = alloc.blocks_affine_to("node1").await.unwrap();
     blocks.sort();
     assert_eq!(blocks.len(), 7, "blocks claimed: {blocks:?}");
-    assert_eq!(held(&alloc).await, 96);
+    assert_eq!(addresses_in_use(&alloc).await, 96);
     let report = alloc
         .check(&ipam::LiveSet {
             nodes: Some(["node1".to_owned()].into()),
@@ -1094,7 +1085,7 @@ pub async fn a_batch_where_some_requests_cannot_be_met_loses_nothing(store: Arc<
         }
     }
     assert!((1..=8).contains(&succeeded), "{succeeded} of 12 succeeded");
-    assert_eq!(held(&alloc).await, 2 * succeeded);
+    assert_eq!(addresses_in_use(&alloc).await, 2 * succeeded);
     // Nothing lost: the free rest of the block goes, one by one.
     let mut more = 0;
     loop {
@@ -1293,7 +1284,7 @@ pub async fn claim_ahead_leaves_a_short_pool_to_nodes_without_blocks(store: Arc<
         .unwrap();
     assert_eq!(borrowed.v4.len(), 1);
     assert!(node_blocks(&lenient, "node4").await.is_empty());
-    assert_eq!(held(&lenient).await, 13 + 13 + 16 + 19 + 1);
+    assert_eq!(addresses_in_use(&lenient).await, 13 + 13 + 16 + 19 + 1);
 }
 
 /// Removing a node gives back the block claimed ahead for it too.
@@ -1370,7 +1361,7 @@ pub async fn handles_are_counted_with_their_block(store: Arc<dyn Datastore>) {
             assert_eq!(got.unwrap().v4.len(), 1, "{h}");
         }
     }
-    assert_eq!(held(&alloc).await, 3 + 3);
+    assert_eq!(addresses_in_use(&alloc).await, 3 + 3);
     let untouched = store.get(Kind::IpamHandle, "taken").await.unwrap();
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&untouched.value).unwrap(),
