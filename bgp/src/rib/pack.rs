@@ -305,7 +305,13 @@ pub struct UpdatePacker {
     /// of a prefix wins. A log rather than a map: appending is cheaper than
     /// a hash-map insert per change, and the flush sorts the prefixes
     /// anyway (one stable sort, then the last change of each prefix).
-    pending: Vec<(Nlri, Option<Arc<AttrSet>>)>,
+    /// The attribute set is an index into `sets` ([`WITHDRAWN`]: nothing).
+    pending: Vec<(Nlri, usize)>,
+    /// The attribute sets of the pending announcements, one per run of
+    /// announcements that came with the same `Arc` (the prefixes of one
+    /// received UPDATE): no reference count changes per prefix, which
+    /// the writers of several peers would contend on (docs/benchmarks.md).
+    sets: Vec<Arc<AttrSet>>,
     /// Routes a flush refused ([`Rejected`]) and not changed since.
     rejected: PrefixHashSet<Nlri>,
     refresh_begin: Vec<Family>,
@@ -321,6 +327,7 @@ impl UpdatePacker {
         UpdatePacker {
             params,
             pending: Vec::new(),
+            sets: Vec::new(),
             rejected: PrefixHashSet::default(),
             refresh_begin: Vec::new(),
             refresh_end: Vec::new(),
@@ -351,6 +358,13 @@ impl UpdatePacker {
     /// next flush even if the peer has it already (a route refresh re-sends
     /// this way).
     pub fn announce(&mut self, nlri: Nlri, attrs: Arc<AttrSet>) -> Result<(), PackError> {
+        self.announce_shared(nlri, &attrs)
+    }
+
+    /// [`UpdatePacker::announce`], keeping a reference to `attrs` only if
+    /// it is not the set of the previous announcement: announcing a run of
+    /// prefixes with one set costs one reference, not one per prefix.
+    pub fn announce_shared(&mut self, nlri: Nlri, attrs: &Arc<AttrSet>) -> Result<(), PackError> {
         let nlri = self.normalize(nlri)?;
         let prefix = family_of(&nlri.prefix);
         if attrs.family() != prefix {
@@ -362,7 +376,14 @@ impl UpdatePacker {
         if !self.rejected.is_empty() {
             self.rejected.remove(&nlri);
         }
-        self.pending.push((nlri, Some(attrs)));
+        let same = self
+            .sets
+            .last()
+            .is_some_and(|last| Arc::ptr_eq(last, attrs));
+        if !same {
+            self.sets.push(Arc::clone(attrs));
+        }
+        self.pending.push((nlri, self.sets.len() - 1));
         Ok(())
     }
 
@@ -373,7 +394,7 @@ impl UpdatePacker {
         if !self.rejected.is_empty() {
             self.rejected.remove(&nlri);
         }
-        self.pending.push((nlri, None));
+        self.pending.push((nlri, WITHDRAWN));
         Ok(())
     }
 
@@ -483,16 +504,17 @@ impl UpdatePacker {
         let changed = self.pending.len();
         let mut announcements = Vec::with_capacity(changed);
         // Stable: a prefix's changes stay in the order they came.
-        self.pending.sort_by_key(|(nlri, _)| *nlri);
+        self.pending.sort_by(|(a, _), (b, _)| nlri_order(a, b));
         let mut changes = self.pending.drain(..).peekable();
         while let Some((nlri, wanted)) = changes.next() {
             if changes.peek().is_some_and(|(next, _)| *next == nlri) {
                 // A later change of the same prefix replaces this one.
                 continue;
             }
-            match wanted {
-                None => withdrawals.push(nlri),
-                Some(w) => announcements.push((nlri, w)),
+            if wanted == WITHDRAWN {
+                withdrawals.push(nlri);
+            } else {
+                announcements.push((nlri, wanted));
             }
         }
         drop(changes);
@@ -502,7 +524,9 @@ impl UpdatePacker {
             self.pending.shrink_to(1024);
         }
 
-        let mut groups = group_by_wire_attributes(announcements, &params, decoded);
+        let sets = std::mem::take(&mut self.sets);
+        let mut groups = group_by_wire_attributes(announcements, &sets, &params, decoded);
+        drop(sets);
         let mut rejected = Vec::new();
         for group in &mut groups {
             let error = match &group.wire {
@@ -632,6 +656,21 @@ impl Plan {
     }
 }
 
+/// `UpdatePacker::pending`'s mark of a withdrawal.
+const WITHDRAWN: usize = usize::MAX;
+
+/// The order of `Nlri` (prefix, then path id), with IPv4 prefixes compared
+/// as one integer: the flush sorts every pending change by it.
+fn nlri_order(a: &Nlri, b: &Nlri) -> std::cmp::Ordering {
+    match (&a.prefix, &b.prefix) {
+        (Prefix::V4(x), Prefix::V4(y)) => {
+            let key = |n: &ipnet::Ipv4Net| (u32::from(n.addr()), n.prefix_len());
+            key(x).cmp(&key(y)).then(a.path_id.cmp(&b.path_id))
+        }
+        _ => a.cmp(b),
+    }
+}
+
 /// The End-of-RIB marker for `family` (RFC 4724 §2).
 pub fn end_of_rib(family: Family) -> Message {
     Message::Update(Update::end_of_rib(family))
@@ -648,16 +687,27 @@ struct Group {
 /// A group's attributes as this session sends them, MP_REACH_NLRI aside
 /// (NEXT_HOP included for IPv4).
 struct WireAttributes {
-    encoded: Bytes,
+    /// Encoded for a 2-octet-AS session; `None`: as the set keeps them
+    /// ([`AttrSet::key`] from `wire_at`), not copied or referenced again.
+    reencoded: Option<Bytes>,
     /// Decoded, when the flush builds `Update`s.
     decoded: Option<Vec<PathAttribute>>,
 }
 
 impl Group {
+    /// The attributes as sent, if they could be encoded.
+    fn wire_bytes(&self) -> Option<&[u8]> {
+        let w = self.wire.as_ref().ok()?;
+        Some(match &w.reencoded {
+            Some(b) => b,
+            None => self.attrs.key.get(self.attrs.wire_at..).unwrap_or_default(),
+        })
+    }
+
     /// Bytes of an UPDATE of this group before its prefixes (IPv4), or
     /// before its MP_REACH_NLRI attribute (IPv6).
     fn fixed_len(&self) -> usize {
-        UPDATE_FIXED_LEN + self.wire.as_ref().map_or(0, |w| w.encoded.len())
+        UPDATE_FIXED_LEN + self.wire_bytes().map_or(0, <[u8]>::len)
     }
 
     /// Value length of an MP_REACH_NLRI carrying `nlri_len` bytes of NLRI.
@@ -725,10 +775,9 @@ impl Group {
         params: &SessionParams,
         out: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        let wire = match &self.wire {
-            Ok(w) => &w.encoded,
+        let Some(wire) = self.wire_bytes() else {
             // Never planned: a group that cannot be encoded has no prefixes.
-            Err(_) => return Ok(()),
+            return Ok(());
         };
         let start = out.len();
         out.put_slice(&[0xff; 16]);
@@ -772,63 +821,98 @@ impl Group {
 /// `Arc` once. With `decoded`, the first set of each group is decoded too
 /// (to build its `Update`s).
 fn group_by_wire_attributes(
-    announcements: Vec<(Nlri, Arc<AttrSet>)>,
+    announcements: Vec<(Nlri, usize)>,
+    sets: &[Arc<AttrSet>],
     params: &SessionParams,
     decoded: bool,
 ) -> Vec<Group> {
-    // Sized for a few prefixes per set (a full table: ≈ 3.7 per received
-    // UPDATE), so that a large flush does not grow them step by step.
-    let sets = announcements.len() / 3 + 1;
     let mut groups: Vec<Group> = Vec::new();
+    // The group of each entry of `sets` (`usize::MAX`: not seen yet), then
+    // of each distinct `Arc` (one may come in several runs), then of each
+    // wire encoding.
+    let mut group_of = vec![usize::MAX; sets.len()];
     let mut by_pointer: PrefixHashMap<*const AttrSet, usize> =
-        PrefixHashMap::with_capacity_and_hasher(sets, Default::default());
-    let mut by_bytes: PrefixHashMap<Bytes, usize> =
-        PrefixHashMap::with_capacity_and_hasher(sets, Default::default());
-    for (nlri, attrs) in announcements {
-        let index = match by_pointer.get(&Arc::as_ptr(&attrs)) {
-            Some(&i) => i,
-            None => {
-                let i = group_index(&attrs, params, decoded, &mut groups, &mut by_bytes);
-                // The Arc stays alive in `attrs` of its route until the flush
-                // ends, so its address is not reused meanwhile.
-                by_pointer.insert(Arc::as_ptr(&attrs), i);
-                i
-            }
+        PrefixHashMap::with_capacity_and_hasher(sets.len(), Default::default());
+    let mut by_bytes = ByWireBytes {
+        stored: PrefixHashMap::with_capacity_and_hasher(sets.len(), Default::default()),
+        reencoded: PrefixHashMap::default(),
+    };
+    for (nlri, set) in announcements {
+        let (Some(slot), Some(attrs)) = (group_of.get_mut(set), sets.get(set)) else {
+            continue;
         };
-        if let Some(group) = groups.get_mut(index) {
+        if *slot == usize::MAX {
+            *slot = match by_pointer.get(&Arc::as_ptr(attrs)) {
+                Some(&i) => i,
+                None => {
+                    let i = group_index(attrs, params, decoded, &mut groups, &mut by_bytes);
+                    // `sets` keeps the Arc alive until the flush ends, so
+                    // its address is not reused meanwhile.
+                    by_pointer.insert(Arc::as_ptr(attrs), i);
+                    i
+                }
+            };
+        }
+        if let Some(group) = groups.get_mut(*slot) {
             group.prefixes.push(nlri);
         }
     }
     groups
 }
 
+/// The groups by their key: family, next hop, then the attributes as
+/// sent. On a 4-octet-AS session the key is the set's own (borrowed from
+/// the flush's sets: no reference count changes, which the writers of
+/// several peers would contend on), on a 2-octet one re-encoded.
+struct ByWireBytes<'a> {
+    stored: PrefixHashMap<&'a [u8], usize>,
+    reencoded: PrefixHashMap<Bytes, usize>,
+}
+
 /// The group of an attribute set not seen before in this flush: one with
 /// the same wire encoding, or a new one.
-fn group_index(
-    attrs: &Arc<AttrSet>,
+fn group_index<'a>(
+    attrs: &'a Arc<AttrSet>,
     params: &SessionParams,
     decoded: bool,
     groups: &mut Vec<Group>,
-    by_bytes: &mut PrefixHashMap<Bytes, usize>,
+    by_bytes: &mut ByWireBytes<'a>,
 ) -> usize {
-    // The key: family, next hop, then the attributes as sent.
-    let (key, written): (Bytes, Result<Option<Vec<PathAttribute>>, PackError>) =
-        if params.four_octet_as {
-            (attrs.key.clone(), Ok(None))
+    if params.four_octet_as {
+        let key: &'a [u8] = &attrs.key;
+        if let Some(&i) = by_bytes.stored.get(key) {
+            return i;
+        }
+        let wire = if decoded {
+            attrs.wire_attributes().map(Some)
         } else {
-            let mut key = BytesMut::with_capacity(attrs.key.len() + 16);
-            key.put_slice(&attrs.key[..attrs.wire_at]);
-            let written = attrs.wire_attributes().and_then(|mut attributes| {
-                add_as4_attributes(&mut attributes);
-                attributes
-                    .iter()
-                    .try_for_each(|a| a.encode(params, &mut key))?;
-                Ok(Some(attributes))
-            });
-            (key.freeze(), written)
+            Ok(None)
         };
+        groups.push(Group {
+            attrs: Arc::clone(attrs),
+            wire: wire.map(|decoded| WireAttributes {
+                reencoded: None,
+                decoded,
+            }),
+            prefixes: Vec::new(),
+        });
+        by_bytes.stored.insert(key, groups.len() - 1);
+        return groups.len() - 1;
+    }
+    let (key, written): (Bytes, Result<Option<Vec<PathAttribute>>, PackError>) = {
+        let mut key = BytesMut::with_capacity(attrs.key.len() + 16);
+        key.put_slice(&attrs.key[..attrs.wire_at]);
+        let written = attrs.wire_attributes().and_then(|mut attributes| {
+            add_as4_attributes(&mut attributes);
+            attributes
+                .iter()
+                .try_for_each(|a| a.encode(params, &mut key))?;
+            Ok(Some(attributes))
+        });
+        (key.freeze(), written)
+    };
     if written.is_ok() {
-        if let Some(&i) = by_bytes.get(&key) {
+        if let Some(&i) = by_bytes.reencoded.get(&key) {
             return i;
         }
     }
@@ -840,7 +924,7 @@ fn group_index(
             None => None,
         };
         Ok(WireAttributes {
-            encoded: key.slice(attrs.wire_at..),
+            reencoded: Some(key.slice(attrs.wire_at..)),
             decoded,
         })
     });
@@ -850,7 +934,7 @@ fn group_index(
         prefixes: Vec::new(),
     });
     if ok {
-        by_bytes.insert(key, groups.len() - 1);
+        by_bytes.reencoded.insert(key, groups.len() - 1);
     }
     groups.len() - 1
 }
@@ -942,5 +1026,84 @@ fn pack_ipv6_withdrawals<'a>(prefixes: &[Nlri], max: usize, out: &mut impl FnMut
             )))],
             ..Update::default()
         })));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// The flush's sort order is `Nlri`'s own, for IPv4 and IPv6 prefixes
+    /// of every length, with and without path ids.
+    #[test]
+    fn nlri_order_is_the_derived_order() {
+        let mut x: u64 = 0x9e37_79b9;
+        let mut nlris = Vec::new();
+        for _ in 0..2000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = (x >> 58) as u8 % 33;
+            let prefix: Prefix = if x & 7 == 0 {
+                let net = ipnet::Ipv6Net::new(Ipv6Addr::from(u128::from(x) << 64), len * 2);
+                net.unwrap().into()
+            } else {
+                // Few distinct addresses, so that equal ones compare by length.
+                let addr = Ipv4Addr::from(((x >> 20) as u32 & 0x0f) << 28);
+                ipnet::Ipv4Net::new(addr, len).unwrap().into()
+            };
+            let path_id = (x & 0x30 != 0).then_some((x >> 8) as u32 & 3);
+            nlris.push(Nlri { prefix, path_id });
+        }
+        for a in &nlris {
+            for b in nlris.iter().take(200) {
+                assert_eq!(nlri_order(a, b), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    /// A run of announcements with one `Arc` keeps one reference to it;
+    /// a later change of a prefix in the run still wins.
+    #[test]
+    fn a_run_of_announcements_shares_one_set() {
+        let set = |nh: [u8; 4]| {
+            let attrs = vec![
+                PathAttribute::new(AttributeValue::Origin(crate::wire::Origin::Igp)),
+                PathAttribute::new(AttributeValue::AsPath(crate::wire::AsPath::default())),
+            ];
+            Arc::new(AttrSet::ipv4(attrs, Ipv4Addr::from(nh)).unwrap())
+        };
+        let (a, b) = (set([10, 0, 0, 1]), set([10, 0, 0, 2]));
+        let mut packer = UpdatePacker::new(SessionParams {
+            four_octet_as: true,
+            ..SessionParams::default()
+        });
+        let nlri = |i: u8| Nlri::new(format!("192.0.{i}.0/24").parse().unwrap());
+        for i in 0..3 {
+            packer.announce_shared(nlri(i), &a).unwrap();
+        }
+        assert_eq!(Arc::strong_count(&a), 2);
+        packer.announce(nlri(1), Arc::clone(&b)).unwrap();
+        packer.announce_shared(nlri(5), &a).unwrap();
+        assert_eq!(Arc::strong_count(&a), 3);
+        let flushed = packer.flush();
+        assert_eq!(Arc::strong_count(&a), 1);
+        let announced: Vec<(Vec<Nlri>, Option<Ipv4Addr>)> = flushed
+            .messages
+            .iter()
+            .map(|m| match m {
+                Message::Update(u) => (u.nlri.clone(), u.next_hop()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            announced,
+            vec![
+                (
+                    vec![nlri(0), nlri(2), nlri(5)],
+                    Some(Ipv4Addr::new(10, 0, 0, 1))
+                ),
+                (vec![nlri(1)], Some(Ipv4Addr::new(10, 0, 0, 2))),
+            ]
+        );
     }
 }

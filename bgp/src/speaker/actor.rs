@@ -1098,12 +1098,21 @@ fn to_ops(
     ops: &mut Vec<PackerOp>,
 ) {
     ops.extend(out.withdraw.into_iter().map(PackerOp::Withdraw));
+    // The exported attributes of the last `Announce`: the routes of one
+    // UPDATE share them, and go as `AnnounceSame` (no look-up, no reference
+    // count change per prefix).
+    let mut run: Option<usize> = None;
     for route in out.announce {
         let key = Arc::as_ptr(&route.attrs) as usize;
+        if run == Some(key) {
+            ops.push(PackerOp::AnnounceSame(route.nlri));
+            continue;
+        }
         let set = sets
             .entry(key)
             .or_insert_with(|| attr_set(&route.attrs, span))
             .clone();
+        run = set.is_some().then_some(key);
         ops.push(match set {
             Some(set) => PackerOp::Announce(route.nlri, set),
             // Cannot be sent: make sure the peer does not keep an older

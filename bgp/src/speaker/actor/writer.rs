@@ -15,6 +15,9 @@ use tracing::{debug, warn};
 /// One change for the packer.
 pub(super) enum PackerOp {
     Announce(Nlri, Arc<AttrSet>),
+    /// Announce with the set of the `Announce` before it in the same
+    /// batch (the prefixes of one UPDATE: one `Arc` for all of them).
+    AnnounceSame(Nlri),
     Withdraw(Nlri),
     /// BoRR/EoRR around the next flush (RFC 7313).
     BracketRefresh(Family),
@@ -101,9 +104,22 @@ pub(super) async fn write_loop(
 }
 
 fn apply(packer: &mut UpdatePacker, ops: Vec<PackerOp>) {
+    let mut last: Option<Arc<AttrSet>> = None;
     for op in ops {
         let (nlri, result) = match op {
-            PackerOp::Announce(nlri, set) => (nlri, packer.announce(nlri, set)),
+            PackerOp::Announce(nlri, set) => {
+                let result = packer.announce_shared(nlri, &set);
+                last = Some(set);
+                (nlri, result)
+            }
+            PackerOp::AnnounceSame(nlri) => match &last {
+                Some(set) => (nlri, packer.announce_shared(nlri, set)),
+                None => {
+                    // A bug of the actor's: the run has no set.
+                    warn!(prefix = %nlri.prefix, "route without attributes not packed");
+                    continue;
+                }
+            },
             PackerOp::Withdraw(nlri) => (nlri, packer.withdraw(nlri)),
             PackerOp::BracketRefresh(family) => {
                 packer.bracket_refresh(family);
