@@ -7,7 +7,7 @@ use super::decision::{self, AllReachable, DecisionSettings, NextHopResolver, Sou
 use super::export::{self, ExportSettings};
 use super::hash::{PrefixHashMap, PrefixHashSet};
 use super::prefix_list::PrefixList;
-use super::prefix_table::{PrefixEntry, PrefixTable};
+use super::prefix_table::{Place, PrefixEntry, PrefixTable};
 pub use super::prefix_table::{Route, RouteSource};
 use crate::wire::error::{cease_subcode, code};
 use crate::wire::{
@@ -251,6 +251,10 @@ struct PeerState {
     filtered: PrefixHashSet<Nlri>,
     /// The size of its Adj-RIB-Out (what export gives it; 0 while down).
     advertised: usize,
+    /// Per family slot, whether some of its paths may be marked stale:
+    /// without, [`Rib::sweep_stale`] (every End-of-RIB) need not walk the
+    /// whole table.
+    may_be_stale: [bool; 2],
 }
 
 impl PeerState {
@@ -274,6 +278,13 @@ pub fn family_of(prefix: &IpNet) -> Family {
     }
 }
 
+/// The family slot of a family the table keeps (IPv4 and IPv6 unicast).
+fn family_index(family: Family) -> Option<usize> {
+    [Family::IPV4_UNICAST, Family::IPV6_UNICAST]
+        .iter()
+        .position(|f| *f == family)
+}
+
 fn family_slot(prefix: &IpNet) -> usize {
     match prefix {
         IpNet::V4(_) => 0,
@@ -292,6 +303,24 @@ struct ExportCache {
     /// Exported attributes by source address and family slot, for sharing
     /// between peers.
     shared: PrefixHashMap<(usize, usize), SmallVec<[Arc<PathAttributes>; 2]>>,
+    /// Per target peer (by index), its last result: the prefixes of one
+    /// UPDATE come one after the other with the same key, and this spares
+    /// them the hash look-up. Every key here is in `map` too (which keeps
+    /// its address from being reused).
+    recent: Vec<Option<(ExportKey, Option<Arc<PathAttributes>>)>>,
+}
+
+impl ExportCache {
+    /// Makes `out` the recent result of the key's target peer.
+    fn remember(&mut self, key: ExportKey, out: &Option<Arc<PathAttributes>>) {
+        let i = key.1.index();
+        if self.recent.len() <= i {
+            self.recent.resize(i + 1, None);
+        }
+        if let Some(slot) = self.recent.get_mut(i) {
+            *slot = Some((key, out.clone()));
+        }
+    }
 }
 
 /// Source attributes' address, target peer, family slot, and whether the
@@ -372,8 +401,15 @@ impl Context<'_> {
         let address = Arc::as_ptr(&best.attrs) as usize;
         let slot = family_slot(prefix);
         let key = (address, target, slot, used_former);
+        if let Some(Some((recent, out))) = cache.recent.get(target.index()) {
+            if *recent == key {
+                return out.clone();
+            }
+        }
         if let Some((_, out)) = cache.map.get(&key) {
-            return out.clone();
+            let out = out.clone();
+            cache.remember(key, &out);
+            return out;
         }
         let settings = ExportSettings {
             local_asn: self.config.local_asn,
@@ -393,6 +429,7 @@ impl Context<'_> {
                 }
             });
         cache.map.insert(key, (best.attrs.clone(), out.clone()));
+        cache.remember(key, &out);
         out
     }
 
@@ -527,6 +564,7 @@ impl Rib {
             counts: [0; 2],
             filtered: PrefixHashSet::default(),
             advertised: 0,
+            may_be_stale: [false; 2],
         };
         match self.peers.iter().position(Option::is_none) {
             Some(i) => {
@@ -677,6 +715,11 @@ impl Rib {
         state.up = None;
         state.advertised = 0;
         state.filtered.clear();
+        for family in preserved {
+            if let Some(s) = family_index(*family).and_then(|i| state.may_be_stale.get_mut(i)) {
+                *s = true;
+            }
+        }
         let source = RouteSource::Peer(peer);
         for (prefix, entry) in self.table.iter_mut() {
             if !preserved.contains(&family_of(&prefix)) {
@@ -701,7 +744,10 @@ impl Rib {
     /// End-of-RIB-Refresh [`Rib::sweep_stale`]s the rest. Returns how many
     /// paths were marked.
     pub fn mark_stale(&mut self, peer: PeerId, family: Family) -> Result<usize, RibError> {
-        self.peer(peer).ok_or(RibError::UnknownPeer(peer))?;
+        let state = self.peer_mut(peer)?;
+        if let Some(s) = family_index(family).and_then(|i| state.may_be_stale.get_mut(i)) {
+            *s = true;
+        }
         let source = RouteSource::Peer(peer);
         let mut marked = 0;
         for (prefix, entry) in self.table.iter_mut() {
@@ -723,7 +769,13 @@ impl Rib {
     /// stale-path) timer expires (RFC 4724 §4.2, RFC 7313 §4).
     pub fn sweep_stale(&mut self, peer: PeerId, family: Family) -> Result<Changes, RibError> {
         let source = RouteSource::Peer(peer);
-        self.peer(peer).ok_or(RibError::UnknownPeer(peer))?;
+        let state = self.peer_mut(peer)?;
+        let slot = family_index(family).and_then(|i| state.may_be_stale.get_mut(i));
+        match slot {
+            Some(s) if *s => *s = false,
+            // Nothing marked: nothing to sweep (only unicast is kept).
+            _ => return Ok(Changes::default()),
+        }
         let (snapshots, removed) = self.remove_paths(|prefix, r| {
             r.source() == source && r.stale() && family_of(prefix) == family
         });
@@ -836,13 +888,31 @@ impl Rib {
             report_best: self.report_best,
         };
         let table = &mut self.table;
+        // Only announcements (a table transfer): every prefix's entry is
+        // found or made first, in one tight pass whose cache misses the
+        // CPU overlaps. No entry is removed before the last use of these
+        // places (announcements leave none empty).
+        let mut places: Vec<Place> = Vec::new();
+        if ops.len() > 1 && ops.iter().all(|(_, a)| a.is_some()) {
+            places.reserve(ops.len());
+            let mut last = None;
+            for (nlri, _) in &ops {
+                if last != Some(nlri.prefix) {
+                    places.push(table.place(&nlri.prefix));
+                    last = Some(nlri.prefix);
+                }
+            }
+        }
+        let mut places = places.into_iter();
         let mut rest = ops.as_slice();
         while let Some(((first, _), _)) = rest.split_first() {
             let prefix = first.prefix;
             let len = rest.iter().take_while(|(n, _)| n.prefix == prefix).count();
             let (group, tail) = rest.split_at(len);
             rest = tail;
-            let entry = if group.iter().any(|(_, a)| a.is_some()) {
+            let entry = if let Some(place) = places.next() {
+                table.at_mut(place)
+            } else if group.iter().any(|(_, a)| a.is_some()) {
                 Some(table.entry(&prefix))
             } else {
                 table.get_mut(&prefix)
@@ -883,6 +953,8 @@ impl Rib {
             }
             if entry.is_empty() {
                 table.remove(&prefix);
+                // Places after a removal may have moved.
+                places = Vec::new().into_iter();
             }
         }
         if let Ok(state) = self.peer_mut(peer) {
