@@ -86,8 +86,8 @@ fn main() {
         let sqlite = SqliteUnderTest::open().await;
         let fast_etcd = EtcdServer::start().await.unwrap();
         let durable_etcd = EtcdServer::start_with(EtcdOptions {
-            tls: None,
             fsync: true,
+            ..EtcdOptions::default()
         })
         .await
         .unwrap();

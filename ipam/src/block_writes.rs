@@ -28,6 +28,7 @@
 //! is written (the caller does that, docs/ipam.md "Write order").
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -43,7 +44,10 @@ use crate::names::handle_name;
 use crate::store::{Datastore, Kind, Revision, StoreError, Write};
 
 /// Most requests one batch takes (an etcd transaction holds at most 128
-/// operations by default: the block and one handle per request).
+/// operations by default: the block and one handle per request). A store
+/// that refuses a batch's transaction as too large
+/// ([`StoreError::TooManyWrites`], an etcd run with a lower
+/// `--max-txn-ops`) halves this allocator's limit, down to one request.
 const MAX_BATCH: usize = 64;
 
 /// What a batch knows of a handle it counts (transactional stores).
@@ -145,6 +149,9 @@ pub(crate) struct BlockWrites {
     /// conflict means someone else wrote it: read it and retry). Changed
     /// only under the block's lock.
     seen: Mutex<HashMap<String, (Revision, IpamBlockSpec)>>,
+    /// Most requests one batch takes now: [`MAX_BATCH`], halved each time
+    /// the store refuses a transaction as too large.
+    max_batch: AtomicUsize,
 }
 
 /// Sleeps before retry `attempt` (0-based): `backoff_base` doubling up to
@@ -163,6 +170,7 @@ impl BlockWrites {
             config,
             queues: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            max_batch: AtomicUsize::new(MAX_BATCH),
         }
     }
 
@@ -353,7 +361,10 @@ impl BlockWrites {
                     writer.finished = true;
                     return;
                 }
-                let take = pending.requests.len().min(MAX_BATCH);
+                let take = pending
+                    .requests
+                    .len()
+                    .min(self.max_batch.load(Ordering::Relaxed));
                 pending.requests.drain(..take).collect::<Vec<_>>()
             };
             let replies = self.write_batch(cidr, &name, &batch).await;
@@ -460,6 +471,20 @@ impl BlockWrites {
                 }
                 Err(StoreError::Conflict { .. }) => {}
                 Err(StoreError::NotFound { .. }) => return replies(batch, &handles, None),
+                // Nothing written: halve the batch (and the batches to come)
+                // and write each half on its own.
+                Err(StoreError::TooManyWrites { writes }) if batch.len() > 1 => {
+                    let half = batch.len() / 2;
+                    self.max_batch.fetch_min(half, Ordering::Relaxed);
+                    debug!(block = %cidr, writes, requests = batch.len(), "transaction too large; halving the batch");
+                    let (first, second) = batch.split_at(half);
+                    let mut out = Box::pin(self.write_batch(cidr, name, first)).await;
+                    out.extend(Box::pin(self.write_batch(cidr, name, second)).await);
+                    return out;
+                }
+                Err(e @ StoreError::TooManyWrites { .. }) => {
+                    return all(BatchReply::NotWritten(e.into()))
+                }
                 // Unknown outcome: without transactions the callers keep
                 // their handle counts (over-counting is harmless,
                 // under-counting would leak); with them, the handles were

@@ -97,7 +97,7 @@ async fn tls_with_client_certificates() {
             ca: d.join("ca.pem"),
             client_cert_auth: true,
         }),
-        fsync: false,
+        ..EtcdOptions::default()
     })
     .await
     .unwrap();

@@ -401,6 +401,13 @@ fn unavailable(context: &str, e: etcd_client::Error) -> StoreError {
     StoreError::Unavailable(format!("etcd {context}: {e}"))
 }
 
+/// A transaction with more operations than the server's `--max-txn-ops`
+/// (gRPC INVALID_ARGUMENT, "etcdserver: too many operations in txn
+/// request"); refused before anything is applied.
+fn is_too_many_ops(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("too many operations in txn request")
+}
+
 /// A read at a revision etcd has compacted away (gRPC OUT_OF_RANGE, "mvcc:
 /// required revision has been compacted").
 fn is_compacted(e: &etcd_client::Error) -> bool {
@@ -624,12 +631,17 @@ impl Datastore for EtcdStore {
             gets.push(TxnOp::get(k, Some(GetOptions::new().with_keys_only())));
         }
         let txn = Txn::new().when(compares).and_then(puts).or_else(gets);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| map_error("write_all", e))?;
+        let resp =
+            self.client
+                .kv_client()
+                .txn(txn)
+                .await
+                .map_err(|e| match is_too_many_ops(&e) {
+                    true => StoreError::TooManyWrites {
+                        writes: writes.len(),
+                    },
+                    false => map_error("write_all", e),
+                })?;
         if !resp.succeeded() {
             return Err(write_all_failure(&writes, &resp));
         }

@@ -169,6 +169,11 @@ pub enum StoreError {
     Compacted(Revision),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A [`Datastore::write_all`] of this many writes is more than the
+    /// store takes in one transaction (etcd's `--max-txn-ops`, 128 by
+    /// default); nothing was written. Write fewer at once.
+    #[error("the datastore refused a transaction of {writes} writes as too large (etcd --max-txn-ops); nothing was written")]
+    TooManyWrites { writes: usize },
     /// The backend could not be reached or failed; worth retrying later.
     #[error("datastore unavailable: {0}")]
     Unavailable(String),
@@ -278,7 +283,9 @@ pub trait Datastore: Send + Sync {
 
     /// Applies every write or none, atomically (the allocator writes a
     /// block and the handles it counts together). Each write's condition
-    /// is checked as by [`Datastore::create`] / [`Datastore::update`]; when
+    /// is checked as by [`Datastore::create`] / [`Datastore::update`] /
+    /// [`Datastore::delete`]; a batch larger than the store takes in one
+    /// transaction is refused with `TooManyWrites`, nothing written; when
     /// one fails nothing is written and the error is the first failing
     /// write's (naming its kind and name). Returns the new revision of each
     /// write, in order. Backends that are not [`Datastore::transactional`]

@@ -53,6 +53,8 @@ pub struct EtcdOptions {
     /// off: `--unsafe-no-fsync`, which survives etcd being killed but not
     /// the machine losing power).
     pub fsync: bool,
+    /// `--max-txn-ops` (etcd's default, 128, when `None`).
+    pub max_txn_ops: Option<u32>,
 }
 
 /// TLS for the client listener (PEM files).
@@ -156,6 +158,9 @@ impl EtcdServer {
         let mut extra_args = Vec::new();
         if !self.options.fsync {
             extra_args.push("--unsafe-no-fsync".to_owned());
+        }
+        if let Some(n) = self.options.max_txn_ops {
+            extra_args.push(format!("--max-txn-ops={n}"));
         }
         if let Some(tls) = &self.options.tls {
             extra_args.push(format!("--cert-file={}", tls.cert.display()));
