@@ -23,9 +23,14 @@
 //!   checkpoint never waits for readers or writers. A process that closes
 //!   the database last checkpoints it on close (SQLite does).
 //!
-//! rusqlite is blocking: every call runs on tokio's blocking pool. Writes of
-//! one process go through one connection behind a mutex, so the sleeping
-//! busy handler only comes into play between processes.
+//! rusqlite is blocking: reads run on tokio's blocking pool. Writes of one
+//! process go through one connection owned by a thread of its own, which
+//! runs them one at a time in the order they were sent (FIFO), so the
+//! sleeping busy handler only comes into play between processes. (They
+//! used to run on the blocking pool behind a mutex: the mutex is not fair
+//! and each write woke a pool thread; with 8 allocators a write waited up
+//! to 4–5 ms for it while each transaction holds it for about 0.1 ms,
+//! issue 4's p99 — docs/benchmarks.md.)
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -94,9 +99,50 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0), ('compacted', 0);
 ";
 
+/// A write for the writer thread: runs on its connection and answers
+/// through a channel of its own.
+type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The thread that owns the write connection ([`SqliteStore::write`]).
+struct Writer {
+    jobs: Option<std::sync::mpsc::Sender<WriteJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn spawn(conn: Connection) -> Result<Writer, StoreError> {
+        let (jobs, rx) = std::sync::mpsc::channel::<WriteJob>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                let mut conn = conn;
+                for job in rx {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| unavailable(format!("starting the writer thread: {e}")))?;
+        Ok(Writer {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Writer {
+    /// Ends the thread after the writes already sent and waits for it, so
+    /// the connection is closed (and the WAL checkpointed by SQLite when it
+    /// is the last) when the store is dropped, as before.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Writer,
     readers: Mutex<Vec<Connection>>,
     options: SqliteOptions,
     /// Dropped with the store: the checkpoint thread sees the channel
@@ -185,7 +231,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
-                writer: Mutex::new(writer),
+                writer: Writer::spawn(writer)?,
                 readers: Mutex::new(readers),
                 options,
                 _checkpointer: checkpointer,
@@ -238,28 +284,34 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer; commits
-    /// when it returns `Ok`.
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer thread
+    /// (after the writes sent before it); commits when it returns `Ok`.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner
-                .writer
-                .lock()
-                .map_err(|_| unavailable("writer poisoned"))?;
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
-            let value = f(&tx)?;
-            tx.commit().map_err(unavailable)?;
-            Ok(value)
-        })
-        .await
-        .map_err(unavailable)?
+        let stopped = || unavailable("the sqlite writer thread stopped");
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: WriteJob = Box::new(move |conn| {
+            let result = (|| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(unavailable)?;
+                let value = f(&tx)?;
+                tx.commit().map_err(unavailable)?;
+                Ok(value)
+            })();
+            let _ = answer.send(result);
+        });
+        self.inner
+            .writer
+            .jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
     }
 }
 
