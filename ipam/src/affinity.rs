@@ -1,6 +1,7 @@
 //! Block affinities (Calico's `BlockAffinity`): which node a block belongs
 //! to. A claim goes `pending` (affinity written, block not yet) ->
-//! `confirmed` (block written); a release goes `pendingDeletion` (no new
+//! `confirmed` (block written), or straight to `confirmed` on a store with
+//! transactions (affinity and block in one write); a release goes `pendingDeletion` (no new
 //! allocations) -> deleted. The block's own `affinity` field is the truth;
 //! these objects are the per-node index the agent watches to originate its
 //! blocks over BGP.

@@ -33,14 +33,14 @@ use tracing::{debug, warn};
 
 use crate::affinity::{AffinityState, BlockAffinity, BlockAffinitySpec};
 use crate::block::{AllocationAttrs, BlockRelease, InUse, IpamBlockSpec, Lease, ReleaseCheck};
-use crate::block_writes::{backoff, BatchReply, BlockRequest, BlockWrites};
+use crate::block_writes::{about_a_handle, backoff, BatchReply, BlockRequest, BlockWrites};
 use crate::claim_ahead::ClaimsAhead;
 use crate::codec::{decode, encode};
 use crate::handle::IpamHandleSpec;
 use crate::names::{affinity_name, cidr_name, handle_name, is_valid_object_name};
 use crate::pool::{IpPool, IpPoolSpec, PoolError};
 use crate::read_cache::ReadCache;
-use crate::store::{Datastore, Kind, Object, Revision, StoreError, WatchEvent, WatchStream};
+use crate::store::{Datastore, Kind, Object, Revision, StoreError, WatchEvent, WatchStream, Write};
 
 /// How the allocator behaves.
 #[derive(Debug, Clone)]
@@ -697,6 +697,50 @@ impl Allocator {
         Err(self.too_many(format!("handle {handle:?}")))
     }
 
+    /// The write that uncounts `handle`'s addresses in `block` (`n` of
+    /// them; all with `None`), deleting the handle at zero, for a
+    /// release's transaction with the block. `None` when there is nothing
+    /// to write (the handle is gone or does not count the block); an error
+    /// when the handle cannot be read or is another handle id's.
+    async fn handle_uncount(
+        &self,
+        handle: &str,
+        block: &IpNet,
+        n: Option<u64>,
+    ) -> Result<Option<Write>, IpamError> {
+        let name = handle_name(handle);
+        let obj = match self.store.get(Kind::IpamHandle, &name).await {
+            Ok(obj) => obj,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut spec = Self::decode_handle(&obj, handle)?;
+        let cidr = block.to_string();
+        if !spec.block.contains_key(&cidr) {
+            return Ok(None);
+        }
+        match n {
+            Some(n) => spec.remove(&cidr, n),
+            None => {
+                spec.block.remove(&cidr);
+            }
+        }
+        Ok(Some(if spec.total() == 0 {
+            Write::Delete {
+                kind: Kind::IpamHandle,
+                name,
+                expected: obj.revision,
+            }
+        } else {
+            Write::Update {
+                kind: Kind::IpamHandle,
+                value: encode(Kind::IpamHandle, &name, &spec)?,
+                name,
+                expected: obj.revision,
+            }
+        }))
+    }
+
     /// Uncounts `n` addresses of `handle` in `block` (written after the
     /// block); deletes the handle at zero.
     async fn handle_remove(&self, handle: &str, block: &IpNet, n: u64) -> Result<(), IpamError> {
@@ -1234,9 +1278,86 @@ impl Allocator {
         Ok(None)
     }
 
-    /// Claims `cidr` for `node`: affinity pending -> block -> confirmed.
-    /// `false` when another node's block is already there.
+    /// Claims `cidr` for `node`; `false` when another node's block is
+    /// already there. On a store with transactions the confirmed affinity
+    /// and the block are one write ([`Self::claim_block_at_once`]);
+    /// elsewhere, and to continue a claim cut short, three in a row:
+    /// affinity pending -> block -> confirmed.
     async fn claim_block(&self, node: &str, cidr: IpNet) -> Result<bool, IpamError> {
+        if self.store.transactional() {
+            if let Some(claimed) = self.claim_block_at_once(node, cidr).await? {
+                return Ok(claimed);
+            }
+        }
+        self.claim_block_in_steps(node, cidr).await
+    }
+
+    /// Creates the confirmed affinity and the block in one transaction
+    /// (`Datastore::write_all`): one write instead of three on the
+    /// allocations' single writer (issue 4), and no `pending` affinity for
+    /// `gc` after a crash. `Some(false)` when another node's block is
+    /// there (nothing written); `None` when the affinity or a block of
+    /// `node` is already there (a claim cut short, or a lost index entry):
+    /// the caller continues in steps, which repairs either.
+    async fn claim_block_at_once(
+        &self,
+        node: &str,
+        cidr: IpNet,
+    ) -> Result<Option<bool>, IpamError> {
+        let aff_name = affinity_name(node, &cidr);
+        let confirmed = BlockAffinitySpec {
+            state: AffinityState::Confirmed,
+            node: node.to_owned(),
+            cidr,
+        };
+        let block_name = cidr_name(&cidr);
+        let block = IpamBlockSpec::new(cidr, Some(node), now());
+        let writes = vec![
+            Write::Create {
+                kind: Kind::BlockAffinity,
+                value: encode(Kind::BlockAffinity, &aff_name, &confirmed)?,
+                name: aff_name,
+            },
+            Write::Create {
+                kind: Kind::IpamBlock,
+                value: encode(Kind::IpamBlock, &block_name, &block)?,
+                name: block_name.clone(),
+            },
+        ];
+        let _guard = self.block_lock(&block_name).await;
+        match self.store.write_all(writes).await {
+            Ok(revisions) => {
+                // Remembered: its first allocation writes it without a read.
+                match revisions.get(1) {
+                    Some(revision) => self.blocks.remember(&block_name, revision, &block),
+                    None => self.blocks.forget(&block_name),
+                }
+                self.cache.invalidate(Kind::BlockAffinity);
+                Ok(Some(true))
+            }
+            Err(StoreError::AlreadyExists {
+                kind: Kind::IpamBlock,
+                ..
+            }) => {
+                let theirs = match self.store.get(Kind::IpamBlock, &block_name).await {
+                    Ok(obj) => IpamBlockSpec::from_object(&obj)?.affine_node() != Some(node),
+                    // Given back meanwhile: try again in steps.
+                    Err(StoreError::NotFound { .. }) => false,
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(if theirs { Some(false) } else { None })
+            }
+            Err(StoreError::AlreadyExists {
+                kind: Kind::BlockAffinity,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`Self::claim_block`] in three writes: affinity pending -> block ->
+    /// confirmed (the order of docs/ipam.md "Write order").
+    async fn claim_block_in_steps(&self, node: &str, cidr: IpNet) -> Result<bool, IpamError> {
         let aff_name = affinity_name(node, &cidr);
         let pending = BlockAffinitySpec {
             state: AffinityState::Pending,
@@ -1514,12 +1635,41 @@ impl Allocator {
                 }
                 return Ok(outcome);
             };
-            match self.blocks.write(&name, &read, &spec).await {
+            // On sqlite and etcd the handle is uncounted in the block's
+            // write; elsewhere (or when the handle cannot be read) after
+            // it, in the order of docs/ipam.md.
+            let (in_write, after) = match handle_id {
+                None => (None, None),
+                Some(h) if self.blocks.counts_handles() => {
+                    match self.handle_uncount(h, &cidr, Some(1)).await {
+                        Ok(write) => (write, None),
+                        // Reported by the write after the block, as
+                        // without transactions.
+                        Err(_) => (None, Some(h)),
+                    }
+                }
+                Some(h) => (None, Some(h)),
+            };
+            let written = match in_write {
+                Some(write) => {
+                    self.blocks
+                        .write_with_handle(&name, &read, &spec, write)
+                        .await
+                }
+                None => self.blocks.write(&name, &read, &spec).await,
+            };
+            match written {
                 Ok(()) => {
-                    if let Some(h) = handle_id {
+                    if let Some(h) = after {
                         self.handle_remove(h, &cidr, 1).await?;
                     }
                     return Ok(outcome);
+                }
+                Err(e) if about_a_handle(&e) => {
+                    // The handle changed since it was read: read it again
+                    // (nothing was written; the block read still holds).
+                    attempt += 1;
+                    continue;
                 }
                 Err(StoreError::Conflict { .. }) if read.remembered => {
                     remembered = false;
@@ -1554,7 +1704,12 @@ impl Allocator {
                     name: name.clone(),
                     reason: format!("block key {cidr_text:?} is not a CIDR"),
                 })?;
-                released.extend(self.release_handle_in_block(cidr, handle).await?);
+                let (ips, handle_deleted) = self.release_handle_in_block(cidr, handle).await?;
+                released.extend(ips);
+                if handle_deleted {
+                    // Its last block's transaction deleted it.
+                    return Ok(released);
+                }
             }
             match self
                 .store
@@ -1570,18 +1725,21 @@ impl Allocator {
         Err(self.too_many(format!("handle {handle:?}")))
     }
 
+    /// Releases `handle`'s addresses in block `cidr`: the addresses, and
+    /// whether the handle was deleted in the same transaction (this was
+    /// its last block).
     pub(crate) async fn release_handle_in_block(
         &self,
         cidr: IpNet,
         handle: &str,
-    ) -> Result<Vec<IpAddr>, IpamError> {
+    ) -> Result<(Vec<IpAddr>, bool), IpamError> {
         let name = cidr_name(&cidr);
         let _guard = self.block_lock(&name).await;
         let mut remembered = true;
         let mut attempt = 0;
         while attempt < self.config.max_attempts {
             let Some(read) = self.blocks.read(&name, remembered).await? else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), false));
             };
             let mut spec = read.spec.clone();
             let ips = spec.release_handle(handle, now());
@@ -1590,16 +1748,40 @@ impl Allocator {
                     remembered = false;
                     continue;
                 }
-                return Ok(ips);
+                return Ok((ips, false));
             }
-            match self.blocks.write(&name, &read, &spec).await {
-                Ok(()) => return Ok(ips),
+            // On sqlite and etcd the handle forgets the block in the
+            // block's write (deleted when it was its last); elsewhere the
+            // caller deletes the handle after its blocks.
+            let uncount = if self.blocks.counts_handles() {
+                self.handle_uncount(handle, &cidr, None)
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            let deletes_handle = matches!(uncount, Some(Write::Delete { .. }));
+            let written = match uncount {
+                Some(write) => {
+                    self.blocks
+                        .write_with_handle(&name, &read, &spec, write)
+                        .await
+                }
+                None => self.blocks.write(&name, &read, &spec).await,
+            };
+            match written {
+                Ok(()) => return Ok((ips, deletes_handle)),
+                Err(e) if about_a_handle(&e) => {
+                    attempt += 1;
+                    continue;
+                }
                 Err(StoreError::Conflict { .. }) if read.remembered => {
                     remembered = false;
                     continue;
                 }
                 Err(StoreError::Conflict { .. }) => {}
-                Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+                Err(StoreError::NotFound { .. }) => return Ok((Vec::new(), false)),
                 Err(e) => return Err(e.into()),
             }
             remembered = false;

@@ -318,6 +318,43 @@ impl BlockWrites {
         }
     }
 
+    /// Writes a block read by [`BlockWrites::read`] back together with
+    /// `handle` (the handle a release uncounts), in one transaction
+    /// ([`Datastore::write_all`]); remembers the block written, forgets it
+    /// unless the handle alone was the reason of a failure.
+    pub(crate) async fn write_with_handle(
+        &self,
+        name: &str,
+        read: &BlockRead,
+        spec: &IpamBlockSpec,
+        handle: Write,
+    ) -> Result<(), StoreError> {
+        let writes = vec![
+            Write::Update {
+                kind: Kind::IpamBlock,
+                name: name.to_owned(),
+                value: encode(Kind::IpamBlock, name, spec)?,
+                expected: read.revision.clone(),
+            },
+            handle,
+        ];
+        match self.store.write_all(writes).await {
+            Ok(revisions) => {
+                match revisions.first() {
+                    Some(revision) => self.remember(name, revision, spec),
+                    None => self.forget(name),
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if !about_a_handle(&e) {
+                    self.forget(name);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Allocates up to `request.n` addresses in block `cidr`, in one batch
     /// with whatever other requests for the block are queued meanwhile.
     pub(crate) async fn allocate(
@@ -564,20 +601,7 @@ impl BlockWrites {
                 Ok(())
             }
             Err(e) => {
-                let about_a_handle = matches!(
-                    &e,
-                    StoreError::Conflict {
-                        kind: Kind::IpamHandle,
-                        ..
-                    } | StoreError::NotFound {
-                        kind: Kind::IpamHandle,
-                        ..
-                    } | StoreError::AlreadyExists {
-                        kind: Kind::IpamHandle,
-                        ..
-                    }
-                );
-                if !about_a_handle {
+                if !about_a_handle(&e) {
                     self.forget(name);
                 }
                 Err(e)
@@ -603,6 +627,24 @@ impl BlockWrites {
             Err(e) => HandleState::Failed(e.into()),
         }
     }
+}
+
+/// Whether a failed transaction failed on a handle's condition (nothing
+/// written; the block read still holds).
+pub(crate) fn about_a_handle(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Conflict {
+            kind: Kind::IpamHandle,
+            ..
+        } | StoreError::NotFound {
+            kind: Kind::IpamHandle,
+            ..
+        } | StoreError::AlreadyExists {
+            kind: Kind::IpamHandle,
+            ..
+        }
+    )
 }
 
 /// The replies to `batch`: each request's leases (none when `given` is

@@ -1,8 +1,9 @@
 //! Claiming a node's next block before its blocks fill (claim ahead).
 //!
-//! A claim is several sequential datastore writes (affinity `pending` ->
-//! block -> affinity `confirmed`, docs/ipam.md "Write order") plus the
-//! reads that decide it. With /26 blocks one allocation in 64 used to make
+//! A claim is a datastore write (on sqlite and etcd the confirmed affinity
+//! and the block in one transaction; on Kubernetes three in a row,
+//! affinity `pending` -> block -> affinity `confirmed`, docs/ipam.md
+//! "Write order") plus the reads that decide it. With /26 blocks one allocation in 64 used to make
 //! one on its critical path, which put claims in the allocation latency's
 //! 99th percentile; with many requests of one node at once, all of them
 //! waited for it. So when a request leaves the node's affine blocks of a

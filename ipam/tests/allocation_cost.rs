@@ -305,7 +305,12 @@ async fn requests_do_not_wait_for_claims() {
         .auto_assign(&req("first".into(), "node1"))
         .await
         .unwrap();
-    let blocks_before = store.of("create", Kind::IpamBlock);
+    // (On sqlite a claim is one transaction: affinity and block, counted
+    // under the affinity.)
+    let claims = |store: &CallCounter, of: fn(&CallCounter, &'static str, Kind) -> u64| {
+        of(store, "create", Kind::IpamBlock) + of(store, "write_all", Kind::BlockAffinity)
+    };
+    let blocks_before = claims(&store, CallCounter::of);
     let mut seen = HashSet::new();
     for i in 0..(5 * 64 - 1) {
         let got = REQUEST
@@ -317,14 +322,14 @@ async fn requests_do_not_wait_for_claims() {
     }
     eprintln!("calls in requests: {:?}", store.in_requests.lock().unwrap());
     assert_eq!(store.in_requests("create", Kind::BlockAffinity), 0);
-    assert_eq!(store.in_requests("create", Kind::IpamBlock), 0);
+    assert_eq!(claims(&store, CallCounter::in_requests), 0);
     assert_eq!(store.in_requests("list_names", Kind::IpamBlock), 0);
     // A request's only own call, apart from refreshing its cached view
     // after a claim: none (the block write with its handle runs in the
     // block's writer task).
     assert_eq!(store.in_requests("create", Kind::IpamHandle), 0);
     // 5 blocks full and the sixth claimed ahead.
-    assert_eq!(store.of("create", Kind::IpamBlock) - blocks_before, 5);
+    assert_eq!(claims(&store, CallCounter::of) - blocks_before, 5);
     assert_eq!(alloc.blocks_affine_to("node1").await.unwrap().len(), 6);
 }
 
@@ -348,4 +353,120 @@ async fn usage_reads_only_the_blocks() {
     let blocks = usage[0].blocks as u64;
     assert_eq!(store.of("get", Kind::IpamBlock) - gets, blocks);
     assert_eq!(store.total() - before, blocks, "only the blocks are read");
+}
+
+/// On sqlite a release is one transaction: the block and the handle it
+/// uncounts (deleted at zero) are written together, by address and by
+/// handle, with no handle write of its own. So a release whose write
+/// fails leaves both as they were, and one that succeeds leaves no handle
+/// behind: there is no moment between two writes where a crash leaves a
+/// handle counting an address its block no longer holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_writes_its_block_and_handle_together() {
+    let (store, alloc, _dir) = setup("10.23.0.0/16").await;
+    let a = alloc.auto_assign(&req("h1".into(), "node1")).await.unwrap();
+    alloc.auto_assign(&req("h2".into(), "node1")).await.unwrap();
+    settle(&alloc).await;
+    let handle_writes = || {
+        store.of("update", Kind::IpamHandle)
+            + store.of("delete", Kind::IpamHandle)
+            + store.of("create", Kind::IpamHandle)
+    };
+    let by_address = ipam::ReleaseRequest {
+        ip: a.v4[0].addr(),
+        handle: Some("h1".into()),
+        sequence: None,
+    };
+
+    // The write fails (not applied): the address and its count stay.
+    store.failing_block_updates.store(1, Ordering::SeqCst);
+    assert!(alloc
+        .release_ips(std::slice::from_ref(&by_address))
+        .await
+        .is_err());
+    assert_eq!(alloc.holdings("h1").await.unwrap().len(), 1);
+    alloc.store().get(Kind::IpamHandle, "h1").await.unwrap();
+
+    // By address: one transaction, the emptied handle deleted in it.
+    let (transactions, handles) = (store.of("write_all", Kind::IpamBlock), handle_writes());
+    let out = alloc.release_ips(&[by_address]).await.unwrap();
+    assert_eq!(
+        out[0].outcome,
+        ipam::BlockRelease::Released {
+            handle_id: Some("h1".into())
+        }
+    );
+    assert_eq!(store.of("write_all", Kind::IpamBlock) - transactions, 1);
+    assert_eq!(handle_writes(), handles, "a handle write of its own");
+    assert!(matches!(
+        alloc.store().get(Kind::IpamHandle, "h1").await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // By handle: the same.
+    let (transactions, handles) = (store.of("write_all", Kind::IpamBlock), handle_writes());
+    let released = alloc.release_by_handle("h2").await.unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(store.of("write_all", Kind::IpamBlock) - transactions, 1);
+    assert_eq!(handle_writes(), handles, "a handle write of its own");
+    assert!(matches!(
+        alloc.store().get(Kind::IpamHandle, "h2").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(alloc.holdings("h2").await.unwrap().is_empty());
+}
+
+/// On sqlite a claim is one transaction (the confirmed affinity and the
+/// block together: no affinity or block write of its own), and a claim a
+/// crash cut short on the old path (a `pending` affinity without its
+/// block) is continued in steps: the block is created and the affinity
+/// confirmed, nothing left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_one_write_and_continues_a_cut_claim() {
+    use ipam::affinity::{AffinityState, BlockAffinitySpec};
+    let (store, alloc, _dir) = setup("10.24.0.0/16").await;
+    // A crash on the three-write path left this (affinity, no block).
+    let first = parse_cidr("10.24.0.0/26").unwrap();
+    let pending = BlockAffinitySpec {
+        state: AffinityState::Pending,
+        node: "node1".into(),
+        cidr: first,
+    };
+    alloc
+        .store()
+        .create(
+            Kind::BlockAffinity,
+            &ipam::names::affinity_name("node1", &first),
+            serde_json::to_vec(&pending).unwrap(),
+        )
+        .await
+        .unwrap();
+    let got = alloc.auto_assign(&req("h0".into(), "node1")).await.unwrap();
+    assert_eq!(got.leases[0].block, first, "the cut claim was continued");
+    alloc.wait_for_claims_ahead().await;
+
+    // Fill the node's blocks: every further claim is one transaction.
+    let single = |store: &CallCounter| {
+        store.of("create", Kind::BlockAffinity)
+            + store.of("update", Kind::BlockAffinity)
+            + store.of("create", Kind::IpamBlock)
+    };
+    let (single_before, claims_before) =
+        (single(&store), store.of("write_all", Kind::BlockAffinity));
+    let mut seen = HashSet::new();
+    for i in 0..(3 * 64) {
+        let got = alloc
+            .auto_assign(&req(format!("h{}", i + 1), "node1"))
+            .await
+            .unwrap();
+        assert!(seen.insert(got.v4[0]), "{} twice", got.v4[0]);
+    }
+    alloc.wait_for_claims_ahead().await;
+    assert_eq!(single(&store), single_before, "a claim wrote apart");
+    assert!(store.of("write_all", Kind::BlockAffinity) - claims_before >= 3);
+    let (affinities, _) = alloc.affinities_of("node1").await.unwrap();
+    assert!(affinities.len() >= 4, "{affinities:?}");
+    for a in &affinities {
+        assert_eq!(a.spec.state, AffinityState::Confirmed, "{a:?}");
+    }
 }
