@@ -338,6 +338,18 @@ impl BlockWrites {
             },
             handle,
         ];
+        self.write_all_block_first(name, spec, writes).await
+    }
+
+    /// Writes `writes` in one transaction, the block `name` (now `spec`)
+    /// first; remembers the block written, forgets it when the block was
+    /// the reason of a failure (or the outcome is unknown).
+    async fn write_all_block_first(
+        &self,
+        name: &str,
+        spec: &IpamBlockSpec,
+        writes: Vec<Write>,
+    ) -> Result<(), StoreError> {
         match self.store.write_all(writes).await {
             Ok(revisions) => {
                 match revisions.first() {
@@ -592,21 +604,7 @@ impl BlockWrites {
             };
             writes.push(write);
         }
-        match self.store.write_all(writes).await {
-            Ok(revisions) => {
-                match revisions.first() {
-                    Some(revision) => self.remember(name, revision, spec),
-                    None => self.forget(name),
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if !about_a_handle(&e) {
-                    self.forget(name);
-                }
-                Err(e)
-            }
-        }
+        self.write_all_block_first(name, spec, writes).await
     }
 
     /// Reads handle `id` for counting: stored (at its revision), new when
