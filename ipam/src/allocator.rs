@@ -277,6 +277,21 @@ pub struct Allocator {
     pub(crate) ahead: Arc<ClaimsAhead>,
 }
 
+/// Decodes handle object `obj` as `handle`'s: the id it stores must be
+/// `handle` (a sanitized name could still be taken by another id), else
+/// `HandleCollision`.
+pub(crate) fn decode_handle(obj: &Object, handle: &str) -> Result<IpamHandleSpec, IpamError> {
+    let spec: IpamHandleSpec = decode(obj)?;
+    if spec.handle_id != handle {
+        return Err(IpamError::HandleCollision {
+            handle: handle.to_owned(),
+            name: obj.name.clone(),
+            other: spec.handle_id,
+        });
+    }
+    Ok(spec)
+}
+
 /// What the allocation fast path reads from the cache: the pools, the
 /// node's labels, the node's affinities.
 type CachedView = (
@@ -607,18 +622,6 @@ impl Allocator {
 
     // ----- handles ------------------------------------------------------
 
-    fn decode_handle(obj: &Object, handle: &str) -> Result<IpamHandleSpec, IpamError> {
-        let spec: IpamHandleSpec = decode(obj)?;
-        if spec.handle_id != handle {
-            return Err(IpamError::HandleCollision {
-                handle: handle.to_owned(),
-                name: obj.name.clone(),
-                other: spec.handle_id,
-            });
-        }
-        Ok(spec)
-    }
-
     /// The addresses `handle` holds, each with its block: read from its
     /// `IPAMHandle` (which names the blocks) and those blocks. Empty when
     /// the handle does not exist or its name belongs to another handle id.
@@ -678,7 +681,7 @@ impl Allocator {
                 Err(StoreError::NotFound { .. }) => continue,
                 Err(e) => return Err(e.into()),
                 Ok(obj) => {
-                    let mut spec = Self::decode_handle(&obj, handle)?;
+                    let mut spec = decode_handle(&obj, handle)?;
                     spec.add(&cidr, n);
                     let value = encode(Kind::IpamHandle, &name, &spec)?;
                     match self
@@ -714,7 +717,7 @@ impl Allocator {
             Err(StoreError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let mut spec = Self::decode_handle(&obj, handle)?;
+        let mut spec = decode_handle(&obj, handle)?;
         let cidr = block.to_string();
         if !spec.block.contains_key(&cidr) {
             return Ok(None);
@@ -752,7 +755,7 @@ impl Allocator {
                 Err(StoreError::NotFound { .. }) => return Ok(()),
                 Err(e) => return Err(e.into()),
             };
-            let mut spec = Self::decode_handle(&obj, handle)?;
+            let mut spec = decode_handle(&obj, handle)?;
             spec.remove(&cidr, n);
             let result = if spec.total() == 0 {
                 self.store
@@ -1650,14 +1653,10 @@ impl Allocator {
                 }
                 Some(h) => (None, Some(h)),
             };
-            let written = match in_write {
-                Some(write) => {
-                    self.blocks
-                        .write_with_handle(&name, &read, &spec, write)
-                        .await
-                }
-                None => self.blocks.write(&name, &read, &spec).await,
-            };
+            let written = self
+                .blocks
+                .write_with_handle(&name, &read, &spec, in_write)
+                .await;
             match written {
                 Ok(()) => {
                     if let Some(h) = after {
@@ -1697,7 +1696,7 @@ impl Allocator {
                 Err(StoreError::NotFound { .. }) => return Ok(released),
                 Err(e) => return Err(e.into()),
             };
-            let spec = Self::decode_handle(&obj, handle)?;
+            let spec = decode_handle(&obj, handle)?;
             for cidr_text in spec.block.keys() {
                 let cidr: IpNet = cidr_text.parse().map_err(|_| StoreError::Corrupt {
                     kind: Kind::IpamHandle,
@@ -1762,14 +1761,10 @@ impl Allocator {
                 None
             };
             let deletes_handle = matches!(uncount, Some(Write::Delete { .. }));
-            let written = match uncount {
-                Some(write) => {
-                    self.blocks
-                        .write_with_handle(&name, &read, &spec, write)
-                        .await
-                }
-                None => self.blocks.write(&name, &read, &spec).await,
-            };
+            let written = self
+                .blocks
+                .write_with_handle(&name, &read, &spec, uncount)
+                .await;
             match written {
                 Ok(()) => return Ok((ips, deletes_handle)),
                 Err(e) if about_a_handle(&e) => {

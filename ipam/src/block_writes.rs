@@ -36,9 +36,9 @@ use ipnet::IpNet;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::allocator::{AllocatorConfig, IpamError};
+use crate::allocator::{decode_handle, AllocatorConfig, IpamError};
 use crate::block::{AllocationAttrs, IpamBlockSpec, Lease};
-use crate::codec::{decode, encode};
+use crate::codec::encode;
 use crate::handle::IpamHandleSpec;
 use crate::names::handle_name;
 use crate::store::{Datastore, Kind, Revision, StoreError, Write};
@@ -321,14 +321,18 @@ impl BlockWrites {
     /// Writes a block read by [`BlockWrites::read`] back together with
     /// `handle` (the handle a release uncounts), in one transaction
     /// ([`Datastore::write_all`]); remembers the block written, forgets it
-    /// unless the handle alone was the reason of a failure.
+    /// unless the handle alone was the reason of a failure. Without a
+    /// handle write, the block alone ([`BlockWrites::write`]).
     pub(crate) async fn write_with_handle(
         &self,
         name: &str,
         read: &BlockRead,
         spec: &IpamBlockSpec,
-        handle: Write,
+        handle: Option<Write>,
     ) -> Result<(), StoreError> {
+        let Some(handle) = handle else {
+            return self.write(name, read, spec).await;
+        };
         let writes = vec![
             Write::Update {
                 kind: Kind::IpamBlock,
@@ -612,14 +616,9 @@ impl BlockWrites {
     async fn read_handle(&self, id: &str) -> HandleState {
         let name = handle_name(id);
         match self.store.get(Kind::IpamHandle, &name).await {
-            Ok(obj) => match decode::<IpamHandleSpec>(&obj) {
-                Ok(spec) if spec.handle_id == id => HandleState::Stored(obj.revision, spec),
-                Ok(spec) => HandleState::Failed(IpamError::HandleCollision {
-                    handle: id.to_owned(),
-                    name,
-                    other: spec.handle_id,
-                }),
-                Err(e) => HandleState::Failed(e.into()),
+            Ok(obj) => match decode_handle(&obj, id) {
+                Ok(spec) => HandleState::Stored(obj.revision, spec),
+                Err(e) => HandleState::Failed(e),
             },
             Err(StoreError::NotFound { .. }) => HandleState::New,
             Err(e) => HandleState::Failed(e.into()),
