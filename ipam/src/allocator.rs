@@ -40,7 +40,9 @@ use crate::handle::IpamHandleSpec;
 use crate::names::{affinity_name, cidr_name, handle_name, is_valid_object_name};
 use crate::pool::{IpPool, IpPoolSpec, PoolError};
 use crate::read_cache::ReadCache;
-use crate::store::{Datastore, Kind, Object, Revision, StoreError, WatchEvent, WatchStream, Write};
+use crate::store::{
+    write_one, Datastore, Kind, Object, Revision, StoreError, WatchEvent, WatchStream, Write,
+};
 
 /// How the allocator behaves.
 #[derive(Debug, Clone)]
@@ -290,6 +292,29 @@ pub(crate) fn decode_handle(obj: &Object, handle: &str) -> Result<IpamHandleSpec
         });
     }
     Ok(spec)
+}
+
+/// The write that stores handle `name` as `spec` over revision `revision`:
+/// its deletion once it counts nothing, else its update.
+fn handle_write(
+    name: String,
+    revision: Revision,
+    spec: &IpamHandleSpec,
+) -> Result<Write, IpamError> {
+    Ok(if spec.total() == 0 {
+        Write::Delete {
+            kind: Kind::IpamHandle,
+            name,
+            expected: revision,
+        }
+    } else {
+        Write::Update {
+            kind: Kind::IpamHandle,
+            value: encode(Kind::IpamHandle, &name, spec)?,
+            name,
+            expected: revision,
+        }
+    })
 }
 
 /// What the allocation fast path reads from the cache: the pools, the
@@ -728,20 +753,7 @@ impl Allocator {
                 spec.block.remove(&cidr);
             }
         }
-        Ok(Some(if spec.total() == 0 {
-            Write::Delete {
-                kind: Kind::IpamHandle,
-                name,
-                expected: obj.revision,
-            }
-        } else {
-            Write::Update {
-                kind: Kind::IpamHandle,
-                value: encode(Kind::IpamHandle, &name, &spec)?,
-                name,
-                expected: obj.revision,
-            }
-        }))
+        handle_write(name, obj.revision, &spec).map(Some)
     }
 
     /// Uncounts `n` addresses of `handle` in `block` (written after the
@@ -757,18 +769,8 @@ impl Allocator {
             };
             let mut spec = decode_handle(&obj, handle)?;
             spec.remove(&cidr, n);
-            let result = if spec.total() == 0 {
-                self.store
-                    .delete(Kind::IpamHandle, &name, &obj.revision)
-                    .await
-            } else {
-                let value = encode(Kind::IpamHandle, &name, &spec)?;
-                self.store
-                    .update(Kind::IpamHandle, &name, value, &obj.revision)
-                    .await
-                    .map(|_| ())
-            };
-            match result {
+            let write = handle_write(name.clone(), obj.revision, &spec)?;
+            match write_one(self.store.as_ref(), write).await {
                 Ok(()) | Err(StoreError::NotFound { .. }) => return Ok(()),
                 Err(StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(e.into()),

@@ -41,7 +41,7 @@ use crate::allocator::{AllocatorConfig, IpamError};
 use crate::block_writes::backoff;
 use crate::codec::{decode, encode};
 use crate::pool::{IpPoolSpec, PoolError};
-use crate::store::{Datastore, Kind, Revision, StoreError, Write};
+use crate::store::{write_one, Datastore, Kind, Revision, StoreError, Write};
 
 /// The name of the one index object.
 pub const INDEX_NAME: &str = "default";
@@ -156,24 +156,6 @@ impl IndexRead {
                 expected: expected.clone(),
             },
         })
-    }
-}
-
-/// Applies one write on its own (stores without transactions).
-async fn write_one(store: &dyn Datastore, write: Write) -> Result<(), StoreError> {
-    match write {
-        Write::Create { kind, name, value } => store.create(kind, &name, value).await.map(drop),
-        Write::Update {
-            kind,
-            name,
-            value,
-            expected,
-        } => store.update(kind, &name, value, &expected).await.map(drop),
-        Write::Delete {
-            kind,
-            name,
-            expected,
-        } => store.delete(kind, &name, &expected).await,
     }
 }
 

@@ -232,6 +232,24 @@ impl Write {
     }
 }
 
+/// Applies one write on its own (stores without transactions).
+pub(crate) async fn write_one(store: &dyn Datastore, write: Write) -> Result<(), StoreError> {
+    match write {
+        Write::Create { kind, name, value } => store.create(kind, &name, value).await.map(drop),
+        Write::Update {
+            kind,
+            name,
+            value,
+            expected,
+        } => store.update(kind, &name, value, &expected).await.map(drop),
+        Write::Delete {
+            kind,
+            name,
+            expected,
+        } => store.delete(kind, &name, &expected).await,
+    }
+}
+
 /// The compare-and-swap object store every IPAM operation is built on.
 #[async_trait::async_trait]
 pub trait Datastore: Send + Sync {
