@@ -388,6 +388,57 @@ fn trim(tx: &Connection, current: i64, keep: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Applies write `w` inside transaction `tx` (call on the writer): checks
+/// its condition against the stored revision, records the change and
+/// writes the object; the object's new revision.
+fn apply_write(
+    tx: &rusqlite::Transaction<'_>,
+    w: Write,
+    retention: u64,
+) -> Result<Revision, StoreError> {
+    let (kind, name, value, expected) = match w {
+        Write::Create { kind, name, value } => (kind, name, Some(value), None),
+        Write::Update {
+            kind,
+            name,
+            value,
+            expected,
+        } => (kind, name, Some(value), Some(expected)),
+        Write::Delete {
+            kind,
+            name,
+            expected,
+        } => (kind, name, None, Some(expected)),
+    };
+    let have = current_revision(tx, kind, &name)?;
+    match (&expected, have) {
+        (None, Some(_)) => return Err(StoreError::AlreadyExists { kind, name }),
+        (Some(_), None) => return Err(StoreError::NotFound { kind, name }),
+        (Some(want), Some(have)) if parse_revision(want)? != have => {
+            return Err(StoreError::Conflict {
+                kind,
+                name,
+                expected: want.clone(),
+            })
+        }
+        _ => {}
+    }
+    let rev = record_change(tx, kind, &name, value.as_deref(), retention)?;
+    match value {
+        Some(value) => tx.execute(
+            "INSERT INTO objects (kind, name, value, revision) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (kind, name) DO UPDATE SET value = ?3, revision = ?4",
+            params![kind_key(kind), name, value, rev],
+        ),
+        None => tx.execute(
+            "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
+            params![kind_key(kind), name],
+        ),
+    }
+    .map_err(unavailable)?;
+    Ok(revision(rev))
+}
+
 fn current_revision(conn: &Connection, kind: Kind, name: &str) -> Result<Option<i64>, StoreError> {
     conn.query_row(
         "SELECT revision FROM objects WHERE kind = ?1 AND name = ?2",
@@ -484,19 +535,8 @@ impl Datastore for SqliteStore {
         super::checks::name(kind, name)?;
         let name = name.to_owned();
         let retention = self.inner.options.log_retention;
-        self.write(move |tx| {
-            if current_revision(tx, kind, &name)?.is_some() {
-                return Err(StoreError::AlreadyExists { kind, name });
-            }
-            let rev = record_change(tx, kind, &name, Some(&value), retention)?;
-            tx.execute(
-                "INSERT INTO objects (kind, name, value, revision) VALUES (?1, ?2, ?3, ?4)",
-                params![kind_key(kind), name, value, rev],
-            )
-            .map_err(unavailable)?;
-            Ok(revision(rev))
-        })
-        .await
+        self.write(move |tx| apply_write(tx, Write::Create { kind, name, value }, retention))
+            .await
     }
 
     async fn update(
@@ -506,59 +546,28 @@ impl Datastore for SqliteStore {
         value: Vec<u8>,
         expected: &Revision,
     ) -> Result<Revision, StoreError> {
-        let want = parse_revision(expected)?;
-        let name = name.to_owned();
-        let expected = expected.clone();
+        parse_revision(expected)?;
+        let write = Write::Update {
+            kind,
+            name: name.to_owned(),
+            value,
+            expected: expected.clone(),
+        };
         let retention = self.inner.options.log_retention;
-        self.write(move |tx| {
-            match current_revision(tx, kind, &name)? {
-                None => return Err(StoreError::NotFound { kind, name }),
-                Some(have) if have != want => {
-                    return Err(StoreError::Conflict {
-                        kind,
-                        name,
-                        expected,
-                    })
-                }
-                Some(_) => {}
-            }
-            let rev = record_change(tx, kind, &name, Some(&value), retention)?;
-            tx.execute(
-                "UPDATE objects SET value = ?3, revision = ?4 WHERE kind = ?1 AND name = ?2",
-                params![kind_key(kind), name, value, rev],
-            )
-            .map_err(unavailable)?;
-            Ok(revision(rev))
-        })
-        .await
+        self.write(move |tx| apply_write(tx, write, retention))
+            .await
     }
 
     async fn delete(&self, kind: Kind, name: &str, expected: &Revision) -> Result<(), StoreError> {
-        let want = parse_revision(expected)?;
-        let name = name.to_owned();
-        let expected = expected.clone();
+        parse_revision(expected)?;
+        let write = Write::Delete {
+            kind,
+            name: name.to_owned(),
+            expected: expected.clone(),
+        };
         let retention = self.inner.options.log_retention;
-        self.write(move |tx| {
-            match current_revision(tx, kind, &name)? {
-                None => return Err(StoreError::NotFound { kind, name }),
-                Some(have) if have != want => {
-                    return Err(StoreError::Conflict {
-                        kind,
-                        name,
-                        expected,
-                    })
-                }
-                Some(_) => {}
-            }
-            record_change(tx, kind, &name, None, retention)?;
-            tx.execute(
-                "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
-                params![kind_key(kind), name],
-            )
-            .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        self.write(move |tx| apply_write(tx, write, retention).map(drop))
+            .await
     }
 
     fn transactional(&self) -> bool {
@@ -578,47 +587,7 @@ impl Datastore for SqliteStore {
         self.write(move |tx| {
             let mut revisions = Vec::with_capacity(writes.len());
             for w in writes {
-                let (kind, name, value, expected) = match w {
-                    Write::Create { kind, name, value } => (kind, name, Some(value), None),
-                    Write::Update {
-                        kind,
-                        name,
-                        value,
-                        expected,
-                    } => (kind, name, Some(value), Some(expected)),
-                    Write::Delete {
-                        kind,
-                        name,
-                        expected,
-                    } => (kind, name, None, Some(expected)),
-                };
-                let have = current_revision(tx, kind, &name)?;
-                match (&expected, have) {
-                    (None, Some(_)) => return Err(StoreError::AlreadyExists { kind, name }),
-                    (Some(_), None) => return Err(StoreError::NotFound { kind, name }),
-                    (Some(want), Some(have)) if parse_revision(want)? != have => {
-                        return Err(StoreError::Conflict {
-                            kind,
-                            name,
-                            expected: want.clone(),
-                        })
-                    }
-                    _ => {}
-                }
-                let rev = record_change(tx, kind, &name, value.as_deref(), retention)?;
-                match value {
-                    Some(value) => tx.execute(
-                        "INSERT INTO objects (kind, name, value, revision) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (kind, name) DO UPDATE SET value = ?3, revision = ?4",
-                        params![kind_key(kind), name, value, rev],
-                    ),
-                    None => tx.execute(
-                        "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
-                        params![kind_key(kind), name],
-                    ),
-                }
-                .map_err(unavailable)?;
-                revisions.push(revision(rev));
+                revisions.push(apply_write(tx, w, retention)?);
             }
             Ok(revisions)
         })
