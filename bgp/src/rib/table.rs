@@ -261,6 +261,12 @@ impl PeerState {
     fn exports(&self, family: Family) -> bool {
         self.up.as_ref().is_some_and(|f| f.contains(&family))
     }
+
+    /// The `may_be_stale` flag of `family` (`None`: a family the table
+    /// does not keep).
+    fn may_be_stale_mut(&mut self, family: Family) -> Option<&mut bool> {
+        family_index(family).and_then(|i| self.may_be_stale.get_mut(i))
+    }
 }
 
 /// A prefix's best-path set before an operation changed its paths.
@@ -716,7 +722,7 @@ impl Rib {
         state.advertised = 0;
         state.filtered.clear();
         for family in preserved {
-            if let Some(s) = family_index(*family).and_then(|i| state.may_be_stale.get_mut(i)) {
+            if let Some(s) = state.may_be_stale_mut(*family) {
                 *s = true;
             }
         }
@@ -745,7 +751,7 @@ impl Rib {
     /// paths were marked.
     pub fn mark_stale(&mut self, peer: PeerId, family: Family) -> Result<usize, RibError> {
         let state = self.peer_mut(peer)?;
-        if let Some(s) = family_index(family).and_then(|i| state.may_be_stale.get_mut(i)) {
+        if let Some(s) = state.may_be_stale_mut(family) {
             *s = true;
         }
         let source = RouteSource::Peer(peer);
@@ -770,8 +776,7 @@ impl Rib {
     pub fn sweep_stale(&mut self, peer: PeerId, family: Family) -> Result<Changes, RibError> {
         let source = RouteSource::Peer(peer);
         let state = self.peer_mut(peer)?;
-        let slot = family_index(family).and_then(|i| state.may_be_stale.get_mut(i));
-        match slot {
+        match state.may_be_stale_mut(family) {
             Some(s) if *s => *s = false,
             // Nothing marked: nothing to sweep (only unicast is kept).
             _ => return Ok(Changes::default()),
@@ -1063,11 +1068,7 @@ impl Rib {
 
     /// How many paths of `family` the peer has in its Adj-RIB-In.
     pub fn prefix_count(&self, peer: PeerId, family: Family) -> usize {
-        let slot = if family == Family::IPV4_UNICAST {
-            0
-        } else if family == Family::IPV6_UNICAST {
-            1
-        } else {
+        let Some(slot) = family_index(family) else {
             return 0;
         };
         self.peer(peer)
