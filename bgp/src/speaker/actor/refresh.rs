@@ -206,9 +206,7 @@ impl Actor {
         };
         match self.rib.sweep_stale(peer.id, family) {
             Ok(changes) => {
-                let removed = changes.best.len();
-                peer.span
-                    .in_scope(|| info!(%family, best_paths_changed = removed, "{what}"));
+                peer.span.in_scope(|| info!(%family, "{what}"));
                 self.apply_changes(changes);
             }
             Err(e) => warn!(peer = %address, "sweep_stale: {e}"),
